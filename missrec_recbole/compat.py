@@ -1,0 +1,182 @@
+"""Every workaround RecBole 1.2.1 needs on numpy 2, pandas 3 and torch >= 2.6, in one place.
+
+:func:`apply` is called once when ``missrec_recbole`` is imported. Each fix is a small function
+so that tests can show the failure without it (see ``tests/test_compat.py``). Nothing in
+site-packages is edited; the facts (with RecBole file:line) are in ``../shared/RECBOLE_NOTES.md``.
+
+Fixes:
+1. numpy 2 removed ``np.float_``/``np.complex_``/``np.unicode_``/``np.bool8``, which
+   ``Config.compatibility_settings`` (configurator.py:625) and ray read -> restore the aliases.
+   (ray 2.6.3 also needs ``pkg_resources``: the package pins ``setuptools<81``.)
+2. pandas 3 copy-on-write makes ``Dataset._fill_nan``'s chained ``fillna(inplace=True)``
+   (dataset.py:648) a silent no-op -> assign the filled column instead.
+3. pandas 3 rejects ``feat[field] = np.split(...)`` for ``token_seq`` fields in ``Dataset._remap``
+   (dataset.py:1218), which breaks every pre-split ``item_id_list`` file -> assign an object Series.
+3b. the same pandas 3 change makes ``Series.agg(len)`` return the Series' length instead of each
+   row's: ``SequentialDataset._benchmark_presets`` (sequential_dataset.py:160) then gives every
+   pre-split row ``item_length`` = number of rows -> compute the length per row.
+4. torch >= 2.6 loads with ``weights_only=True``; RecBole pickles its ``Config`` into every
+   checkpoint, so its own best-model reload (trainer.py:583) fails -> checkpoints store the config
+   as plain types (and are written atomically), so ``weights_only=True`` stays on.
+5. ``sine.py:25`` turns on ``torch.autograd.set_detect_anomaly(True)`` globally on import
+   (about a third of CPU time per batch) -> switch it off again.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import tempfile
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+
+_NUMPY_ALIASES = {"float_": np.float64, "complex_": np.complex128, "unicode_": np.str_, "bool8": np.bool_}
+_applied = False
+ORIGINALS: dict = {}  # RecBole's own functions, kept so tests can show what each fix changes
+
+
+def restore_numpy_aliases() -> None:
+    """Fix 1: give back the numpy 1.x aliases RecBole and ray still use."""
+    for name, value in _NUMPY_ALIASES.items():
+        if name not in np.__dict__:
+            setattr(np, name, value)
+
+
+def fill_nan(self) -> None:
+    """Fix 2: ``Dataset._fill_nan`` without chained in-place assignment (pandas 3 safe)."""
+    from recbole.utils import FeatureType
+
+    for feat_name in self.feat_name_list:
+        feat = getattr(self, feat_name)
+        for field in feat:
+            ftype = self.field2type[field]
+            if ftype == FeatureType.TOKEN:
+                feat[field] = feat[field].fillna(value=0)
+            elif ftype == FeatureType.FLOAT:
+                feat[field] = feat[field].fillna(value=feat[field].mean())
+            else:
+                dtype = np.int64 if ftype == FeatureType.TOKEN_SEQ else np.float64
+                feat[field] = feat[field].apply(
+                    lambda x: np.array([], dtype=dtype) if isinstance(x, float) else x
+                )
+
+
+def remap(self, remap_list) -> None:
+    """Fix 3: ``Dataset._remap`` that assigns sequence fields as one object Series (pandas 3 safe)."""
+    from recbole.utils import FeatureType
+
+    if len(remap_list) == 0:
+        return
+    tokens, split_point = self._concat_remaped_tokens(remap_list)
+    new_ids_list, mp = pd.factorize(tokens)
+    new_ids_list = np.split(new_ids_list + 1, split_point)
+    mp = np.array(["[PAD]"] + list(mp))
+    token_id = {t: i for i, t in enumerate(mp)}
+    for (feat, field, ftype), new_ids in zip(remap_list, new_ids_list):
+        if field not in self.field2id_token:
+            self.field2id_token[field] = mp
+            self.field2token_id[field] = token_id
+        if ftype == FeatureType.TOKEN:
+            feat[field] = new_ids
+        elif ftype == FeatureType.TOKEN_SEQ:
+            seq_split = np.cumsum(feat[field].map(len).to_numpy())[:-1]
+            feat[field] = pd.Series(np.split(new_ids, seq_split), index=feat.index, dtype=object)
+
+
+def benchmark_presets(self) -> None:
+    """Fix 3b: ``SequentialDataset._benchmark_presets`` with per-row history lengths."""
+    from recbole.utils import FeatureSource, FeatureType
+
+    list_suffix = self.config["LIST_SUFFIX"]
+    for field in self.inter_feat:
+        if field + list_suffix in self.inter_feat:
+            setattr(self, f"{field}_list_field", field + list_suffix)
+    self.set_field_property(self.item_list_length_field, FeatureType.TOKEN, FeatureSource.INTERACTION, 1)
+    self.inter_feat[self.item_list_length_field] = self.inter_feat[self.item_id_list_field].map(len)
+
+
+def plain(value):
+    """Turn a config value into types ``torch.load(weights_only=True)`` accepts."""
+    if isinstance(value, np.generic):  # before the float check: np.float64 subclasses float
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, enum.Enum):
+        return value.name
+    return str(value)
+
+
+def atomic_torch_save(obj, path) -> None:
+    """Write a checkpoint to a temp file in the same folder, then rename: never half-written."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_checkpoint(self, epoch, verbose=True, **kwargs) -> None:
+    """Fix 4: ``Trainer._save_checkpoint`` with a plain-typed config, written atomically."""
+    from recbole.utils import set_color
+
+    if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        return
+    saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+    state = {
+        "config": plain(self.config.final_config_dict),
+        "epoch": plain(epoch),
+        "cur_step": plain(self.cur_step),
+        "best_valid_score": plain(self.best_valid_score),
+        "state_dict": self.model.state_dict(),
+        "other_parameter": self.model.other_parameter(),
+        "optimizer": self.optimizer.state_dict(),
+    }
+    atomic_torch_save(state, saved_model_file)
+    if verbose:
+        self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+
+def disable_anomaly_detection() -> None:
+    """Fix 5: import RecBole's sequential models (which switch anomaly mode on), then switch it off."""
+    import recbole.model.sequential_recommender  # noqa: F401
+
+    torch.autograd.set_detect_anomaly(False)
+
+
+def apply() -> None:
+    """Apply all fixes (idempotent)."""
+    global _applied
+    if _applied:
+        return
+    restore_numpy_aliases()
+    from recbole.data.dataset import Dataset, SequentialDataset
+    from recbole.trainer import Trainer
+
+    ORIGINALS.update(fill_nan=Dataset._fill_nan, remap=Dataset._remap, save_checkpoint=Trainer._save_checkpoint,
+                     benchmark_presets=SequentialDataset._benchmark_presets)
+    Dataset._fill_nan = fill_nan
+    Dataset._remap = remap
+    SequentialDataset._benchmark_presets = benchmark_presets
+    Trainer._save_checkpoint = save_checkpoint
+    disable_anomaly_detection()
+    # The one chained fillna left (dataset.py:501, token_seq columns) only matters for empty
+    # sequences, which validate_dataset rejects; RecBole's non-writable-array warning is harmless.
+    warnings.filterwarnings("ignore", category=pd.errors.ChainedAssignmentError, module=r"recbole\.")
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    _applied = True

@@ -1,0 +1,3 @@
+from missrec_recbole.data.dataset import DatasetFormatError, MISSRecDataset, validate_dataset
+
+__all__ = ["DatasetFormatError", "MISSRecDataset", "validate_dataset"]

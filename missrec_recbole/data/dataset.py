@@ -1,0 +1,171 @@
+"""MISSRecDataset: RecBole's SequentialDataset plus frozen per-item modality features.
+
+Files (DESIGN.md section 2) in ``<data_path>/<NAME>/``: ``NAME.{train,valid,test}.inter`` with
+0-based item indices, and one raw float32 file per modality (``NAME.<text_suffix>``,
+``NAME.<image_suffix>``), row i = item index i. An all-zero row means "modality missing".
+Everything is checked before RecBole reads a byte (:func:`validate_dataset`), so bad input fails
+with one message naming the file, not with a shape error in the middle of training.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from recbole.data.dataset import SequentialDataset
+
+REQUIRED_COLUMNS = ("user_id:token", "item_id_list:token_seq", "item_id:token")
+
+
+class DatasetFormatError(ValueError):
+    """Bad dataset input: the message names the file and what to do."""
+
+
+@dataclass
+class DatasetFiles:
+    """What :func:`validate_dataset` found: feature matrices indexed by item index."""
+
+    name: str
+    folder: Path
+    n_items: int
+    features: dict[str, np.ndarray]
+
+
+def _fail(path, problem: str, fix: str) -> None:
+    raise DatasetFormatError(f"{path}: {problem}. {fix}")
+
+
+def feature_path(folder: Path, name: str, suffix: str) -> Path:
+    return Path(folder) / f"{name}.{suffix}"
+
+
+def read_feature_file(path: Path, dim: int, field: str) -> np.ndarray:
+    """Read a raw little-endian float32 feature file as an [n, dim] array, checking size and values."""
+    if not path.is_file():
+        _fail(path, "feature file not found", f"Create it or set `{field}_suffix` to the right file suffix.")
+    size = path.stat().st_size
+    if size == 0 or size % (4 * dim):
+        _fail(path, f"size {size} bytes is not a positive multiple of {field}_dim*4 = {4 * dim}",
+              f"Check `{field}_dim` (the feature width) or regenerate the file as float32 rows.")
+    matrix = np.fromfile(path, dtype="<f4").reshape(-1, dim)
+    finite = np.isfinite(matrix).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        _fail(path, f"{bad.size} rows contain NaN/inf (first: item index {bad[0]})",
+              "Replace them (use an all-zero row for a missing modality).")
+    return matrix
+
+
+def _read_inter(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        _fail(path, "interaction file not found",
+              "A dataset needs NAME.train.inter, NAME.valid.inter and NAME.test.inter (see dataset/README.md).")
+    with open(path, encoding="utf-8") as handle:
+        header = handle.readline().rstrip("\n").split("\t")
+    missing = [col for col in REQUIRED_COLUMNS if col not in header]
+    if missing:
+        _fail(path, f"malformed header {header!r}, missing {missing}",
+              "The first line must be 'user_id:token<TAB>item_id_list:token_seq<TAB>item_id:token'.")
+    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, usecols=list(REQUIRED_COLUMNS))
+    return frame
+
+
+def _item_indices(path: Path, frame: pd.DataFrame, max_length: int) -> np.ndarray:
+    """All item indices mentioned in an .inter file (history and target), validated as integers."""
+    history = frame["item_id_list:token_seq"].str.split()
+    lengths = history.map(len).to_numpy()
+    if (lengths == 0).any():
+        _fail(path, f"empty item_id_list on data line {int(np.flatnonzero(lengths == 0)[0]) + 1}",
+              "Every row needs at least one history item.")
+    if lengths.max(initial=0) > max_length:
+        _fail(path, f"a history of {lengths.max()} items (data line {int(lengths.argmax()) + 1}) is longer than "
+                    f"MAX_ITEM_LIST_LENGTH={max_length}", "Keep the last items only, or raise MAX_ITEM_LIST_LENGTH.")
+    tokens = pd.concat([history.explode(), frame["item_id:token"]], ignore_index=True)
+    numbers = pd.to_numeric(tokens, errors="coerce")
+    bad = numbers.isna() | (numbers < 0) | (numbers != numbers.round())
+    if bad.any():
+        _fail(path, f"item token {tokens[bad].iloc[0]!r} is not a non-negative integer item index",
+              "Items must be 0-based indices into the feature files (map ids with NAME.item2index).")
+    return numbers.to_numpy(dtype=np.int64)
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, encoding="utf-8") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def validate_dataset(config) -> DatasetFiles:
+    """Check every file MISSRec reads for dataset ``config['dataset']``; return the feature matrices.
+
+    Raises :class:`DatasetFormatError` naming the file for: a missing file, a malformed header,
+    a non-integer or out-of-range item index, a feature file whose size is not a multiple of the
+    configured dim, a row count that differs from the item count, NaN/inf features.
+    """
+    name = config["dataset"]
+    folder = Path(config["data_path"])
+    if not folder.is_dir():
+        _fail(folder, "dataset folder not found", "Pass --data_path=<folder that contains NAME/>.")
+    features = {m: read_feature_file(feature_path(folder, name, config[f"{m}_suffix"]), config[f"{m}_dim"], m)
+                for m in config["modalities"]}
+    rows = {m: f.shape[0] for m, f in features.items()}
+    item_map = folder / f"{name}.item2index"
+    n_items = _count_lines(item_map) if item_map.is_file() else max(rows.values())
+    for m, n in rows.items():
+        if n != n_items:
+            source = f"{item_map.name} lists {n_items} items" if item_map.is_file() else f"other features have {n_items}"
+            _fail(feature_path(folder, name, config[f"{m}_suffix"]), f"has {n} rows but {source}",
+                  "Every feature file needs exactly one row per item index.")
+    for split in config["benchmark_filename"]:
+        path = folder / f"{name}.{split}.inter"
+        indices = _item_indices(path, _read_inter(path), config["MAX_ITEM_LIST_LENGTH"])
+        if indices.size and indices.max() >= n_items:
+            _fail(path, f"item index {int(indices.max())} is out of range (the dataset has {n_items} items)",
+                  "Fix the index or add the missing feature rows / item2index lines.")
+    return DatasetFiles(name=name, folder=folder, n_items=n_items, features=features)
+
+
+def _modality_names(config) -> list[str]:
+    modalities = list(config["modalities"] or [])
+    unknown = [m for m in modalities if m not in ("text", "image")]
+    if not modalities or unknown:
+        raise DatasetFormatError(f"config `modalities`: {modalities!r} must be a non-empty subset of [text, image].")
+    return modalities
+
+
+class MISSRecDataset(SequentialDataset):
+    """Pre-split sequences plus per-modality feature matrices in RecBole's internal item order.
+
+    ``self.features[m]`` is a float32 tensor [item_num, dim_m] whose row ``r`` belongs to the item
+    RecBole calls ``r`` (row 0 = padding, zeros); ``self.present[m]`` is True where the item has that
+    modality (non-zero row).
+    """
+
+    def __init__(self, config):
+        self.modalities = _modality_names(config)
+        self.files = validate_dataset(config)
+        super().__init__(config)
+        self.features, self.present = {}, {}
+        for m in self.modalities:
+            self.features[m] = self._to_internal_order(self.files.features[m])
+            self.present[m] = self.features[m].abs().sum(dim=1) > 0
+        self.present_any = torch.stack(list(self.present.values())).any(dim=0)
+        self.files.features = {}  # the tensors above are the only copy we keep
+
+    def _to_internal_order(self, matrix: np.ndarray) -> torch.Tensor:
+        """Row r of the result = feature row of the item RecBole maps to internal id r; row 0 = zeros."""
+        tokens = self.field2id_token[self.iid_field][1:].astype(np.int64)
+        ordered = np.zeros((len(tokens) + 1, matrix.shape[1]), dtype=np.float32)
+        ordered[1:] = matrix[tokens]
+        return torch.from_numpy(ordered)
+
+    def item_index_of(self, internal_ids) -> np.ndarray:
+        """Dataset item index (feature row) of RecBole internal ids."""
+        return self.field2id_token[self.iid_field][np.asarray(internal_ids)].astype(np.int64)
+
+    def __str__(self):
+        missing = ", ".join(f"{m} missing {int((~self.present[m][1:]).sum())}" for m in self.modalities)
+        return f"{super().__str__()}\nModalities: {missing} of {self.item_num - 1} items"

@@ -1,0 +1,411 @@
+"""Exact DPC-KNN (density peaks clustering on k nearest neighbours) without an N x N matrix.
+
+MISSRec (Wang et al., MM 2023) discovers interests by clustering all item tokens with DPC-KNN
+(density peaks clustering, Rodriguez & Laio 2014, with the kNN density of Du et al. 2016); see
+DESIGN.md section 3.  For tokens t_1..t_N (Euclidean distances, ``kNN(i)`` = the k nearest
+neighbours of i, excluding i itself but including duplicates of i at distance 0):
+
+* ``rho_i = exp(-(1/k) * sum_{j in kNN(i)} ||t_i - t_j||^2)``                   (local density)
+* *j is denser than i*  :=  ``rho_j > rho_i`` or (``rho_j == rho_i`` and ``j < i``).
+  This is a strict total order, so ties in rho are broken deterministically by index.
+* ``delta_i = min_{j denser than i} ||t_i - t_j||``; for the densest point (no denser j)
+  ``delta_i = max_j ||t_i - t_j||``.
+* centers = the K points with the largest ``rho * delta`` (ties: smaller index first), in that
+  order; every token is assigned to its nearest center (ties: the center earlier in ``centers``).
+
+Algorithm (memory O(N*k + N*d + block_size*N), never an N x N array):
+
+1. kNN with a FAISS exact flat index (``IndexFlatL2``) on a centred, power-of-two-scaled float32
+   copy, asking for ``k + 1 + margin`` neighbours.  The squared distances of all returned pairs are
+   recomputed exactly in float64 from the difference vectors, the self index is removed wherever
+   it appears, and the list is re-ranked by (distance, index).  A rigorous a-priori bound on the
+   float32 error certifies for each row that no point outside the returned candidates can be
+   closer than the k-th kept one; uncertified rows are searched again with twice as many
+   neighbours (at worst all N), so the k smallest distances are always exact.
+2. The nearest denser point of i is the first denser point of its own sorted kNN list whenever
+   that list contains one (every point closer than it is in the list).  Only *local peaks*
+   (no denser point in the list, about N/k of them) need a wider search: ``block_size`` peaks at
+   a time against the denser points only (points stored in density order, so that is a prefix),
+   with a float32 matmul, then every candidate within the error bound of the minimum is
+   recomputed exactly.  The densest point's maximal distance is computed exactly.
+3. Assignment: ``IndexFlatL2`` over the center vectors, a few nearest centers per token,
+   exact recomputation and the same certification (strict, because of the tie rule).
+
+Exactness guarantee: every distance that enters ``rho``, ``delta``, the center ranking or the
+assignment is ``sqrt(sum((x_i - x_j)**2))`` evaluated in float64 on the input values (float32
+input is widened exactly), i.e. the same value a brute-force float64 numpy implementation gets
+with the same formula; FAISS/BLAS float32 results are only used to choose candidates and every
+pruning step is justified by a worst-case float32 error bound.  Hence the result equals the
+brute-force definition above (up to the float64 rounding of that formula).  Only *which* of
+several points tied exactly at the k-th distance ends up in a kNN list is unspecified; rho and
+delta do not depend on it (only ``n_peaks`` can).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from fractions import Fraction
+
+import faiss
+import numpy as np
+
+try:  # limits numpy's BLAS pool (used by the peak search) to n_threads as well
+    from threadpoolctl import threadpool_limits as _threadpool_limits
+except ImportError:  # pragma: no cover - optional
+    _threadpool_limits = None
+
+__all__ = ["DPCKNNResult", "dpc_knn", "n_interests"]
+
+_U32 = 2.0**-24  # unit roundoff of float32
+_CHUNK_ELEMS = 1 << 18  # float64 elements per temporary in the exact pair distances (2 MiB)
+
+
+@dataclass
+class DPCKNNResult:
+    """Output of :func:`dpc_knn`.
+
+    Attributes:
+        rho: float64 [N] local density ``exp(-(1/k) * sum of squared kNN distances)``.
+        delta: float64 [N] distance to the nearest denser point (maximal distance for the
+            densest point).
+        centers: int64 [K] token indices of the centers, by decreasing ``rho * delta``
+            (ties: smaller index first).
+        assignment: int64 [N] position in ``centers`` (0..K-1) of each token's nearest center
+            (ties: the smaller position).
+        n_peaks: number of local peaks (points without a denser point in their kNN list,
+            including the densest point); these needed the wide delta search.
+        k: the number of neighbours actually used (``min(k, N - 1)``).
+    """
+
+    rho: np.ndarray
+    delta: np.ndarray
+    centers: np.ndarray
+    assignment: np.ndarray
+    n_peaks: int = 0
+    k: int = 0
+
+
+def n_interests(n_tokens: int, interest_ratio: float) -> int:
+    """Number of interests ``K = ceil(interest_ratio * n_tokens)``, clipped to ``[1, n_tokens]``.
+
+    The product is evaluated on the decimal value of ``interest_ratio`` (``Fraction(repr(r))``),
+    so that e.g. ``n_interests(30, 0.1) == 3`` (plain float arithmetic gives
+    ``ceil(3.0000000000000004) == 4``).
+    """
+    n = operator.index(n_tokens)
+    if n < 1:
+        raise ValueError(f"n_tokens must be >= 1, got {n}")
+    r = float(interest_ratio)
+    if not math.isfinite(r) or r <= 0:
+        raise ValueError(f"interest_ratio must be a finite number > 0, got {interest_ratio!r}")
+    k = math.ceil(Fraction(repr(r)) * n)
+    return int(min(max(k, 1), n))
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+@contextmanager
+def _thread_limit(n_threads: int | None):
+    if n_threads is None:
+        yield
+        return
+    prev = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n_threads)
+    try:
+        ctx = _threadpool_limits(limits=n_threads) if _threadpool_limits is not None else nullcontext()
+        with ctx:
+            yield
+    finally:
+        faiss.omp_set_num_threads(prev)
+
+
+class _Data:
+    """Original tokens plus the centred, scaled float32 copy used for candidate search."""
+
+    def __init__(self, x: np.ndarray, block_size: int):
+        self.x = x  # original values (float32 or float64); exact distances are computed from it
+        n, d = x.shape
+        self.n, self.d, self.block_size = n, d, block_size
+        rows = max(1, _CHUNK_ELEMS // d)
+
+        # mean (float64, blockwise) and max |x|, |x - mean|, checking finiteness on the way
+        total = np.zeros(d, dtype=np.float64)
+        for s in range(0, n, rows):
+            blk = x[s : s + rows]
+            if not np.isfinite(blk).all():
+                raise ValueError("tokens contain NaN or infinite values")
+            total += blk.sum(axis=0, dtype=np.float64)
+        mean = total / n
+        amax = 0.0
+        cmax = 0.0
+        for s in range(0, n, rows):
+            blk = x[s : s + rows].astype(np.float64)
+            amax = max(amax, float(np.abs(blk).max()))
+            blk -= mean
+            cmax = max(cmax, float(np.abs(blk).max()))
+        # power-of-two scale (exact) so that the centred float32 copy has max |value| in (1/2, 1]
+        self.scale = math.ldexp(1.0, -math.frexp(cmax)[1]) if cmax > 0 else 1.0
+        self.inv_s2 = 1.0 / (self.scale * self.scale)  # exact (power of two)
+
+        x32 = np.empty((n, d), dtype=np.float32)
+        nrm = np.empty(n, dtype=np.float64)
+        for s in range(0, n, rows):
+            blk = x[s : s + rows].astype(np.float64)
+            blk -= mean
+            blk *= self.scale
+            x32[s : s + rows] = blk
+            b32 = x32[s : s + rows].astype(np.float64)
+            nrm[s : s + rows] = np.einsum("ij,ij->i", b32, b32)
+        self.x32 = x32
+        self.nrm = nrm  # squared norms of the float32 rows (scaled units)
+        self.max_nrm = float(nrm.max())
+
+        # |approx - exact| <= coef * (nrm_i + nrm_j) + absolute  (scaled units), where approx is
+        # any float32 evaluation (direct or ||x||^2 + ||y||^2 - 2 x.y, any summation order) on the
+        # float32 copy and exact the true distance of the original points.  Derivation:
+        # float32 arithmetic <= (2d + 6) u, rounding to float32 <= 4.02 u; doubled for safety.
+        self.coef = (4.0 * d + 32.0) * _U32
+        eta = math.sqrt(d) * 2.0**-52 * (amax + amax) * self.scale  # centring round-off
+        self.abs_err = (d + 8.0) * 2.0**-140 + 8.0 * eta * math.sqrt(self.max_nrm) + 4.0 * eta * eta
+
+    def err(self, rows: np.ndarray, other_max_nrm: float) -> np.ndarray:
+        """Bound on the float32 error of the distance from ``rows`` to any point of norm^2 <= other_max_nrm."""
+        return self.coef * (self.nrm[rows] + other_max_nrm) + self.abs_err
+
+    def pair_sqdist(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Exact float64 ``sum((x_a - x_b)**2)`` for index arrays a, b (chunked, bounded memory)."""
+        a = np.asarray(a, dtype=np.int64).ravel()
+        b = np.asarray(b, dtype=np.int64).ravel()
+        out = np.empty(a.size, dtype=np.float64)
+        step = max(1, _CHUNK_ELEMS // self.d)
+        for s in range(0, a.size, step):
+            diff = np.subtract(self.x[a[s : s + step]], self.x[b[s : s + step]], dtype=np.float64)
+            diff *= diff
+            out[s : s + step] = diff.sum(axis=1)
+        return out
+
+    def row_max_sqdist(self, i: int) -> float:
+        """Exact ``max_j ||x_i - x_j||^2``."""
+        xi = self.x[i].astype(np.float64)
+        best = 0.0
+        step = max(1, _CHUNK_ELEMS // self.d)
+        for s in range(0, self.n, step):
+            diff = np.subtract(self.x[s : s + step], xi, dtype=np.float64)
+            diff *= diff
+            best = max(best, float(diff.sum(axis=1).max()))
+        return best
+
+
+def _refined_search(
+    data: _Data,
+    db_rows: np.ndarray,
+    need: int,
+    m0: int,
+    exclude_self: bool,
+    strict: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For every token, the ``need`` database entries with the smallest exact distance.
+
+    ``db_rows`` maps database positions to token indices.  Returns (positions, squared distances)
+    of shape [N, need], sorted by (exact distance, position).  A row is accepted when the float32
+    error bound proves that no database entry outside the FAISS candidates is closer than
+    (``strict``: at least as close as) the last kept one; otherwise it is searched again with twice
+    as many candidates (at most the whole database, which is always exact).
+    """
+    n_db = db_rows.size
+    index = faiss.IndexFlatL2(data.d)
+    index.add(data.x32[db_rows])
+    db_max_nrm = float(data.nrm[db_rows].max())
+
+    out_pos = np.empty((data.n, need), dtype=np.int64)
+    out_d2 = np.empty((data.n, need), dtype=np.float64)
+    pending = np.arange(data.n, dtype=np.int64)
+    m = min(m0, n_db)
+    first = True
+    while pending.size:
+        # first pass: all queries in one FAISS call (results are only N x m); re-searches with a
+        # larger m go block by block so that memory stays O(block_size * N)
+        step = pending.size if first else data.block_size
+        failed = []
+        for s in range(0, pending.size, step):
+            q = pending[s : s + step]
+            dist, pos = index.search(data.x32[q], m)
+            cand = db_rows[pos]  # token indices [B, m]
+            d2 = data.pair_sqdist(np.repeat(q, m), cand).reshape(q.size, m)
+            if exclude_self:
+                d2[cand == q[:, None]] = np.inf  # self may appear anywhere (duplicates)
+            order = np.lexsort((pos, d2), axis=-1)[:, :need]
+            kpos = np.take_along_axis(pos, order, axis=-1)
+            kd2 = np.take_along_axis(d2, order, axis=-1)
+            if m >= n_db:
+                ok = np.ones(q.size, dtype=bool)
+            else:
+                # every non-candidate has approx >= dist[:, -1], hence exact >= lb
+                lb = np.maximum(dist[:, -1].astype(np.float64) - data.err(q, db_max_nrm), 0.0)
+                lb *= data.inv_s2
+                ok = kd2[:, -1] < lb if strict else kd2[:, -1] <= lb
+            out_pos[q[ok]] = kpos[ok]
+            out_d2[q[ok]] = kd2[ok]
+            failed.append(q[~ok])
+        pending = np.concatenate(failed)
+        m = min(2 * m, n_db)
+        first = False
+    return out_pos, out_d2
+
+
+def _denser_sqdist(data: _Data, points: np.ndarray, order: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """Exact ``min_{j denser than i} ||x_i - x_j||^2`` for each i in ``points`` (none densest).
+
+    ``order`` lists the tokens from densest to least dense, ``rank`` is its inverse.  Works on
+    ``block_size`` points at a time: float32 distances to the denser prefix of ``order`` (one
+    matmul), then exact recomputation of every candidate within twice the error bound of the
+    block-row minimum.  Memory O(block_size * N).
+    """
+    out = np.empty(points.size, dtype=np.float64)
+    if points.size == 0:
+        return out
+    if np.any(rank[points] == 0):
+        raise ValueError("the densest point has no denser point")
+    by_rank = np.argsort(rank[points], kind="stable")
+    pts = points[by_rank]
+    xr = data.x32[order]  # density-ordered float32 copy: the denser set of i is xr[:rank[i]]
+    nr32 = data.nrm[order].astype(np.float32)
+    for s in range(0, pts.size, data.block_size):
+        p = pts[s : s + data.block_size]
+        r = rank[p]
+        ncol = int(r.max())
+        g = data.x32[p] @ xr[:ncol].T  # [B, ncol] float32
+        g *= np.float32(-2.0)
+        g += data.nrm[p].astype(np.float32)[:, None]
+        g += nr32[None, :ncol]
+        g[np.arange(ncol)[None, :] >= r[:, None]] = np.inf  # not denser
+        err = data.err(p, data.max_nrm)
+        thr = (g.min(axis=1).astype(np.float64) + 2.0 * err) * (1.0 + 16.0 * _U32)
+        thr32 = np.nextafter(thr.astype(np.float32), np.float32(np.inf))  # >= thr
+        rows, cols = np.nonzero(g <= thr32[:, None])
+        del g
+        d2 = data.pair_sqdist(p[rows], order[cols])
+        starts = np.searchsorted(rows, np.arange(p.size))  # every row has >= 1 candidate
+        out[by_rank[s : s + p.size]] = np.minimum.reduceat(d2, starts)
+    return out
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}") from None
+    if v < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {v}")
+    return v
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def dpc_knn(
+    tokens: np.ndarray,
+    n_centers: int,
+    k: int = 5,
+    n_threads: int | None = None,
+    block_size: int = 4096,
+) -> DPCKNNResult:
+    """Exact DPC-KNN clustering of ``tokens`` [N, d] into ``n_centers`` interests (MISSRec).
+
+    Definitions (module docstring; MISSRec, DPC-KNN): ``rho_i = exp(-(1/k) sum_{j in kNN(i)}
+    ||t_i - t_j||^2)`` with kNN excluding i itself; j is denser than i iff ``rho_j > rho_i`` or
+    (``rho_j == rho_i`` and ``j < i``); ``delta_i`` = distance to the nearest denser point (max
+    distance for the densest point); centers = the K largest ``rho * delta`` (ties: smaller index
+    first); each token goes to its nearest center (ties: earlier center in ``centers``).  A center
+    is at distance 0 from itself, so it is assigned to a center at distance 0: itself, unless an
+    exact duplicate of it is an earlier center, in which case that one (same tie rule).
+
+    Results are exact (every distance is recomputed in float64 from the input values; FAISS float32
+    results only select candidates, certified by an error bound), deterministic, and memory is
+    O(N*k + N*d + block_size*N) -- no N x N matrix.
+
+    Args:
+        tokens: [N, d] float32/float64 (other real dtypes are converted to float64), finite.
+        n_centers: K >= 1; clipped to N.
+        k: neighbours for the density; if N <= k, ``k = N - 1`` is used (N == 1: ``rho = 1``,
+            ``delta = 0``, the point is the only center).
+        n_threads: FAISS/OpenMP (and BLAS, via threadpoolctl) thread count for this call; the
+            previous FAISS setting is restored afterwards.  None: leave as is.
+        block_size: query rows per block in the peak search and re-searches.
+
+    Raises:
+        ValueError: tokens not 2-D, empty, zero-dimensional or non-finite; bad k / n_centers /
+            n_threads / block_size.
+    """
+    x = np.asarray(tokens)
+    if x.ndim != 2:
+        raise ValueError(f"tokens must be a 2-D array [N, d], got shape {x.shape}")
+    n, d = x.shape
+    if n == 0:
+        raise ValueError("tokens is empty (N == 0)")
+    if d == 0:
+        raise ValueError("tokens must have at least one feature dimension (d == 0)")
+    if x.dtype not in (np.float32, np.float64):
+        if np.issubdtype(x.dtype, np.complexfloating) or not (
+            np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_
+        ):
+            raise ValueError(f"tokens must be real-valued, got dtype {x.dtype}")
+        x = x.astype(np.float64)
+    n_centers = _check_int("n_centers", n_centers, 1)
+    k = _check_int("k", k, 1)
+    block_size = _check_int("block_size", block_size, 1)
+    if n_threads is not None:
+        n_threads = _check_int("n_threads", n_threads, 1)
+
+    with _thread_limit(n_threads):
+        data = _Data(x, block_size)  # also validates finiteness
+        n_centers = min(n_centers, n)
+        k = min(k, n - 1)
+        if n == 1:
+            return DPCKNNResult(
+                rho=np.ones(1), delta=np.zeros(1), centers=np.zeros(1, dtype=np.int64),
+                assignment=np.zeros(1, dtype=np.int64), n_peaks=1, k=0,
+            )
+
+        # 1. exact kNN (self excluded) and density
+        margin = max(3, k // 2)
+        knn, knn_d2 = _refined_search(
+            data, np.arange(n, dtype=np.int64), need=k, m0=k + 1 + margin, exclude_self=True,
+            strict=False,
+        )
+        rho = np.exp(-(knn_d2.sum(axis=1) / k))
+
+        # strict total order "denser": larger rho, then smaller index
+        order = np.lexsort((np.arange(n), -rho))
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n)
+
+        # 2. delta: first denser neighbour in the sorted kNN list, wide search for local peaks
+        denser = rank[knn] < rank[:, None]
+        has = denser.any(axis=1)
+        first = denser.argmax(axis=1)
+        delta2 = np.where(has, knn_d2[np.arange(n), first], 0.0)
+        peaks = np.flatnonzero(~has)
+        top = int(order[0])
+        others = peaks[peaks != top]
+        delta2[others] = _denser_sqdist(data, others, order, rank)
+        delta2[top] = data.row_max_sqdist(top)
+        delta = np.sqrt(delta2)
+
+        # 3. centers and assignment
+        score = rho * delta
+        centers = np.lexsort((np.arange(n), -score))[:n_centers].astype(np.int64)
+        pos, _ = _refined_search(
+            data, centers, need=1, m0=min(4, n_centers), exclude_self=False, strict=True
+        )
+        return DPCKNNResult(
+            rho=rho, delta=delta, centers=centers, assignment=pos[:, 0].astype(np.int64),
+            n_peaks=int(peaks.size), k=k,
+        )

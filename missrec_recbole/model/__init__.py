@@ -1,0 +1,3 @@
+from missrec_recbole.model.missrec import MISSRec
+
+__all__ = ["MISSRec"]

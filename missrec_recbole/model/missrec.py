@@ -1,0 +1,394 @@
+"""MISSRec: multi-modal interest-aware sequence representation (Wang et al., ACM MM 2023).
+
+Equations refer to the paper as restated in DESIGN.md section 3:
+- adapters       e_i^m = W_m Dropout(x_i^m) + b_m, m in {text, image}; absent modalities are masked out;
+- item tokens    e_i = sum_m e_i^m (+ ID) ("add") or the modality tokens interleaved ("stack");
+- interests      DPC-KNN over all item tokens, refreshed by the trainer before each epoch;
+                 a sequence's interest tokens = its distinct interests, each its center token;
+- encoder        memory = Encoder(interest tokens); decoder: causal item tokens attend to memory;
+                 s_u = decoder output at the last item;
+- fusion         w_m = softmax_m(beta * s_m), score = sum_m w_m s_m, s_m = cos(s_u, e_i^m);
+- losses         L_si (sequence-item InfoNCE), L_ss (two item-drop views), L_reg (interest
+                 diversity: mean pairwise cosine similarity of a sequence's memory tokens).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import InputType
+
+from missrec_recbole.interests import dpc_knn, n_interests
+
+MODALITY_INDEX = {"text": 0, "image": 1}
+
+
+def distinct_per_row(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deduplicate each row of ``ids`` (negative = padding), vectorised over the batch.
+
+    Returns ``(distinct, mask)``: [B, K_max] ids sorted ascending per row, padded with -1, and a
+    mask of the real entries. Deduplication removes the imbalance between frequent and rare
+    interests (paper, interest-aware encoding).
+    """
+    big = torch.iinfo(ids.dtype).max
+    ordered, _ = torch.sort(torch.where(ids < 0, big, ids), dim=1)
+    is_new = ordered != big
+    is_new[:, 1:] &= ordered[:, 1:] != ordered[:, :-1]
+    slot = torch.cumsum(is_new, dim=1) - 1
+    width = max(int(is_new.sum(dim=1).max()), 1)
+    distinct = ids.new_full((ids.shape[0], width + 1), -1)
+    # entries that are not new all go to the spare last column, which is cut off afterwards
+    distinct.scatter_(1, torch.where(is_new, slot, width), torch.where(is_new, ordered, -1))
+    distinct = distinct[:, :width]
+    return distinct, distinct >= 0
+
+
+def left_align(values: torch.Tensor, keep: torch.Tensor, fill=0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move the kept entries of each row to the front (order preserved); returns (values, lengths)."""
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+    aligned = torch.gather(values, 1, order)
+    lengths = keep.sum(dim=1)
+    positions = torch.arange(values.shape[1], device=values.device)
+    aligned = torch.where(positions < lengths[:, None], aligned, values.new_tensor(fill))
+    return aligned, lengths
+
+
+class MISSRec(SequentialRecommender):
+    """MISSRec for RecBole. Needs a :class:`~missrec_recbole.data.MISSRecDataset`."""
+
+    input_type = InputType.POINTWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.modalities = list(dataset.modalities)
+        self.transductive = config["mode"] == "transductive"
+        self.stage = config["stage"]
+        self.item_fusion = config["item_fusion"]
+        self.hidden_size = config["hidden_size"]
+        self.temperature = config["temperature"]
+        self.lam, self.gamma = config["lambda"], config["gamma"]
+        self.item_drop_ratio = config["item_drop_ratio"]
+        self.loss_candidates = config["loss_candidates"]
+        self.interest_ratio = config["interest_ratio"]
+        self.dpc_k = config["dpc_k"]
+        self.faiss_threads = config["faiss_threads"] or torch.get_num_threads()
+        if config["mode"] not in ("inductive", "transductive"):
+            raise ValueError(f"config `mode`: {config['mode']!r} must be inductive or transductive")
+        if self.item_fusion not in ("add", "stack"):
+            raise ValueError(f"config `item_fusion`: {self.item_fusion!r} must be add or stack")
+        if config["n_layers"] < 2:
+            raise ValueError("config `n_layers` counts encoder + decoder layers and must be >= 2")
+
+        # Frozen features and presence masks, in RecBole's internal item order (not saved: dataset-specific).
+        for m in self.modalities:
+            self.register_buffer(f"{m}_features", dataset.features[m], persistent=False)
+            self.register_buffer(f"{m}_present", dataset.present[m], persistent=False)
+        self.adapters = nn.ModuleDict(
+            {m: nn.Linear(config[f"{m}_dim"], self.hidden_size) for m in self.modalities})
+        self.adapter_dropout = nn.Dropout(config["adaptor_dropout_prob"])
+        self.item_embedding = (nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
+                               if self.transductive else None)
+        self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
+        self.modality_embedding = nn.Embedding(2, self.hidden_size) if self.item_fusion == "stack" else None
+        self.input_layer_norm = nn.LayerNorm(self.hidden_size, eps=config["layer_norm_eps"])
+        self.input_dropout = nn.Dropout(config["hidden_dropout_prob"])
+
+        layer_args = dict(d_model=self.hidden_size, nhead=config["n_heads"], dim_feedforward=config["inner_size"],
+                          dropout=config["hidden_dropout_prob"], activation=config["hidden_act"],
+                          layer_norm_eps=config["layer_norm_eps"], batch_first=True)
+        n_encoder = config["n_layers"] // 2
+        self.interest_encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer_args), n_encoder,
+                                                      enable_nested_tensor=False)
+        self.item_decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer_args),
+                                                  config["n_layers"] - n_encoder)
+        self.fusion_beta = nn.Parameter(torch.tensor(float(config["fusion_beta"])))
+
+        self.initializer_range = config["initializer_range"]
+        self.apply(self._init_weights)
+        self._reset_interest_map()
+        self._item_token_cache = None
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+        if isinstance(module, nn.LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(1.0)
+
+    # ------------------------------------------------------------------ item tokens
+    def _features(self, m):
+        return getattr(self, f"{m}_features")
+
+    def _present(self, m):
+        return getattr(self, f"{m}_present")
+
+    def modality_tokens(self, items: torch.Tensor, m: str) -> torch.Tensor:
+        """Adapter output e_i^m for item ids of any shape (computed once per distinct item)."""
+        distinct, inverse = torch.unique(items, return_inverse=True)
+        tokens = self.adapters[m](self.adapter_dropout(self._features(m)[distinct]))
+        return tokens[inverse]
+
+    def present(self, items: torch.Tensor) -> torch.Tensor:
+        """[..., M] bool: which modalities each item has (padding has none)."""
+        return torch.stack([self._present(m)[items] for m in self.modalities], dim=-1)
+
+    def item_tokens(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-modality tokens [..., M, d] (absent modalities zeroed; + ID in transductive mode) and presence."""
+        present = self.present(items)
+        tokens = torch.stack([self.modality_tokens(items, m) for m in self.modalities], dim=-2)
+        tokens = tokens * present.unsqueeze(-1)
+        return tokens, present
+
+    def _id_embedding(self, items):
+        return self.item_embedding(items) if self.transductive else 0.0
+
+    # ------------------------------------------------------------------ interests
+    def _reset_interest_map(self):
+        self.center_item = torch.zeros(0, dtype=torch.long)
+        self.center_modality = torch.zeros(0, dtype=torch.long)
+        self.item_interest = torch.zeros(0, dtype=torch.long)
+
+    def other_parameter(self):
+        """The interest map goes into RecBole's checkpoints, so a reloaded best model uses its own map."""
+        return {"center_item": self.center_item, "center_modality": self.center_modality,
+                "item_interest": self.item_interest}
+
+    def load_other_parameter(self, para):
+        if para:
+            device = self.position_embedding.weight.device
+            for key in ("center_item", "center_modality", "item_interest"):
+                setattr(self, key, para[key].to(device))
+
+    @property
+    def has_interest_map(self) -> bool:
+        return self.item_interest.shape[0] == self.n_items
+
+    @torch.no_grad()
+    def refresh_interests(self) -> dict:
+        """Run DPC-KNN over every present text/image token of every item; store item -> interest.
+
+        K = ceil(interest_ratio * N) for N tokens. Uses the current adapters without dropout.
+        Returns a small summary (tokens, interests) for logging.
+        """
+        was_training = self.training
+        self.eval()
+        device = self.position_embedding.weight.device
+        tokens, owner_item, owner_modality = [], [], []
+        for m in self.modalities:
+            items = torch.nonzero(self._present(m)).squeeze(1)
+            tokens.append(self.adapters[m](self._features(m)[items]))
+            owner_item.append(items)
+            owner_modality.append(torch.full_like(items, self.modalities.index(m)))
+        owner_item, owner_modality = torch.cat(owner_item), torch.cat(owner_modality)
+        points = torch.cat(tokens).float().cpu().numpy()
+        result = dpc_knn(points, n_interests(len(points), self.interest_ratio), k=self.dpc_k,
+                         n_threads=self.faiss_threads)
+        centers = torch.from_numpy(result.centers).to(device)
+        self.center_item = owner_item[centers]
+        self.center_modality = owner_modality[centers]
+        item_interest = torch.full((self.n_items, len(self.modalities)), -1, dtype=torch.long, device=device)
+        item_interest[owner_item, owner_modality] = torch.from_numpy(result.assignment).to(device)
+        self.item_interest = item_interest
+        self.train(was_training)
+        return {"tokens": len(points), "interests": len(centers)}
+
+    def interest_tokens(self, item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distinct interest tokens of each sequence [B, K_max, d] and their mask."""
+        if not self.has_interest_map:
+            self.refresh_interests()
+        ids, mask = distinct_per_row(self.item_interest[item_seq].flatten(1))
+        interests, inverse = torch.unique(ids.clamp(min=0), return_inverse=True)
+        items, modality = self.center_item[interests], self.center_modality[interests]
+        center_tokens = torch.zeros(len(interests), self.hidden_size, device=ids.device)
+        for index, m in enumerate(self.modalities):
+            chosen = modality == index
+            if chosen.any():
+                center_tokens[chosen] = self.adapters[m](self.adapter_dropout(self._features(m)[items[chosen]]))
+        return center_tokens[inverse] * mask.unsqueeze(-1), mask
+
+    # ------------------------------------------------------------------ encoder-decoder
+    def _input(self, tokens):
+        return self.input_dropout(self.input_layer_norm(tokens))
+
+    def _sequence_tokens(self, item_seq, item_seq_len):
+        """Decoder inputs: one token per item ("add") or per present modality ("stack")."""
+        positions = torch.arange(item_seq.shape[1], device=item_seq.device).expand_as(item_seq)
+        tokens, present = self.item_tokens(item_seq)
+        if self.item_fusion == "add":
+            fused = tokens.sum(dim=-2) + self._id_embedding(item_seq) + self.position_embedding(positions)
+            return fused, item_seq_len
+        batch, length, n_mod, _ = tokens.shape
+        modality_ids = torch.tensor([MODALITY_INDEX[m] for m in self.modalities], device=item_seq.device)
+        stacked = (tokens + self.modality_embedding(modality_ids)
+                   + (self._id_embedding(item_seq) + self.position_embedding(positions)).unsqueeze(-2))
+        stacked = stacked.reshape(batch, length * n_mod, -1)
+        valid = (present & (positions < item_seq_len[:, None]).unsqueeze(-1)).reshape(batch, -1)
+        order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)
+        stacked = torch.gather(stacked, 1, order.unsqueeze(-1).expand_as(stacked))
+        return stacked, valid.sum(dim=1)
+
+    def _decode_last(self, tokens, lengths, memory, memory_padding):
+        """Causal decoder output at each sequence's last token, [B, d].
+
+        Equal to running ``self.item_decoder`` with a causal mask and taking the last valid
+        position, but the last layer computes only that one query: with causal attention the
+        last token attends to exactly the valid tokens, so the other L-1 queries are not needed.
+        """
+        length = tokens.shape[1]
+        padding = torch.arange(length, device=tokens.device)[None, :] >= lengths[:, None]
+        *lower, last = self.item_decoder.layers
+        if lower:
+            causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=tokens.device), diagonal=1)
+            for layer in lower:
+                tokens = layer(tokens, memory, tgt_mask=causal, tgt_key_padding_mask=padding,
+                               memory_key_padding_mask=memory_padding)
+        query = self.gather_indexes(tokens, (lengths - 1).clamp(min=0)).unsqueeze(1)
+        attended = last.self_attn(query, tokens, tokens, key_padding_mask=padding, need_weights=False)[0]
+        x = last.norm1(query + last.dropout1(attended))
+        attended = last.multihead_attn(x, memory, memory, key_padding_mask=memory_padding, need_weights=False)[0]
+        x = last.norm2(x + last.dropout2(attended))
+        x = last.norm3(x + last.dropout3(last.linear2(last.dropout(last.activation(last.linear1(x))))))
+        return x.squeeze(1)
+
+    def forward(self, item_seq, item_seq_len, return_memory=False):
+        """Sequence representation s_u [B, d] (and the memory tokens with their mask)."""
+        interests, interest_mask = self.interest_tokens(item_seq)
+        memory = self.interest_encoder(self._input(interests), src_key_padding_mask=~interest_mask)
+        tokens, lengths = self._sequence_tokens(item_seq, item_seq_len)
+        seq_output = self._decode_last(self._input(tokens), lengths, memory, ~interest_mask)
+        if return_memory:
+            return seq_output, memory, interest_mask
+        return seq_output
+
+    # ------------------------------------------------------------------ scores
+    def candidate_tokens(self, items=None):
+        """Normalised per-modality candidate vectors [N, M, d] and presence [N, M]; all items if None."""
+        if items is None:
+            if self._item_token_cache is not None:
+                return self._item_token_cache
+            items = torch.arange(self.n_items, device=self.position_embedding.weight.device)
+            cached = not self.training
+        else:
+            cached = False
+        tokens, present = self.item_tokens(items)
+        if self.transductive:
+            tokens = tokens + self.item_embedding(items).unsqueeze(-2) * present.unsqueeze(-1)
+        result = (F.normalize(tokens, dim=-1), present)
+        if cached:
+            self._item_token_cache = result
+        return result
+
+    def train(self, mode=True):
+        self._item_token_cache = None  # parameters may change from here on
+        return super().train(mode)
+
+    def fused_scores(self, seq_output, candidates, present, pairwise=False):
+        """Dynamic user-adaptive fusion: sum_m softmax_m(beta * s_m) * s_m over present modalities.
+
+        ``pairwise=False``: scores of every sequence against every candidate, [B, N].
+        ``pairwise=True``: candidate b for sequence b only, [B].
+        """
+        seq = F.normalize(seq_output, dim=-1)
+        if pairwise:
+            per_modality = torch.einsum("bd,bmd->bm", seq, candidates)
+            mask = present
+        else:
+            per_modality = torch.einsum("bd,nmd->bnm", seq, candidates)
+            mask = present.unsqueeze(0).expand_as(per_modality)
+        logits = (self.fusion_beta * per_modality).masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # items with no modality score 0
+        return (weights * per_modality).sum(dim=-1)
+
+    # ------------------------------------------------------------------ losses
+    def _item_drop(self, item_seq, item_seq_len):
+        """One augmented view: drop items with probability item_drop_ratio (keep >= 1).
+
+        Whole items are dropped, so text, image and ID are dropped at the same positions.
+        """
+        positions = torch.arange(item_seq.shape[1], device=item_seq.device)
+        valid = positions[None, :] < item_seq_len[:, None]
+        keep = valid & (torch.rand(item_seq.shape, device=item_seq.device) >= self.item_drop_ratio)
+        empty = keep.sum(dim=1) == 0
+        keep[empty] = valid[empty] & (positions[None, :] == item_seq_len[empty, None] - 1)
+        return left_align(item_seq, keep)
+
+    def _info_nce(self, logits):
+        return F.cross_entropy(logits / self.temperature, torch.arange(len(logits), device=logits.device))
+
+    def sequence_item_loss(self, seq_output, pos_items):
+        """L_si: InfoNCE between s_u and its next item, over all items or the batch's targets."""
+        if self.loss_candidates == "all":
+            candidates, present = self.candidate_tokens()
+            scores = self.fused_scores(seq_output, candidates, present)
+            scores[:, 0] = float("-inf")
+            return F.cross_entropy(scores / self.temperature, pos_items)
+        candidates, present = self.candidate_tokens(pos_items)
+        scores = self.fused_scores(seq_output, candidates, present)
+        duplicate = (pos_items[:, None] == pos_items[None, :]) & ~torch.eye(
+            len(pos_items), dtype=torch.bool, device=pos_items.device)
+        return self._info_nce(scores.masked_fill(duplicate, float("-inf")))
+
+    def sequence_sequence_loss(self, item_seq, item_seq_len):
+        """L_ss: symmetric InfoNCE between two item-drop views of each sequence."""
+        views = [F.normalize(self.forward(*self._item_drop(item_seq, item_seq_len)), dim=-1) for _ in range(2)]
+        logits = views[0] @ views[1].T
+        return (self._info_nce(logits) + self._info_nce(logits.T)) / 2
+
+    @staticmethod
+    def interest_diversity_loss(memory, mask):
+        """L_reg: mean pairwise cosine similarity between a sequence's distinct memory tokens."""
+        normed = F.normalize(memory, dim=-1)
+        similarity = normed @ normed.transpose(1, 2)
+        pairs = mask[:, :, None] & mask[:, None, :]
+        pairs &= ~torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device)
+        if not pairs.any():
+            return memory.new_zeros(())
+        return similarity[pairs].mean()
+
+    def calculate_loss(self, interaction):
+        """Pre-training: L_si + lambda L_ss + gamma L_reg; fine-tuning: L_si."""
+        item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        seq_output, memory, mask = self.forward(item_seq, item_seq_len, return_memory=True)
+        loss_si = self.sequence_item_loss(seq_output, interaction[self.POS_ITEM_ID])
+        if self.stage != "pretrain":
+            return loss_si
+        loss_ss = self.sequence_sequence_loss(item_seq, item_seq_len)
+        loss_reg = self.interest_diversity_loss(memory, mask)
+        return loss_si, self.lam * loss_ss, self.gamma * loss_reg
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, interaction):
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        candidates, present = self.candidate_tokens(interaction[self.ITEM_ID])
+        return self.fused_scores(seq_output, candidates, present, pairwise=True)
+
+    def full_sort_predict(self, interaction):
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        candidates, present = self.candidate_tokens()
+        return self.fused_scores(seq_output, candidates, present)
+
+    # ------------------------------------------------------------------ transfer
+    FINETUNE_TRAINABLE = ("adapters.", "fusion_beta", "input_layer_norm.", "item_embedding.")
+
+    def freeze_for_finetune(self) -> int:
+        """Parameter-efficient fine-tuning: train only adapters, beta, input LayerNorm and ID embedding.
+
+        Returns the number of trainable parameters.
+        """
+        for name, parameter in self.named_parameters():
+            parameter.requires_grad = name.startswith(self.FINETUNE_TRAINABLE)
+        return self.trainable_parameters()
+
+    def trainable_parameters(self) -> int:
+        return int(sum(p.numel() for p in self.parameters() if p.requires_grad))
+
+    def transferable_state_dict(self) -> dict:
+        """Weights that do not depend on the dataset's items (everything but the ID embedding)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("item_embedding.")}

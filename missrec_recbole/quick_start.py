@@ -1,0 +1,159 @@
+"""The MISSRec pipeline on RecBole's building blocks: config -> dataset -> model -> trainer.
+
+RecBole's ``run_recbole`` looks models up by name and cannot take a plugin class, so these
+functions follow its manual route (``Config(model=MISSRec)`` -> ``MISSRecDataset`` ->
+``data_preparation`` -> ``MISSRec`` -> ``MISSRecTrainer``). Use them from Python::
+
+    from missrec_recbole.quick_start import finetune, pretrain
+    ckpts = pretrain(["Demo-A", "Demo-B"], config_dict={"epochs": 2})
+    result = finetune("Demo-C", pretrained=ckpts[-1])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from logging import getLogger
+from pathlib import Path
+
+import yaml
+from recbole.config import Config
+from recbole.data import data_preparation
+from recbole.utils import init_logger, init_seed
+
+from missrec_recbole.data.dataset import MISSRecDataset
+from missrec_recbole.data.demo import DEMO_DOMAINS, ensure_demo_dataset
+from missrec_recbole.data.merge import merge_datasets
+from missrec_recbole.model import MISSRec
+from missrec_recbole.trainer import MISSRecTrainer, load_pretrained
+
+ROOT = Path(__file__).resolve().parents[1]
+PROPS = ROOT / "props"
+DEFAULT_DATA_PATH = ROOT / "dataset"
+
+
+def _user_sets(key, config_files, config_dict) -> bool:
+    if key in (config_dict or {}):
+        return True
+    for path in config_files or []:
+        with open(path, encoding="utf-8") as handle:
+            if key in (yaml.safe_load(handle) or {}):
+                return True
+    return False
+
+
+@contextlib.contextmanager
+def _without_argv():
+    """RecBole's Config also parses sys.argv; we pass overrides explicitly instead."""
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def build_config(dataset: str, stage: str = "finetune", config_files=None, config_dict=None) -> Config:
+    """RecBole Config for MISSRec: props/MISSRec.yaml < props/<stage>.yaml < props/<dataset>.yaml
+    < ``config_files`` < ``config_dict``. ``data_path`` defaults to the repo's ``dataset/``."""
+    if not PROPS.is_dir():
+        raise FileNotFoundError(f"{PROPS}: props folder not found; install the package with `pip install -e .`")
+    files = [PROPS / "MISSRec.yaml", PROPS / f"{stage}.yaml"]
+    files += [p for p in [PROPS / f"{dataset}.yaml"] if p.is_file()]
+    files += [Path(f) for f in config_files or []]
+    for path in files:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: config file not found")
+    config_dict = dict(config_dict or {})
+    if not _user_sets("data_path", config_files, config_dict):
+        config_dict["data_path"] = str(DEFAULT_DATA_PATH)
+    with _without_argv():
+        return Config(model=MISSRec, dataset=dataset, config_file_list=[str(f) for f in files],
+                      config_dict=config_dict)
+
+
+def _data_root(config) -> Path:
+    return Path(config["data_path"]).parent
+
+
+def prepare_data(config):
+    """Generate demo domains on first use, then load and split the dataset (validated first)."""
+    if config["dataset"] in DEMO_DOMAINS:
+        ensure_demo_dataset(_data_root(config), [config["dataset"]])
+    dataset = MISSRecDataset(config)
+    getLogger().info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    return dataset, train_data, valid_data, test_data
+
+
+def _setup(config):
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logging.getLogger().info(config)
+
+
+def pretrain(datasets, config_files=None, config_dict=None, show_progress=False) -> list[str]:
+    """Pre-train on one or more datasets (merged into one, domains kept apart); returns checkpoint paths."""
+    datasets = list(datasets)
+    config_dict = dict(config_dict or {})
+    name = datasets[0]
+    if len(datasets) > 1:
+        base = build_config(name, "pretrain", config_files, config_dict)
+        data_root = _data_root(base)
+        missing_demo = [d for d in datasets if d in DEMO_DOMAINS]
+        if missing_demo:
+            ensure_demo_dataset(data_root, missing_demo)
+        name = "+".join(datasets)
+        merged_root = Path(base["checkpoint_dir"]) / "datasets"
+        merged_root.mkdir(parents=True, exist_ok=True)
+        merge_datasets(datasets, data_root, name, merged_root, base)
+        config_dict["data_path"] = str(merged_root)
+    config = build_config(name, "pretrain", config_files, config_dict)
+    _setup(config)
+    _, train_data, _, _ = prepare_data(config)
+    init_seed(config["seed"], config["reproducibility"])
+    model = MISSRec(config, train_data._dataset).to(config["device"])
+    getLogger().info(model)
+    trainer = MISSRecTrainer(config, model)
+    return trainer.pretrain(train_data, show_progress=show_progress)
+
+
+def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show_progress=False,
+             freeze=True) -> dict:
+    """Fine-tune (or train from scratch) on ``dataset``; returns valid/test metrics and costs.
+
+    With ``pretrained``, the checkpoint's transferable weights are loaded and, if ``freeze``, only
+    adapters, beta, input LayerNorm and (transductive) ID embedding are trained.
+    """
+    config = build_config(dataset, "finetune", config_files, config_dict)
+    _setup(config)
+    _, train_data, valid_data, test_data = prepare_data(config)
+    init_seed(config["seed"], config["reproducibility"])
+    model = MISSRec(config, train_data._dataset).to(config["device"])
+    if pretrained:
+        load_pretrained(model, config, pretrained)
+        getLogger().info(f"Loaded pre-trained weights from {pretrained}")
+        if freeze:
+            model.freeze_for_finetune()
+    getLogger().info(model)
+    trainer = MISSRecTrainer(config, model)
+    start = time.time()
+    best_valid_score, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=show_progress)
+    epochs_run = len(trainer.train_loss_dict)
+    seconds = time.time() - start
+    test = trainer.evaluate(test_data, load_best_model=True, show_progress=show_progress)
+    return {
+        "dataset": dataset,
+        "mode": config["mode"],
+        "pretrained": str(pretrained) if pretrained else None,
+        "best_valid_score": float(best_valid_score),
+        "valid": dict(best_valid),
+        "test": dict(test),
+        "epochs": epochs_run,
+        "seconds_per_epoch": seconds / max(epochs_run, 1),
+        "interest_refresh_seconds": sum(trainer.interest_refresh_seconds) / max(len(trainer.interest_refresh_seconds), 1),
+        "trainable_parameters": model.trainable_parameters(),
+        "model_file": trainer.saved_model_file,
+    }

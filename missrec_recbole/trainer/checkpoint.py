@@ -1,0 +1,76 @@
+"""Portable MISSRec checkpoints: dataset-independent weights + plain-typed config.
+
+A checkpoint is a dict of tensors and plain Python values, written atomically and always read
+with ``torch.load(weights_only=True)``. It leaves out everything tied to one dataset's items (ID
+embedding, features, interest map), so it loads into a dataset with a different item count.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from missrec_recbole.compat import atomic_torch_save, plain
+
+FORMAT = "missrec-recbole/1"
+# Config keys that fix the shapes of the transferable weights.
+ARCHITECTURE_KEYS = ("modalities", "text_dim", "image_dim", "hidden_size", "n_layers", "n_heads", "inner_size",
+                     "item_fusion", "MAX_ITEM_LIST_LENGTH")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: the message names the file and the mismatch."""
+
+
+def save_pretrained(model, config, path, epoch: int) -> str:
+    """Write ``model``'s transferable weights and ``config`` to ``path`` (atomic)."""
+    state = {
+        "format": FORMAT,
+        "epoch": int(epoch),
+        "config": plain(config.final_config_dict),
+        "state_dict": model.transferable_state_dict(),
+    }
+    atomic_torch_save(state, path)
+    return os.fspath(path)
+
+
+def read_checkpoint(path) -> dict:
+    """Load a checkpoint safely (``weights_only=True``) and check its format."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: checkpoint file not found. Pass the .pth written by --stage=pretrain.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated file, foreign pickle, ...
+        raise CheckpointError(f"{path}: not a readable MISSRec checkpoint ({error}).") from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "config" not in checkpoint:
+        raise CheckpointError(f"{path}: not a MISSRec checkpoint (no state_dict/config).")
+    return checkpoint
+
+
+def _check_architecture(path, saved: dict, config) -> None:
+    for key in ARCHITECTURE_KEYS:
+        mine = plain(config[key])
+        if key in saved and saved[key] != mine:
+            raise CheckpointError(
+                f"{path}: checkpoint was trained with {key}={saved[key]!r} but this run has {key}={mine!r}. "
+                f"Use the same {key} (features must have the same dims as in pre-training).")
+
+
+def load_pretrained(model, config, path) -> dict:
+    """Load transferable weights from ``path`` into ``model``; returns the checkpoint's config."""
+    checkpoint = read_checkpoint(path)
+    _check_architecture(path, checkpoint["config"], config)
+    weights = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("item_embedding.")}
+    expected = model.transferable_state_dict()
+    for key, value in weights.items():
+        if key not in expected:
+            raise CheckpointError(f"{path}: unexpected weight {key!r}; is it a MISSRec checkpoint?")
+        if expected[key].shape != value.shape:
+            raise CheckpointError(f"{path}: weight {key!r} has shape {tuple(value.shape)}, this model expects "
+                                  f"{tuple(expected[key].shape)}. Check the feature dims and hidden_size.")
+    missing = sorted(set(expected) - set(weights))
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks weights {missing[:5]}.")
+    model.load_state_dict(weights, strict=False)
+    return checkpoint["config"]

@@ -1,0 +1,90 @@
+"""Pre-train and fine-tune MISSRec with RecBole.
+
+  python run_missrec.py                                    # demo: pre-train on Demo-A,B,C, fine-tune on Demo-D
+  python run_missrec.py -d Scientific-mm --data_path=../shared/datasets     # fine-tune from scratch
+  python run_missrec.py -d NAME -p saved/MISSRec-...pth                    # fine-tune a pre-trained model
+  python run_missrec.py --stage=pretrain -d Demo-A,Demo-B                   # pre-train (merged domains)
+
+Any RecBole/MISSRec option can be overridden as --key=value (e.g. --epochs=20 --learning_rate=0.0005);
+values are read as YAML. Defaults: props/MISSRec.yaml, props/<stage>.yaml, props/<dataset>.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import yaml
+
+DEMO_PRETRAIN = ["Demo-A", "Demo-B", "Demo-C"]
+DEMO_FINETUNE = "Demo-D"
+METRICS = ["recall@10", "recall@50", "ndcg@10", "ndcg@50"]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-d", "--dataset", help="dataset name under --data_path; comma-separated list to pre-train "
+                                                "on several domains (default: the demo run)")
+    parser.add_argument("-p", "--pretrained", help="pre-trained checkpoint (.pth) to fine-tune from")
+    parser.add_argument("--stage", choices=["pretrain", "finetune"], default="finetune")
+    parser.add_argument("--mode", choices=["inductive", "transductive"],
+                        help="inductive: item features only; transductive: features + item ID embedding "
+                             "(default: transductive to fine-tune, inductive to pre-train)")
+    parser.add_argument("--config_files", help="extra YAML config files (space- or comma-separated)")
+    parser.add_argument("--data_path", help="folder containing <dataset>/ (default: the repo's dataset/)")
+    parser.add_argument("--no_freeze", action="store_true",
+                        help="with -p: train all weights instead of adapters/beta/LayerNorm/ID embedding only")
+    parser.add_argument("--show_progress", action="store_true", help="progress bars per epoch")
+    parser.add_argument("--result_json", help="also write the results to this JSON file")
+    args, extra = parser.parse_known_args(argv)
+    overrides = {}
+    for item in extra:
+        if not item.startswith("--") or "=" not in item:
+            parser.error(f"unrecognised argument {item!r}: options are --key=value")
+        key, value = item[2:].split("=", 1)
+        overrides[key] = yaml.safe_load(value)
+    for key in ("mode", "data_path"):
+        if getattr(args, key):
+            overrides[key] = getattr(args, key)
+    args.config_files = args.config_files.replace(",", " ").split() if args.config_files else []
+    return args, overrides
+
+
+def format_results(result) -> str:
+    lines = [f"{result['dataset']} ({result['mode']}, "
+             f"{'pre-trained: ' + result['pretrained'] if result['pretrained'] else 'from scratch'}), "
+             f"{result['epochs']} epochs, {result['seconds_per_epoch']:.1f} s/epoch, "
+             f"{result['trainable_parameters']} trainable parameters",
+             f"{'':8}" + "".join(f"{m:>11}" for m in METRICS)]
+    for split in ("valid", "test"):
+        lines.append(f"{split:8}" + "".join(f"{result[split][m]:>11.4f}" for m in METRICS))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args, overrides = parse_args(argv)
+    from missrec_recbole.quick_start import PROPS, finetune, pretrain
+
+    if args.dataset is None:  # the demo: brief pre-training, then parameter-efficient fine-tuning
+        files = [str(PROPS / "demo.yaml")] + args.config_files
+        checkpoints = pretrain(DEMO_PRETRAIN, files, overrides, args.show_progress)
+        print(f"pre-trained checkpoint: {checkpoints[-1]}")
+        result = finetune(DEMO_FINETUNE, checkpoints[-1], files, overrides, args.show_progress, not args.no_freeze)
+    elif args.stage == "pretrain":
+        checkpoints = pretrain(args.dataset.split(","), args.config_files, overrides, args.show_progress)
+        print("checkpoints:\n" + "\n".join(checkpoints))
+        result = {"checkpoints": checkpoints}
+    else:
+        result = finetune(args.dataset, args.pretrained, args.config_files, overrides, args.show_progress,
+                          not args.no_freeze)
+    if "test" in result:
+        print(format_results(result))
+    if args.result_json:
+        with open(args.result_json, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

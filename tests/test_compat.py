@@ -1,0 +1,123 @@
+"""Each RecBole 1.2.1 workaround: the failure without it, and that the package's fix removes it."""
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from recbole.config import Config
+from recbole.data.dataset import Dataset
+from recbole.utils import FeatureType
+
+from missrec_recbole import compat
+from tests.conftest import write_dataset
+
+
+def test_numpy_aliases(monkeypatch):
+    for name in compat._NUMPY_ALIASES:
+        monkeypatch.delattr(np, name, raising=False)
+    with pytest.raises(AttributeError):
+        Config.compatibility_settings(None)
+    compat.restore_numpy_aliases()
+    Config.compatibility_settings(None)  # what RecBole runs in every Config()
+
+
+def test_quick_start_imports_with_pinned_setuptools():
+    code = "import missrec_recbole, recbole.quick_start; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def _fake_dataset(frame, types):
+    return SimpleNamespace(feat_name_list=["inter_feat"], inter_feat=frame, field2type=types,
+                           logger=SimpleNamespace(debug=lambda *a: None))
+
+
+def test_fill_nan_really_fills():
+    def frame():
+        return pd.DataFrame({"user": [1.0, np.nan, 3.0], "rating": [1.0, np.nan, 3.0]})  # after remap
+
+    types = {"user": FeatureType.TOKEN, "rating": FeatureType.FLOAT}
+    broken = _fake_dataset(frame(), types)
+    compat.ORIGINALS["fill_nan"](broken)
+    assert broken.inter_feat["rating"].isna().any()  # pandas 3: the chained inplace fillna did nothing
+    fixed = _fake_dataset(frame(), types)
+    compat.fill_nan(fixed)
+    assert fixed.inter_feat["rating"].tolist() == [1.0, 2.0, 3.0]
+    assert fixed.inter_feat["user"].tolist() == [1, 0, 3]
+
+
+def _remap_input():
+    frame = pd.DataFrame({"item_id_list": [np.array(["7", "3"]), np.array(["3"]), np.array(["9", "7", "3"])],
+                          "item_id": ["3", "9", "1"]})
+    remap_list = [(frame, "item_id", FeatureType.TOKEN), (frame, "item_id_list", FeatureType.TOKEN_SEQ)]
+    dataset = SimpleNamespace(field2id_token={}, field2token_id={})
+    dataset._concat_remaped_tokens = lambda rl: Dataset._concat_remaped_tokens(dataset, rl)
+    return dataset, frame, remap_list
+
+
+def test_remap_of_token_seq_fields():
+    dataset, _, remap_list = _remap_input()
+    with pytest.raises(ValueError):
+        compat.ORIGINALS["remap"](dataset, remap_list)
+    dataset, frame, remap_list = _remap_input()
+    compat.remap(dataset, remap_list)
+    tokens = dataset.field2id_token["item_id"]
+    assert [tokens[i] for i in frame["item_id"]] == ["3", "9", "1"]
+    assert [[tokens[i] for i in seq] for seq in frame["item_id_list"]] == [["7", "3"], ["3"], ["9", "7", "3"]]
+
+
+def _fake_trainer(tmp_path, tiny_config):
+    model = torch.nn.Linear(3, 2)
+    model.other_parameter = dict
+    return SimpleNamespace(config=tiny_config(), cur_step=5, best_valid_score=np.float64(0.25), model=model,
+                           optimizer=torch.optim.Adam(model.parameters()), saved_model_file=str(tmp_path / "m.pth"),
+                           logger=SimpleNamespace(info=lambda *a: None))
+
+
+def test_recbole_checkpoints_load_with_weights_only(tmp_path, tiny_config):
+    trainer = _fake_trainer(tmp_path, tiny_config)
+    compat.ORIGINALS["save_checkpoint"](trainer, 3, verbose=False)
+    with pytest.raises(Exception, match="[Ww]eights only"):
+        torch.load(trainer.saved_model_file, weights_only=True)
+    compat.save_checkpoint(trainer, 3, verbose=False)
+    checkpoint = torch.load(trainer.saved_model_file, weights_only=True)
+    assert checkpoint["epoch"] == 3 and checkpoint["config"]["model"] == "MISSRec"
+    assert checkpoint["best_valid_score"] == 0.25
+    assert torch.equal(checkpoint["state_dict"]["weight"], trainer.model.weight)
+    assert not list(tmp_path.glob(".tmp-*"))  # atomic write leaves no temp file
+
+
+def test_anomaly_detection_switched_off():
+    probe = "import torch, {}; import recbole.model.sequential_recommender; print(torch.is_anomaly_enabled())"
+    plain = subprocess.run([sys.executable, "-c", probe.format("numpy")], capture_output=True, text=True, timeout=300)
+    ours = subprocess.run([sys.executable, "-c", probe.format("missrec_recbole")], capture_output=True, text=True,
+                          timeout=300)
+    assert "True" in plain.stdout  # RecBole's sine.py switches it on
+    assert ours.stdout.strip().endswith("False"), ours.stderr[-2000:]
+
+
+def test_pre_split_dataset_loads(tmp_path, tiny_config):
+    from missrec_recbole.data import MISSRecDataset
+
+    dataset = MISSRecDataset(tiny_config())
+    assert dataset.inter_num > 0 and dataset.item_num > 1
+
+
+def test_benchmark_presets_lengths_per_row():
+    def dataset():
+        frame = pd.DataFrame({"item_id": [3, 9, 1], "item_id_list": [np.array([7, 3]), np.array([3]),
+                                                                      np.array([9, 7, 3])]})
+        fake = SimpleNamespace(config={"LIST_SUFFIX": "_list"}, inter_feat=frame, item_list_length_field="item_length",
+                               item_id_list_field="item_id_list", set_field_property=lambda *a: None)
+        return fake
+
+    broken = dataset()
+    compat.ORIGINALS["benchmark_presets"](broken)
+    assert broken.inter_feat["item_length"].tolist() == [3, 3, 3]  # pandas 3: agg(len) is the column length
+    fixed = dataset()
+    compat.benchmark_presets(fixed)
+    assert fixed.inter_feat["item_length"].tolist() == [2, 1, 3]

@@ -1,0 +1,290 @@
+"""Tests for the exact, FAISS-backed DPC-KNN (missrec_recbole.interests.dpc_knn).
+
+The reference below is written directly from the definitions with a full float64 distance matrix
+(no kNN shortcut); the implementation must match it exactly (centers, assignment) and rho/delta to
+1e-9 relative.
+"""
+
+from __future__ import annotations
+
+import math
+import tracemalloc
+
+import faiss
+import numpy as np
+import pytest
+
+from missrec_recbole.interests import DPCKNNResult, dpc_knn, n_interests
+from missrec_recbole.interests.dpc_knn import _Data, _denser_sqdist, _refined_search
+
+# ----------------------------------------------------------------------------------------------
+# brute-force reference
+
+
+def ref_sqdist(x: np.ndarray) -> np.ndarray:
+    """Full [N, N] matrix of sum((x_i - x_j)**2) in float64."""
+    x = np.asarray(x).astype(np.float64)
+    out = np.empty((len(x), len(x)))
+    for i in range(len(x)):
+        diff = x[i] - x
+        out[i] = (diff * diff).sum(axis=1)
+    return out
+
+
+def ref_dpc(d2: np.ndarray, n_centers: int, k: int):
+    n = d2.shape[0]
+    k = min(k, n - 1)
+    n_centers = min(n_centers, n)
+    if n == 1:
+        return dict(rho=np.ones(1), delta=np.zeros(1), centers=np.zeros(1, int),
+                    assignment=np.zeros(1, int), n_peaks=1)
+    nd = d2.copy()
+    np.fill_diagonal(nd, np.inf)  # exclude the point itself (not its duplicates)
+    knn_d2 = np.ascontiguousarray(np.sort(nd, axis=1)[:, :k])
+    rho = np.exp(-(knn_d2.sum(axis=1) / k))
+    idx = np.arange(n)
+    # j denser than i  <=>  rho_j > rho_i or (rho_j == rho_i and j < i)
+    denser = (rho[None, :] > rho[:, None]) | ((rho[None, :] == rho[:, None]) & (idx[None, :] < idx[:, None]))
+    has = denser.any(axis=1)
+    delta2 = np.where(has, np.where(denser, d2, np.inf).min(axis=1), d2.max(axis=1))
+    assert has.sum() == n - 1
+    delta = np.sqrt(delta2)
+    score = rho * delta
+    centers = np.array(sorted(range(n), key=lambda i: (-score[i], i))[:n_centers])
+    assignment = np.argmin(d2[:, centers], axis=1)  # first minimum = earlier center
+    # local peaks w.r.t. the kNN lists ordered by (distance, index)
+    knn = np.lexsort((np.broadcast_to(idx, (n, n)), nd), axis=1)[:, :k]
+    n_peaks = int((~denser[idx[:, None], knn].any(axis=1)).sum())
+    return dict(rho=rho, delta=delta, centers=centers, assignment=assignment, n_peaks=n_peaks)
+
+
+def check_equal(res: DPCKNNResult, ref: dict, exact_peaks: bool = True):
+    assert res.rho.dtype == np.float64 and res.delta.dtype == np.float64
+    assert res.centers.dtype == np.int64 and res.assignment.dtype == np.int64
+    np.testing.assert_allclose(res.rho, ref["rho"], rtol=1e-9, atol=0)
+    np.testing.assert_allclose(res.delta, ref["delta"], rtol=1e-9, atol=0)
+    np.testing.assert_array_equal(res.centers, ref["centers"])
+    np.testing.assert_array_equal(res.assignment, ref["assignment"])
+    if exact_peaks:
+        assert res.n_peaks == ref["n_peaks"]
+
+
+# ----------------------------------------------------------------------------------------------
+# data sets
+
+
+def _gauss(seed, n, d, dtype=np.float32):
+    return np.random.default_rng(seed).standard_normal((n, d)).astype(dtype)
+
+
+def _blobs(seed, n, d, n_blobs=12):
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((n_blobs, d)) * 6.0
+    lab = rng.integers(0, n_blobs, n)
+    return (centers[lab] + rng.standard_normal((n, d)) * rng.uniform(0.2, 1.0, n_blobs)[lab, None]).astype(np.float32)
+
+
+def _duplicates(seed, n_base, d):
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((n_base, d))
+    rows = [base, base[rng.integers(0, n_base, n_base // 2)], np.repeat(base[:1], 15, axis=0),
+            np.repeat(base[1:4], 3, axis=0)]
+    x = np.concatenate(rows)
+    return x[rng.permutation(len(x))]  # float64 input
+
+
+def _grid(seed, n, d, levels=4):
+    return np.random.default_rng(seed).integers(0, levels, (n, d)).astype(np.float64)
+
+
+def _full_grid(side):
+    g = np.stack(np.meshgrid(np.arange(side), np.arange(side), indexing="ij"), -1).reshape(-1, 2)
+    return g.astype(np.float32)
+
+
+DATASETS = {
+    "gauss-s0-50x8": lambda: _gauss(0, 50, 8),
+    "gauss-s1-400x64": lambda: _gauss(1, 400, 64),
+    "gauss-s2-1500x8": lambda: _gauss(2, 1500, 8),
+    "gauss-s3-1200x64-f64": lambda: _gauss(3, 1200, 64, np.float64),
+    "blobs-s4-800x8": lambda: _blobs(4, 800, 8),
+    "blobs-s5-600x64": lambda: _blobs(5, 600, 64),
+    "dups-s6-300x8": lambda: _duplicates(6, 300, 8),
+    "dups-s7-200x64": lambda: _duplicates(7, 200, 64),
+    "identical-60x8": lambda: np.tile(_gauss(8, 1, 8), (60, 1)),
+    "zeros-30x4": lambda: np.zeros((30, 4), np.float32),
+    "intgrid-400x3": lambda: _grid(9, 400, 3),
+    "intgrid-300x2-binary": lambda: _grid(10, 300, 2, levels=2),
+    "fullgrid-12x12": lambda: _full_grid(12),
+    "offset-f32": lambda: (1e4 + 0.05 * _gauss(11, 300, 16, np.float64)).astype(np.float32),
+    "tiny-scale": lambda: 1e-30 * _gauss(12, 200, 8, np.float64),
+}
+TIED = {"dups-s6-300x8", "dups-s7-200x64", "identical-60x8", "zeros-30x4", "intgrid-400x3",
+        "intgrid-300x2-binary", "fullgrid-12x12"}
+
+_cache: dict = {}
+
+
+def dataset(name):
+    if name not in _cache:
+        x = DATASETS[name]()
+        _cache[name] = (x, ref_sqdist(x))
+    return _cache[name]
+
+
+@pytest.mark.parametrize("k", [1, 5, 10])
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_matches_reference(name, k):
+    x, d2 = dataset(name)
+    n = len(x)
+    block = 16 if n <= 400 else 4096
+    for n_centers in (n_interests(n, 0.5), max(1, n // 25)):
+        res = dpc_knn(x, n_centers, k=k, block_size=block)
+        check_equal(res, ref_dpc(d2, n_centers, k), exact_peaks=name not in TIED)
+        assert res.k == min(k, n - 1)
+        assert res.n_peaks >= 1
+
+
+@pytest.mark.parametrize("k", [1, 5, 10])
+def test_peak_search_exercised_and_exact(k):
+    """Many local peaks go through the wide search; check it on *every* non-densest point."""
+    x, d2 = dataset("blobs-s5-600x64")
+    res = dpc_knn(x, 30, k=k, block_size=37)
+    ref = ref_dpc(d2, 30, k)
+    assert res.n_peaks == ref["n_peaks"]
+    assert res.n_peaks > 5  # the peak path is used (more than just the densest point)
+    # run the wide search directly for all points but the densest one
+    data = _Data(x, block_size=37)
+    order = np.lexsort((np.arange(len(x)), -res.rho))
+    rank = np.empty(len(x), np.int64)
+    rank[order] = np.arange(len(x))
+    pts = np.setdiff1d(np.arange(len(x)), order[:1])
+    got = np.sqrt(_denser_sqdist(data, pts, order, rank))
+    np.testing.assert_allclose(got, ref["delta"][pts], rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("name", ["blobs-s4-800x8", "intgrid-400x3", "dups-s6-300x8"])
+def test_refined_search_from_minimal_candidates(name):
+    """Re-search loop (doubling the candidate count) gives the exact k smallest distances."""
+    x, d2 = dataset(name)
+    n, k = len(x), 7
+    data = _Data(x, block_size=25)
+    _, got = _refined_search(data, np.arange(n), need=k, m0=k + 1, exclude_self=True, strict=False)
+    nd = d2.copy()
+    np.fill_diagonal(nd, np.inf)
+    np.testing.assert_array_equal(got, np.sort(nd, axis=1)[:, :k])
+    # strict nearest-center search over a subset, ties -> smaller position
+    centers = np.random.default_rng(0).permutation(n)[: n // 3]
+    pos, _ = _refined_search(data, centers, need=1, m0=1, exclude_self=False, strict=True)
+    np.testing.assert_array_equal(pos[:, 0], np.argmin(d2[:, centers], axis=1))
+
+
+def test_centers_order_and_self_assignment():
+    x, d2 = dataset("dups-s6-300x8")
+    res = dpc_knn(x, len(x), k=5)  # every point is a center, including duplicates
+    score = res.rho * res.delta
+    assert np.all(np.diff(score[res.centers]) <= 0)
+    assert sorted(res.centers.tolist()) == list(range(len(x)))
+    # each center maps to a center at distance 0: the earliest exact duplicate (often itself)
+    for p, c in enumerate(res.centers):
+        a = res.assignment[c]
+        assert d2[c, res.centers[a]] == 0 and a <= p
+        dup_pos = [q for q, c2 in enumerate(res.centers) if d2[c, c2] == 0]
+        assert a == min(dup_pos)
+
+
+def test_deterministic_and_dtype_independent():
+    x = _blobs(13, 500, 8)
+    r1 = dpc_knn(x, 40, k=5)
+    r2 = dpc_knn(x.astype(np.float64), 40, k=5, n_threads=1, block_size=3)
+    for f in ("rho", "delta", "centers", "assignment"):
+        np.testing.assert_array_equal(getattr(r1, f), getattr(r2, f))
+    # non-contiguous input works too
+    xf = np.asfortranarray(x)
+    np.testing.assert_array_equal(dpc_knn(xf, 40, k=5).assignment, r1.assignment)
+
+
+def test_threads_restored():
+    before = faiss.omp_get_max_threads()
+    dpc_knn(_gauss(14, 200, 8), 10, n_threads=1)
+    assert faiss.omp_get_max_threads() == before
+
+
+# ----------------------------------------------------------------------------------------------
+# degenerate inputs
+
+
+def test_single_point():
+    res = dpc_knn(np.ones((1, 4), np.float32), 3, k=5)
+    np.testing.assert_array_equal(res.centers, [0])
+    np.testing.assert_array_equal(res.assignment, [0])
+    assert res.rho.tolist() == [1.0] and res.delta.tolist() == [0.0] and res.k == 0
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_n_at_most_k_uses_n_minus_1(n):
+    x = _gauss(15, n, 3)
+    res = dpc_knn(x, 2, k=5)
+    assert res.k == n - 1
+    check_equal(res, ref_dpc(ref_sqdist(x), 2, n - 1))
+
+
+def test_n_centers_clipped():
+    x = _gauss(16, 20, 3)
+    res = dpc_knn(x, 100, k=3)
+    assert res.centers.shape == (20,)
+    np.testing.assert_array_equal(res.centers[res.assignment], np.arange(20))
+    check_equal(res, ref_dpc(ref_sqdist(x), 100, 3))
+
+
+@pytest.mark.parametrize(
+    "tokens, kwargs, match",
+    [
+        (np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, 1.0]]), {}, "NaN"),
+        (np.array([[0.0, np.inf], [1.0, 1.0]]), {}, "infinite"),
+        (np.zeros(5), {}, "2-D"),
+        (np.zeros((2, 2, 2)), {}, "2-D"),
+        (np.zeros((0, 4)), {}, "empty"),
+        (np.zeros((3, 0)), {}, "feature dimension"),
+        (np.zeros((3, 2)), {"n_centers": 0}, "n_centers"),
+        (np.zeros((3, 2)), {"k": 0}, "k must"),
+        (np.zeros((3, 2)), {"block_size": 0}, "block_size"),
+        (np.zeros((3, 2)), {"n_threads": 0}, "n_threads"),
+        (np.zeros((3, 2), complex), {}, "real-valued"),
+    ],
+)
+def test_invalid_inputs(tokens, kwargs, match):
+    kw = {"n_centers": 2, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        dpc_knn(tokens, **kw)
+
+
+def test_n_interests():
+    assert n_interests(10, 0.5) == 5
+    assert n_interests(11, 0.5) == 6
+    assert n_interests(30, 0.1) == 3  # not ceil(3.0000000000000004)
+    assert n_interests(3, 1e-9) == 1
+    assert n_interests(3, 2.0) == 3
+    assert n_interests(20000, 0.5) == math.ceil(0.5 * 20000)
+    with pytest.raises(ValueError, match="n_tokens"):
+        n_interests(0, 0.5)
+    with pytest.raises(ValueError, match="interest_ratio"):
+        n_interests(5, 0.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# memory: nothing of size N x N is allocated
+
+
+def test_no_n_by_n_allocation():
+    n = 3000
+    x = _blobs(17, n, 16)
+    dpc_knn(x[:100], 5)  # warm up imports / FAISS
+    tracemalloc.start()
+    try:
+        res = dpc_knn(x, n_interests(n, 0.5), k=5, block_size=64)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert res.n_peaks > 1
+    assert peak < n * n * 8 / 6, f"peak traced memory {peak / 2**20:.1f} MiB"

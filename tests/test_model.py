@@ -1,0 +1,145 @@
+"""MISSRec model: shapes, fusion, missing modalities, interest dedup, exact last-token decoding, gradients."""
+
+import pytest
+import torch
+
+from missrec_recbole.data import MISSRecDataset
+from missrec_recbole.model import MISSRec
+from missrec_recbole.model.missrec import distinct_per_row
+
+
+@pytest.fixture
+def built(tiny_config):
+    def make(**extra):
+        config = tiny_config(**extra)
+        dataset = MISSRecDataset(config)
+        from recbole.data import data_preparation
+
+        train, _, test = data_preparation(config, dataset)
+        torch.manual_seed(0)
+        return MISSRec(config, dataset), train, test, dataset
+
+    return make
+
+
+def _batch(loader):
+    return next(iter(loader))
+
+
+@pytest.mark.parametrize("mode", ["inductive", "transductive"])
+@pytest.mark.parametrize("fusion", ["add", "stack"])
+def test_output_shapes(built, mode, fusion):
+    model, train, test, dataset = built(mode=mode, item_fusion=fusion)
+    batch = _batch(train)
+    model.eval()
+    assert model.forward(batch["item_id_list"], batch["item_length"]).shape == (len(batch), 32)
+    assert model.full_sort_predict(batch).shape == (len(batch), dataset.item_num)
+    assert model.predict(batch).shape == (len(batch),)
+    full = model.full_sort_predict(batch)
+    assert torch.allclose(model.predict(batch), full[torch.arange(len(batch)), batch["item_id"]], atol=1e-5)
+    model.train()
+    assert torch.isfinite(model.calculate_loss(batch))
+
+
+def test_pretrain_loss_has_three_parts(built):
+    model, train, _, _ = built(stage="pretrain", mode="inductive", loss_candidates="batch")
+    parts = model.calculate_loss(_batch(train))
+    assert len(parts) == 3 and all(torch.isfinite(p) for p in parts)
+
+
+def test_fused_score_between_mean_and_max(built):
+    model, train, _, _ = built()
+    model.eval()
+    with torch.no_grad():
+        model.fusion_beta.fill_(3.0)
+        batch = _batch(train)
+        seq = model.forward(batch["item_id_list"], batch["item_length"])
+        candidates, present = model.candidate_tokens()
+        fused = model.fused_scores(seq, candidates, present)
+        per_modality = torch.einsum("bd,nmd->bnm", torch.nn.functional.normalize(seq, dim=-1), candidates)
+    both = present.all(dim=1)
+    both[0] = False
+    mean, top = per_modality.mean(-1)[:, both], per_modality.max(-1).values[:, both]
+    assert (fused[:, both] >= mean - 1e-6).all() and (fused[:, both] <= top + 1e-6).all()
+    assert (fused[:, both] > mean + 1e-4).any()  # beta > 0 really leans towards the max
+
+
+def test_missing_image_item_scores_text_only(built):
+    model, train, _, dataset = built(mode="inductive")
+    model.eval()
+    missing = dataset.field2token_id["item_id"]["3"]
+    with torch.no_grad():
+        batch = _batch(train)
+        seq = model.forward(batch["item_id_list"], batch["item_length"])
+        scores = model.full_sort_predict(batch)[:, missing]
+        text = model.adapters["text"](model.text_features[missing])
+        expected = torch.nn.functional.normalize(seq, dim=-1) @ torch.nn.functional.normalize(text, dim=0)
+    assert torch.allclose(scores, expected, atol=1e-5)
+
+
+def test_missing_modality_is_masked_not_bias(built):
+    model, _, _, dataset = built(mode="inductive")
+    missing = dataset.field2token_id["item_id"]["3"]
+    tokens, present = model.item_tokens(torch.tensor([missing]))
+    assert present.tolist() == [[True, False]] and not tokens[0, 1].any()
+
+
+def test_distinct_per_row_hand_made():
+    ids = torch.tensor([[4, 2, 4, -1, 2, 9], [1, 1, 1, 1, -1, -1], [-1, -1, -1, -1, -1, -1], [0, 3, 0, 5, 3, 7]])
+    distinct, mask = distinct_per_row(ids)
+    rows = [row[m].tolist() for row, m in zip(distinct, mask)]
+    assert rows == [[2, 4, 9], [1], [], [0, 3, 5, 7]]
+    assert distinct.shape == (4, 4) and (distinct[~mask] == -1).all()
+
+
+def test_last_token_decoding_matches_full_decoder(built):
+    model, train, _, _ = built(n_layers=4)  # 2 decoder layers: the lower one runs in full
+    model.eval()
+    batch = _batch(train)
+    with torch.no_grad():
+        interests, mask = model.interest_tokens(batch["item_id_list"])
+        memory = model.interest_encoder(model._input(interests), src_key_padding_mask=~mask)
+        tokens, lengths = model._sequence_tokens(batch["item_id_list"], batch["item_length"])
+        length = tokens.shape[1]
+        causal = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
+        padding = torch.arange(length)[None, :] >= lengths[:, None]
+        full = model.item_decoder(model._input(tokens), memory, tgt_mask=causal, tgt_key_padding_mask=padding,
+                                  memory_key_padding_mask=~mask)
+        expected = full[torch.arange(len(batch)), lengths - 1]
+        assert torch.allclose(model.forward(batch["item_id_list"], batch["item_length"]), expected, atol=1e-5)
+
+
+def test_item_drop_keeps_modalities_aligned(built):
+    model, train, _, _ = built(item_drop_ratio=0.5)
+    batch = _batch(train)
+    torch.manual_seed(3)
+    dropped, lengths = model._item_drop(batch["item_id_list"], batch["item_length"])
+    assert (lengths >= 1).all() and (lengths <= batch["item_length"]).all()
+    for row, original, n in zip(dropped, batch["item_id_list"], lengths):
+        kept = row[:n].tolist()
+        assert all(i > 0 for i in kept) and (row[n:] == 0).all()
+        it = iter(original.tolist())
+        assert all(any(x == y for y in it) for x in kept)  # a subsequence, order kept
+    # text, image and ID tokens all come from the same dropped item sequence
+    tokens, present = model.item_tokens(dropped)
+    assert (present[:, :, 0] == (dropped > 0)).all()
+
+
+def test_gradient_reaches_adapters_and_interests(built):
+    model, train, _, _ = built()
+    model.train()
+    model.calculate_loss(_batch(train)).backward()
+    for name in ("adapters.text.weight", "adapters.image.weight", "fusion_beta", "item_embedding.weight",
+                 "interest_encoder.layers.0.linear1.weight", "input_layer_norm.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_interest_map_covers_every_present_token(built):
+    model, _, _, dataset = built(interest_ratio=0.25)
+    info = model.refresh_interests()
+    n_tokens = int(dataset.present["text"].sum() + dataset.present["image"].sum())
+    assert info["tokens"] == n_tokens and info["interests"] == -(-n_tokens // 4)
+    assert ((model.item_interest >= 0) == torch.stack([dataset.present["text"], dataset.present["image"]], 1)).all()
+    centers = model.center_item, model.center_modality
+    assert (model.item_interest[centers] == torch.arange(len(centers[0]))).all()  # a center is its own interest
