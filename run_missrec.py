@@ -67,9 +67,10 @@ def main(argv=None):
     from missrec_recbole.quick_start import PROPS, finetune, pretrain
 
     if args.dataset is None:  # the demo: brief pre-training, then parameter-efficient fine-tuning
-        files = [str(PROPS / "demo.yaml")] + args.config_files
+        files = [str(PROPS / "demo-pretrain.yaml")] + args.config_files
         checkpoints = pretrain(DEMO_PRETRAIN, files, overrides, args.show_progress)
         print(f"pre-trained checkpoint: {checkpoints[-1]}")
+        files = [str(PROPS / "demo-finetune.yaml")] + args.config_files
         result = finetune(DEMO_FINETUNE, checkpoints[-1], files, overrides, args.show_progress, not args.no_freeze)
     elif args.stage == "pretrain":
         checkpoints = pretrain(args.dataset.split(","), args.config_files, overrides, args.show_progress)

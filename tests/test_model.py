@@ -143,3 +143,16 @@ def test_interest_map_covers_every_present_token(built):
     assert ((model.item_interest >= 0) == torch.stack([dataset.present["text"], dataset.present["image"]], 1)).all()
     centers = model.center_item, model.center_modality
     assert (model.item_interest[centers] == torch.arange(len(centers[0]))).all()  # a center is its own interest
+
+
+def test_length_buckets_give_the_same_result(built):
+    model, train, _, _ = built()
+    model.eval()
+    batch = next(iter(train))
+    with torch.no_grad():
+        model.length_buckets = 1
+        dense, dense_reg = model.forward(batch["item_id_list"], batch["item_length"], return_diversity=True)
+        model.length_buckets = 8
+        bucketed, bucketed_reg = model.forward(batch["item_id_list"], batch["item_length"], return_diversity=True)
+    assert len(model._length_buckets(batch["item_length"])) > 1
+    assert torch.allclose(dense, bucketed, atol=1e-5) and torch.allclose(dense_reg, bucketed_reg, atol=1e-6)

@@ -28,6 +28,37 @@ from missrec_recbole.interests import dpc_knn, n_interests
 MODALITY_INDEX = {"text": 0, "image": 1}
 
 
+class FastDropout(nn.Module):
+    """Dropout drawing an 8-bit random mask: about 5x faster than ``nn.Dropout`` on CPU, where
+    ``bernoulli_`` took a third of MISSRec's training time. ``p`` is rounded to a multiple of 1/256
+    and the kept values are scaled with the rounded rate, so the output stays unbiased."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.threshold = min(256, max(0, round(p * 256)))
+        self.p = self.threshold / 256
+
+    def forward(self, x):
+        if not self.training or self.threshold == 0:
+            return x
+        if self.threshold == 256:
+            return torch.zeros_like(x)
+        keep = torch.empty(x.shape, dtype=torch.uint8, device=x.device).random_() >= self.threshold
+        return x * keep * (1.0 / (1.0 - self.p))
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+def use_fast_dropout(module: nn.Module) -> None:
+    """Replace every ``nn.Dropout`` inside ``module`` (e.g. PyTorch's Transformer layers) by FastDropout."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Dropout):
+            setattr(module, name, FastDropout(child.p))
+        else:
+            use_fast_dropout(child)
+
+
 def distinct_per_row(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Deduplicate each row of ``ids`` (negative = padding), vectorised over the batch.
 
@@ -77,6 +108,7 @@ class MISSRec(SequentialRecommender):
         self.interest_ratio = config["interest_ratio"]
         self.dpc_k = config["dpc_k"]
         self.faiss_threads = config["faiss_threads"] or torch.get_num_threads()
+        self.length_buckets = config["length_buckets"]
         if config["mode"] not in ("inductive", "transductive"):
             raise ValueError(f"config `mode`: {config['mode']!r} must be inductive or transductive")
         if self.item_fusion not in ("add", "stack"):
@@ -110,6 +142,7 @@ class MISSRec(SequentialRecommender):
 
         self.initializer_range = config["initializer_range"]
         self.apply(self._init_weights)
+        use_fast_dropout(self)
         self._reset_interest_map()
         self._item_token_cache = None
 
@@ -257,14 +290,37 @@ class MISSRec(SequentialRecommender):
         x = last.norm3(x + last.dropout3(last.linear2(last.dropout(last.activation(last.linear1(x))))))
         return x.squeeze(1)
 
-    def forward(self, item_seq, item_seq_len, return_memory=False):
-        """Sequence representation s_u [B, d] (and the memory tokens with their mask)."""
+    def _forward_dense(self, item_seq, item_seq_len):
+        """One padded block: s_u [B, d], plus the memory tokens and their mask (for L_reg)."""
         interests, interest_mask = self.interest_tokens(item_seq)
         memory = self.interest_encoder(self._input(interests), src_key_padding_mask=~interest_mask)
         tokens, lengths = self._sequence_tokens(item_seq, item_seq_len)
-        seq_output = self._decode_last(self._input(tokens), lengths, memory, ~interest_mask)
-        if return_memory:
-            return seq_output, memory, interest_mask
+        return self._decode_last(self._input(tokens), lengths, memory, ~interest_mask), memory, interest_mask
+
+    def _length_buckets(self, item_seq_len):
+        """Row groups of similar length. Padding to the batch maximum wastes most of the compute on
+        real data (Scientific-mm: mean history 3.7, maximum 35), so each group is cut to its own width."""
+        order = torch.argsort(item_seq_len)
+        n_buckets = max(1, min(self.length_buckets, len(order) // 16))
+        return torch.tensor_split(order, n_buckets)
+
+    def forward(self, item_seq, item_seq_len, return_diversity=False):
+        """Sequence representation s_u [B, d]; with ``return_diversity`` also L_reg (pair-weighted mean).
+
+        Rows are processed in length buckets (exactly the same result as one padded block: every row
+        is computed independently of the others).
+        """
+        seq_output = item_seq.new_zeros(len(item_seq), self.hidden_size, dtype=torch.float)
+        similarity_sum, pairs = seq_output.new_zeros(()), 0
+        for rows in self._length_buckets(item_seq_len):
+            width = int(item_seq_len[rows].max())
+            output, memory, mask = self._forward_dense(item_seq[rows, :width], item_seq_len[rows])
+            seq_output = seq_output.index_put((rows,), output)
+            if return_diversity:
+                bucket_sum, bucket_pairs = self.interest_similarity(memory, mask)
+                similarity_sum, pairs = similarity_sum + bucket_sum, pairs + bucket_pairs
+        if return_diversity:
+            return seq_output, similarity_sum / max(pairs, 1)
         return seq_output
 
     # ------------------------------------------------------------------ scores
@@ -342,25 +398,27 @@ class MISSRec(SequentialRecommender):
         return (self._info_nce(logits) + self._info_nce(logits.T)) / 2
 
     @staticmethod
-    def interest_diversity_loss(memory, mask):
-        """L_reg: mean pairwise cosine similarity between a sequence's distinct memory tokens."""
+    def interest_similarity(memory, mask):
+        """Sum and count of pairwise cosine similarities between a sequence's distinct memory tokens.
+
+        L_reg = sum / count over the batch: pushing a sequence's interests apart keeps them diverse.
+        """
         normed = F.normalize(memory, dim=-1)
         similarity = normed @ normed.transpose(1, 2)
         pairs = mask[:, :, None] & mask[:, None, :]
         pairs &= ~torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device)
-        if not pairs.any():
-            return memory.new_zeros(())
-        return similarity[pairs].mean()
+        return similarity[pairs].sum(), int(pairs.sum())
 
     def calculate_loss(self, interaction):
         """Pre-training: L_si + lambda L_ss + gamma L_reg; fine-tuning: L_si."""
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
-        seq_output, memory, mask = self.forward(item_seq, item_seq_len, return_memory=True)
+        pretraining = self.stage == "pretrain"
+        output = self.forward(item_seq, item_seq_len, return_diversity=pretraining)
+        seq_output, loss_reg = output if pretraining else (output, None)
         loss_si = self.sequence_item_loss(seq_output, interaction[self.POS_ITEM_ID])
-        if self.stage != "pretrain":
+        if not pretraining:
             return loss_si
         loss_ss = self.sequence_sequence_loss(item_seq, item_seq_len)
-        loss_reg = self.interest_diversity_loss(memory, mask)
         return loss_si, self.lam * loss_ss, self.gamma * loss_reg
 
     # ------------------------------------------------------------------ inference
