@@ -15,8 +15,6 @@ import argparse
 import json
 import sys
 
-import yaml
-
 DEMO_PRETRAIN = ["Demo-A", "Demo-B", "Demo-C"]
 DEMO_FINETUNE = "Demo-D"
 METRICS = ["recall@10", "recall@50", "ndcg@10", "ndcg@50"]
@@ -38,12 +36,12 @@ def parse_args(argv=None):
     parser.add_argument("--show_progress", action="store_true", help="progress bars per epoch")
     parser.add_argument("--result_json", help="also write the results to this JSON file")
     args, extra = parser.parse_known_args(argv)
-    overrides = {}
-    for item in extra:
-        if not item.startswith("--") or "=" not in item:
-            parser.error(f"unrecognised argument {item!r}: options are --key=value")
-        key, value = item[2:].split("=", 1)
-        overrides[key] = yaml.safe_load(value)
+    from missrec_recbole.quick_start import parse_overrides
+
+    try:
+        overrides = parse_overrides(extra)
+    except ValueError as error:
+        parser.error(str(error))
     for key in ("mode", "data_path"):
         if getattr(args, key):
             overrides[key] = getattr(args, key)
@@ -88,4 +86,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from missrec_recbole.data import DatasetFormatError
+    from missrec_recbole.trainer import CheckpointError
+
+    try:
+        main(sys.argv[1:])
+    except (DatasetFormatError, CheckpointError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")

@@ -27,11 +27,22 @@ from missrec_recbole.data.dataset import MISSRecDataset
 from missrec_recbole.data.demo import DEMO_DOMAINS, ensure_demo_dataset
 from missrec_recbole.data.merge import merge_datasets
 from missrec_recbole.model import MISSRec
-from missrec_recbole.trainer import MISSRecTrainer, load_pretrained
+from missrec_recbole.trainer import MISSRecTrainer, check_architecture, load_pretrained, read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 PROPS = ROOT / "props"
 DEFAULT_DATA_PATH = ROOT / "dataset"
+
+
+def parse_overrides(items) -> dict:
+    """``--key=value`` command-line overrides as a config dict (values read as YAML)."""
+    overrides = {}
+    for item in items:
+        if not item.startswith("--") or "=" not in item:
+            raise ValueError(f"unrecognised argument {item!r}: options are --key=value")
+        key, value = item[2:].split("=", 1)
+        overrides[key] = yaml.safe_load(value)
+    return overrides
 
 
 def _user_sets(key, config_files, config_dict) -> bool:
@@ -128,12 +139,15 @@ def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show
     adapters, beta, input LayerNorm and (transductive) ID embedding are trained.
     """
     config = build_config(dataset, "finetune", config_files, config_dict)
+    checkpoint = read_checkpoint(pretrained) if pretrained else None
+    if checkpoint:  # fail before loading data
+        check_architecture(pretrained, checkpoint["config"], config)
     _setup(config)
     _, train_data, valid_data, test_data = prepare_data(config)
     init_seed(config["seed"], config["reproducibility"])
     model = MISSRec(config, train_data._dataset).to(config["device"])
-    if pretrained:
-        load_pretrained(model, config, pretrained)
+    if checkpoint:
+        load_pretrained(model, config, pretrained, checkpoint)
         getLogger().info(f"Loaded pre-trained weights from {pretrained}")
         if freeze:
             model.freeze_for_finetune()

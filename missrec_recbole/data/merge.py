@@ -1,6 +1,6 @@
 """Merge several atomic-file datasets into one pre-training dataset (disjoint items and users).
 
-``python -m missrec_recbole.data.merge A B C -o OUT --data_path=dataset/`` writes OUT/OUT.* where
+``python -m missrec_recbole.data.merge A B C -o OUT --data_path=dataset/ [--key=value ...]`` writes OUT/OUT.* where
 item and user indices of dataset j are shifted past those of datasets 0..j-1, so every sequence
 stays inside its own domain and row i of every merged feature file belongs to merged item i.
 """
@@ -44,6 +44,7 @@ def merge_datasets(names, data_path, out_name: str, out_path, config) -> Path:
     The result is written to a temp folder and renamed, so it is never half-written.
     """
     out_dir = Path(out_path) / out_name
+    Path(out_path).mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".tmp-{out_name}-", dir=out_path))
     try:
         item_offset = user_offset = 0
@@ -84,15 +85,19 @@ def merge_datasets(names, data_path, out_name: str, out_path, config) -> Path:
 
 
 def main(argv=None):
-    from missrec_recbole.quick_start import build_config
+    from missrec_recbole.quick_start import build_config, parse_overrides
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("datasets", nargs="+", help="dataset names under --data_path")
     parser.add_argument("-o", "--output", required=True, help="name of the merged dataset")
     parser.add_argument("--data_path", default="dataset", help="folder holding the input datasets")
     parser.add_argument("--out_path", default=None, help="folder for the output (default: --data_path)")
-    args = parser.parse_args(argv)
-    config = build_config(args.datasets[0], stage="pretrain", config_dict={"data_path": args.data_path})
+    args, extra = parser.parse_known_args(argv)
+    try:
+        overrides = parse_overrides(extra)
+    except ValueError as error:
+        parser.error(f"{error} (e.g. --text_dim=768)")
+    config = build_config(args.datasets[0], stage="pretrain", config_dict={**overrides, "data_path": args.data_path})
     out = merge_datasets(args.datasets, args.data_path, args.output, args.out_path or args.data_path, config)
     print(f"merged {', '.join(args.datasets)} -> {out}")
 

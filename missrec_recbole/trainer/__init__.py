@@ -1,5 +1,6 @@
-from missrec_recbole.trainer.checkpoint import CheckpointError, load_pretrained, read_checkpoint, save_pretrained
+from missrec_recbole.trainer.checkpoint import (CheckpointError, check_architecture, load_pretrained, read_checkpoint,
+                                                save_pretrained)
 from missrec_recbole.trainer.trainer import MISSRecTrainer, pessimistic_ties
 
-__all__ = ["MISSRecTrainer", "pessimistic_ties", "CheckpointError", "load_pretrained", "read_checkpoint",
+__all__ = ["MISSRecTrainer", "pessimistic_ties", "CheckpointError", "check_architecture", "load_pretrained", "read_checkpoint",
            "save_pretrained"]

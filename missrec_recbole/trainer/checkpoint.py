@@ -48,7 +48,8 @@ def read_checkpoint(path) -> dict:
     return checkpoint
 
 
-def _check_architecture(path, saved: dict, config) -> None:
+def check_architecture(path, saved: dict, config) -> None:
+    """Raise CheckpointError if the checkpoint's config fixes other shapes than ``config``."""
     for key in ARCHITECTURE_KEYS:
         mine = plain(config[key])
         if key in saved and saved[key] != mine:
@@ -57,10 +58,11 @@ def _check_architecture(path, saved: dict, config) -> None:
                 f"Use the same {key} (features must have the same dims as in pre-training).")
 
 
-def load_pretrained(model, config, path) -> dict:
-    """Load transferable weights from ``path`` into ``model``; returns the checkpoint's config."""
-    checkpoint = read_checkpoint(path)
-    _check_architecture(path, checkpoint["config"], config)
+def load_pretrained(model, config, path, checkpoint=None) -> dict:
+    """Load transferable weights from ``path`` (or the already read ``checkpoint``) into ``model``;
+    returns the checkpoint's config."""
+    checkpoint = checkpoint or read_checkpoint(path)
+    check_architecture(path, checkpoint["config"], config)
     weights = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("item_embedding.")}
     expected = model.transferable_state_dict()
     for key, value in weights.items():
