@@ -33,6 +33,8 @@ def parse_args(argv=None):
     parser.add_argument("--data_path", help="folder containing <dataset>/ (default: the repo's dataset/)")
     parser.add_argument("--no_freeze", action="store_true",
                         help="with -p: train all weights instead of adapters/beta/LayerNorm/ID embedding only")
+    parser.add_argument("--resume", help="continue an interrupted run from its *-resume.pth file "
+                                         "(give the same other arguments)")
     parser.add_argument("--show_progress", action="store_true", help="progress bars per epoch")
     parser.add_argument("--result_json", help="also write the results to this JSON file")
     args, extra = parser.parse_known_args(argv)
@@ -71,12 +73,12 @@ def main(argv=None):
         files = [str(PROPS / "demo-finetune.yaml")] + args.config_files
         result = finetune(DEMO_FINETUNE, checkpoints[-1], files, overrides, args.show_progress, not args.no_freeze)
     elif args.stage == "pretrain":
-        checkpoints = pretrain(args.dataset.split(","), args.config_files, overrides, args.show_progress)
+        checkpoints = pretrain(args.dataset.split(","), args.config_files, overrides, args.show_progress, args.resume)
         print("checkpoints:\n" + "\n".join(checkpoints))
         result = {"checkpoints": checkpoints}
     else:
         result = finetune(args.dataset, args.pretrained, args.config_files, overrides, args.show_progress,
-                          not args.no_freeze)
+                          not args.no_freeze, args.resume)
     if "test" in result:
         print(format_results(result))
     if args.result_json:

@@ -105,8 +105,10 @@ def _setup(config):
     logging.getLogger().info(config)
 
 
-def pretrain(datasets, config_files=None, config_dict=None, show_progress=False) -> list[str]:
-    """Pre-train on one or more datasets (merged into one, domains kept apart); returns checkpoint paths."""
+def pretrain(datasets, config_files=None, config_dict=None, show_progress=False, resume=None) -> list[str]:
+    """Pre-train on one or more datasets (merged into one, domains kept apart); returns checkpoint paths.
+
+    ``resume``: a ``*-resume.pth`` file of an interrupted run with the same arguments."""
     datasets = list(datasets)
     config_dict = dict(config_dict or {})
     name = datasets[0]
@@ -128,15 +130,18 @@ def pretrain(datasets, config_files=None, config_dict=None, show_progress=False)
     model = MISSRec(config, train_data._dataset).to(config["device"])
     getLogger().info(model)
     trainer = MISSRecTrainer(config, model)
+    if resume:
+        trainer.resume(resume, train_data)
     return trainer.pretrain(train_data, show_progress=show_progress)
 
 
 def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show_progress=False,
-             freeze=True) -> dict:
+             freeze=True, resume=None) -> dict:
     """Fine-tune (or train from scratch) on ``dataset``; returns valid/test metrics and costs.
 
     With ``pretrained``, the checkpoint's transferable weights are loaded and, if ``freeze``, only
-    adapters, beta, input LayerNorm and (transductive) ID embedding are trained.
+    adapters, beta, input LayerNorm and (transductive) ID embedding are trained. ``resume``: a
+    ``*-resume.pth`` file of an interrupted run with the same arguments.
     """
     config = build_config(dataset, "finetune", config_files, config_dict)
     checkpoint = read_checkpoint(pretrained) if pretrained else None
@@ -153,6 +158,8 @@ def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show
             model.freeze_for_finetune()
     getLogger().info(model)
     trainer = MISSRecTrainer(config, model)
+    if resume:
+        trainer.resume(resume, train_data)
     start = time.time()
     best_valid_score, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=show_progress)
     epochs_run = len(trainer.train_loss_dict)
@@ -170,4 +177,5 @@ def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show
         "interest_refresh_seconds": sum(trainer.interest_refresh_seconds) / max(len(trainer.interest_refresh_seconds), 1),
         "trainable_parameters": model.trainable_parameters(),
         "model_file": trainer.saved_model_file,
+        "resume_file": trainer.resume_file,
     }

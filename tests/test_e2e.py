@@ -86,3 +86,13 @@ def test_scientific_mm_one_epoch(tmp_path):
            f"--result_json={result_file}", "--state=WARNING")
     result = json.loads(result_file.read_text())
     assert result["epochs"] == 1 and result["test"]["ndcg@10"] > 0.03  # popularity gets 0.021
+
+
+def test_same_seed_same_metrics(demo):
+    from missrec_recbole.quick_start import finetune
+    from missrec_recbole.quick_start import parse_overrides
+
+    overrides = {**parse_overrides(FAST), "data_path": str(demo / "data"), "checkpoint_dir": str(demo / "det"),
+                 "epochs": 1}
+    first, second = (finetune("Demo-C", config_dict=overrides) for _ in range(2))
+    assert first["valid"] == second["valid"] and first["test"] == second["test"]

@@ -3,13 +3,33 @@
 from __future__ import annotations
 
 import os
+import random
 import time
 
+import numpy as np
 import torch
 from recbole.trainer import Trainer
 from recbole.utils import get_local_time, set_color
 
-from missrec_recbole.trainer.checkpoint import save_pretrained
+from missrec_recbole.compat import atomic_torch_save, plain
+from missrec_recbole.trainer.checkpoint import CheckpointError, read_checkpoint, save_pretrained
+
+RESUME_FORMAT = "missrec-recbole-resume/1"
+
+
+def rng_state(train_data) -> dict:
+    """Every random state training consumes, as types ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "loader": train_data.generator.get_state(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached]}
+
+
+def set_rng_state(state: dict, train_data) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    train_data.generator.set_state(state["loader"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
 
 
 def pessimistic_ties(scores: torch.Tensor, positive_u: torch.Tensor, positive_i: torch.Tensor) -> torch.Tensor:
@@ -34,7 +54,10 @@ class MISSRecTrainer(Trainer):
     - optimises only parameters with ``requires_grad`` (parameter-efficient fine-tuning);
     - ``pretrain`` trains without validation and writes a portable checkpoint every ``save_step``
       epochs and at the end;
-    - evaluation applies the ``tie_rule`` (``pessimistic``: see :func:`pessimistic_ties`).
+    - evaluation applies the ``tie_rule`` (``pessimistic``: see :func:`pessimistic_ties`);
+    - before every epoch (and when done) it writes ``resume_file``: weights, interest map, optimizer,
+      epoch, early-stopping bookkeeping and all random states, so :meth:`resume` continues an
+      interrupted run exactly as if it had not stopped.
     """
 
     def __init__(self, config, model):
@@ -46,6 +69,7 @@ class MISSRecTrainer(Trainer):
         name = f"MISSRec-{config['dataset']}-{config['mode']}-{get_local_time()}-{os.getpid()}.pth"
         self.saved_model_file = os.path.join(self.checkpoint_dir, name)
         self.interest_refresh_seconds = []
+        self.logger.info(f"Resume checkpoint (rewritten every epoch): {self.resume_file}")
 
     def refresh_interests(self, epoch_idx) -> None:
         start = time.time()
@@ -55,9 +79,60 @@ class MISSRecTrainer(Trainer):
         self.logger.info(f"epoch {epoch_idx} interest refresh: {info['tokens']} tokens -> "
                          f"{info['interests']} interests in {seconds:.2f}s")
 
+    @property
+    def resume_file(self) -> str:
+        return self.saved_model_file[: -len(".pth")] + "-resume.pth"
+
+    def save_resume_state(self, next_epoch: int, train_data) -> None:
+        """Atomically write everything needed to continue training at ``next_epoch``."""
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        state = {
+            "format": RESUME_FORMAT,
+            "config": plain(self.config.final_config_dict),
+            "next_epoch": next_epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": plain(self.best_valid_score),
+            "best_valid_result": plain(dict(self.best_valid_result or {})),
+            "train_loss_dict": plain(self.train_loss_dict),
+            "saved_model_file": self.saved_model_file,
+            "trainable": [n for n, p in self.model.named_parameters() if p.requires_grad],
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng_state(train_data),
+        }
+        atomic_torch_save(state, self.resume_file)
+
+    def resume(self, path, train_data) -> None:
+        """Continue the run that wrote the resume checkpoint ``path`` (same config and data)."""
+        state = read_checkpoint(path)
+        if state.get("format") != RESUME_FORMAT:
+            raise CheckpointError(f"{path}: not a resume checkpoint (those end in -resume.pth).")
+        trainable = set(state["trainable"])
+        for name, parameter in self.model.named_parameters():
+            parameter.requires_grad = name in trainable
+        self.optimizer = self._build_optimizer(params=[p for p in self.model.parameters() if p.requires_grad])
+        self.model.load_state_dict(state["state_dict"])
+        self.model.load_other_parameter(state["other_parameter"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.start_epoch, self.cur_step = state["next_epoch"], state["cur_step"]
+        self.best_valid_score = state["best_valid_score"]
+        self.best_valid_result = state["best_valid_result"] or None
+        self.train_loss_dict = {int(k): v for k, v in state["train_loss_dict"].items()}
+        self.saved_model_file = state["saved_model_file"]
+        set_rng_state(state["rng"], train_data)
+        self.logger.info(f"Resumed from {path}: continuing at epoch {self.start_epoch}")
+
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self.save_resume_state(epoch_idx, train_data)
         self.refresh_interests(epoch_idx)
         return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        self.save_resume_state(max(self.train_loss_dict, default=self.start_epoch - 1) + 1, train_data)
+        return result
 
     def _full_sort_batch_eval(self, batched_data):
         interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
@@ -70,8 +145,7 @@ class MISSRecTrainer(Trainer):
         return os.path.join(self.checkpoint_dir, name)
 
     def pretrain(self, train_data, verbose=True, show_progress=False) -> list[str]:
-        """Pre-train for ``epochs`` epochs; returns the checkpoint paths written (last = final)."""
-        written = []
+        """Pre-train for ``epochs`` epochs; returns the checkpoint paths (last = final)."""
         for epoch_idx in range(self.start_epoch, self.epochs):
             start = time.time()
             train_loss = self._train_epoch(train_data, epoch_idx, show_progress=show_progress)
@@ -83,7 +157,12 @@ class MISSRecTrainer(Trainer):
             if (epoch_idx + 1) % self.config["save_step"] == 0 or last:
                 path = save_pretrained(self.model, self.config, self.pretrain_checkpoint_path(epoch_idx + 1),
                                        epoch_idx + 1)
-                written.append(path)
                 if verbose:
                     self.logger.info(set_color("Saving pre-trained checkpoint", "blue") + f": {path}")
-        return written
+        self.save_resume_state(self.epochs, train_data)
+        return self.pretrain_checkpoints()
+
+    def pretrain_checkpoints(self) -> list[str]:
+        """The pre-training checkpoints of this run that exist (every save_step epochs, and the last)."""
+        epochs = sorted({*range(self.config["save_step"], self.epochs + 1, self.config["save_step"]), self.epochs})
+        return [p for p in map(self.pretrain_checkpoint_path, epochs) if os.path.isfile(p)]

@@ -1,0 +1,96 @@
+"""Resume: an interrupted run continues exactly; a killed pre-training resumes from its last checkpoint."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from recbole.data import data_preparation
+from recbole.utils import init_seed
+
+from missrec_recbole.data import MISSRecDataset
+from missrec_recbole.data.demo import ensure_demo_dataset
+from missrec_recbole.model import MISSRec
+from missrec_recbole.trainer import CheckpointError, MISSRecTrainer, read_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _trainer(tiny_config, epochs, stage="finetune"):
+    extra = dict(mode="inductive", loss_candidates="batch") if stage == "pretrain" else {}
+    config = tiny_config(stage=stage, epochs=epochs, stopping_step=100, **extra)
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = MISSRecDataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    model = MISSRec(config, dataset)
+    return MISSRecTrainer(config, model), train, valid, test
+
+
+def _params(trainer):
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+
+
+def test_two_plus_two_epochs_equal_four(tiny_config):
+    straight, train, valid, test = _trainer(tiny_config, 4)
+    straight.fit(train, valid, saved=True)
+    expected, expected_result = _params(straight), straight.evaluate(test, load_best_model=True)
+
+    first, train, valid, _ = _trainer(tiny_config, 2)
+    first.fit(train, valid, saved=True)
+    assert read_checkpoint(first.resume_file)["next_epoch"] == 2
+
+    resumed, train, valid, test = _trainer(tiny_config, 4)
+    resumed.resume(first.resume_file, train)
+    resumed.fit(train, valid, saved=True)
+    assert sorted(resumed.train_loss_dict) == [0, 1, 2, 3]
+    for name, value in _params(resumed).items():
+        assert torch.allclose(value, expected[name], atol=1e-6), name
+    assert resumed.best_valid_score == straight.best_valid_score
+    assert resumed.evaluate(test, load_best_model=True) == expected_result
+
+
+def test_resume_restores_frozen_parameters(tiny_config):
+    trainer, train, valid, _ = _trainer(tiny_config, 1)
+    trainer.model.freeze_for_finetune()
+    trainer.optimizer = trainer._build_optimizer(params=[p for p in trainer.model.parameters() if p.requires_grad])
+    trainer.fit(train, valid, saved=False)
+    fresh, train, _, _ = _trainer(tiny_config, 2)
+    fresh.resume(trainer.resume_file, train)
+    assert fresh.model.trainable_parameters() == trainer.model.trainable_parameters()
+
+
+def test_not_a_resume_checkpoint(tiny_config, tmp_path):
+    trainer, train, _, _ = _trainer(tiny_config, 1, stage="pretrain")
+    final = trainer.pretrain(train)[-1]
+    with pytest.raises(CheckpointError, match="not a resume checkpoint"):
+        trainer.resume(final, train)
+
+
+def test_sigkill_during_pretraining_then_resume(tmp_path):
+    ensure_demo_dataset(tmp_path / "data", ["Demo-A"])
+    args = [sys.executable, str(ROOT / "run_missrec.py"), "--stage=pretrain", "-d", "Demo-A",
+            f"--data_path={tmp_path / 'data'}", f"--checkpoint_dir={tmp_path / 'saved'}", "--epochs=3", "--save_step=1",
+            "--hidden_size=32", "--inner_size=64", "--n_heads=2", "--train_batch_size=512", "--state=WARNING"]
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 900
+    resume_file = None
+    while time.time() < deadline and resume_file is None:
+        time.sleep(0.5)
+        for path in (tmp_path / "saved").glob("*-resume.pth"):
+            if read_checkpoint(path)["next_epoch"] >= 1:
+                resume_file = path
+        assert process.poll() is None, "pre-training ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert resume_file is not None
+    epoch1 = tmp_path / "saved" / "MISSRec-Demo-A-inductive-epoch1.pth"
+    assert read_checkpoint(epoch1)["epoch"] == 1  # the last checkpoint written before the kill loads
+    out = subprocess.run(args + [f"--resume={resume_file}"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    final = Path(out.stdout.strip().splitlines()[-1])
+    assert final.name == "MISSRec-Demo-A-inductive-epoch3.pth" and read_checkpoint(final)["epoch"] == 3
