@@ -154,8 +154,9 @@ def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show
     if checkpoint:
         load_pretrained(model, config, pretrained, checkpoint)
         getLogger().info(f"Loaded pre-trained weights from {pretrained}")
-        if freeze:
-            model.freeze_for_finetune()
+    adapters_only = config["adapters_only"]
+    if (checkpoint is not None and freeze) if adapters_only is None else adapters_only:
+        model.freeze_for_finetune()
     getLogger().info(model)
     trainer = MISSRecTrainer(config, model)
     if resume:

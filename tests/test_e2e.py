@@ -96,3 +96,16 @@ def test_same_seed_same_metrics(demo):
                  "epochs": 1}
     first, second = (finetune("Demo-C", config_dict=overrides) for _ in range(2))
     assert first["valid"] == second["valid"] and first["test"] == second["test"]
+
+
+def test_transfer_differs_from_random_adapters_only(demo, pretrained):
+    """Pre-trained on Demo-A+B vs random frozen weights, both adapters-only on Demo-C."""
+    from missrec_recbole.quick_start import finetune, parse_overrides
+
+    overrides = {**parse_overrides(FAST), "data_path": str(demo / "data"), "checkpoint_dir": str(demo / "tr"),
+                 "epochs": 2, "mode": "inductive"}
+    transfer = finetune("Demo-C", pretrained=str(pretrained), config_dict=overrides)
+    scratch = finetune("Demo-C", config_dict={**overrides, "adapters_only": True})
+    assert transfer["trainable_parameters"] == scratch["trainable_parameters"]
+    print(f"Demo-C test NDCG@10: pre-trained {transfer['test']['ndcg@10']}, random {scratch['test']['ndcg@10']}")
+    assert transfer["test"] != scratch["test"]

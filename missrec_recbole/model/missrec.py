@@ -345,6 +345,10 @@ class MISSRec(SequentialRecommender):
         self._item_token_cache = None  # parameters may change from here on
         return super().train(mode)
 
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        self._item_token_cache = None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def fused_scores(self, seq_output, candidates, present, pairwise=False):
         """Dynamic user-adaptive fusion: sum_m softmax_m(beta * s_m) * s_m over present modalities.
 
