@@ -12,7 +12,6 @@ functions follow its manual route (``Config(model=MISSRec)`` -> ``MISSRecDataset
 from __future__ import annotations
 
 import contextlib
-import logging
 import sys
 import time
 from logging import getLogger
@@ -102,7 +101,7 @@ def prepare_data(config):
 def _setup(config):
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
-    logging.getLogger().info(config)
+    getLogger().info(config)
 
 
 def pretrain(datasets, config_files=None, config_dict=None, show_progress=False, resume=None) -> list[str]:
@@ -115,9 +114,9 @@ def pretrain(datasets, config_files=None, config_dict=None, show_progress=False,
     if len(datasets) > 1:
         base = build_config(name, "pretrain", config_files, config_dict)
         data_root = _data_root(base)
-        missing_demo = [d for d in datasets if d in DEMO_DOMAINS]
-        if missing_demo:
-            ensure_demo_dataset(data_root, missing_demo)
+        demo = [d for d in datasets if d in DEMO_DOMAINS]
+        if demo:
+            ensure_demo_dataset(data_root, demo)
         name = "+".join(datasets)
         merged_root = Path(base["checkpoint_dir"]) / "datasets"
         merged_root.mkdir(parents=True, exist_ok=True)
