@@ -1,5 +1,7 @@
-"""Interest discovery: exact DPC-KNN clustering of item tokens (DESIGN.md section 3)."""
+"""Interest discovery: DPC-KNN clustering of item tokens (DESIGN.md section 3), exact or approximate."""
 
-from missrec_recbole.interests.dpc_knn import DPCKNNResult, dpc_knn, n_interests
+from missrec_recbole.interests.approx import ApproxParams, DPCKNNState, approx_params
+from missrec_recbole.interests.dpc_knn import EXACT_MAX_TOKENS, DPCKNNResult, dpc_knn, n_interests
 
-__all__ = ["DPCKNNResult", "dpc_knn", "n_interests"]
+__all__ = ["ApproxParams", "DPCKNNResult", "DPCKNNState", "EXACT_MAX_TOKENS", "approx_params", "dpc_knn",
+           "n_interests"]

@@ -44,20 +44,27 @@ delta do not depend on it (only ``n_peaks`` can).
 from __future__ import annotations
 
 import math
+import time
 import operator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import faiss
 import numpy as np
+import torch
+
+from missrec_recbole.interests.approx import ApproxParams, DPCKNNState, approx_dpc, approx_params, torch_threads
 
 try:  # limits numpy's BLAS pool (used by the peak search) to n_threads as well
     from threadpoolctl import threadpool_limits as _threadpool_limits
 except ImportError:  # pragma: no cover - optional
     _threadpool_limits = None
 
-__all__ = ["DPCKNNResult", "dpc_knn", "n_interests"]
+__all__ = ["DPCKNNResult", "DPCKNNState", "ApproxParams", "EXACT_MAX_TOKENS", "dpc_knn", "n_interests"]
+
+#: ``mode="auto"`` runs the exact algorithm up to this many tokens and the approximate one above.
+EXACT_MAX_TOKENS = 50_000
 
 _U32 = 2.0**-24  # unit roundoff of float32
 _CHUNK_ELEMS = 1 << 18  # float64 elements per temporary in the exact pair distances (2 MiB)
@@ -78,6 +85,15 @@ class DPCKNNResult:
         n_peaks: number of local peaks (points without a denser point in their kNN list,
             including the densest point); these needed the wide delta search.
         k: the number of neighbours actually used (``min(k, N - 1)``).
+        mode: "exact" or "approx" (the mode actually run; "auto" resolves to one of them).
+        knn: int64 [N, k] the kNN lists (self excluded), sorted by (distance, index); approximate
+            lists in approximate mode.
+        timings: seconds per phase: ``knn_s``, ``density_s``, ``delta_s``, ``assign_s`` (approximate
+            mode also ``kmeans_s`` and ``coarse_s``, both included in ``knn_s``).
+        state: approximate mode: a :class:`DPCKNNState` (trained coarse quantizer) to pass as
+            ``state=`` to the next refresh; exact mode: the ``state`` that was passed in.
+        info: approximate mode: parameters used and search counts (peaks resolved from the lists,
+            by cell search, by the global search; likewise for the assignment).
     """
 
     rho: np.ndarray
@@ -86,6 +102,11 @@ class DPCKNNResult:
     assignment: np.ndarray
     n_peaks: int = 0
     k: int = 0
+    mode: str = "exact"
+    knn: np.ndarray | None = None
+    timings: dict = field(default_factory=dict)
+    state: DPCKNNState | None = None
+    info: dict = field(default_factory=dict)
 
 
 def n_interests(n_tokens: int, interest_ratio: float) -> int:
@@ -208,8 +229,10 @@ def _refined_search(
     m0: int,
     exclude_self: bool,
     strict: bool,
+    queries: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """For every token, the ``need`` database entries with the smallest exact distance.
+    """For every token (or every token in ``queries``), the ``need`` database entries with the
+    smallest exact distance; rows follow ``queries`` (default: all tokens, in order).
 
     ``db_rows`` maps database positions to token indices.  Returns (positions, squared distances)
     of shape [N, need], sorted by (exact distance, position).  A row is accepted when the float32
@@ -222,9 +245,10 @@ def _refined_search(
     index.add(data.x32[db_rows])
     db_max_nrm = float(data.nrm[db_rows].max())
 
-    out_pos = np.empty((data.n, need), dtype=np.int64)
-    out_d2 = np.empty((data.n, need), dtype=np.float64)
-    pending = np.arange(data.n, dtype=np.int64)
+    queries = np.arange(data.n, dtype=np.int64) if queries is None else np.asarray(queries, np.int64)
+    out_pos = np.empty((queries.size, need), dtype=np.int64)
+    out_d2 = np.empty((queries.size, need), dtype=np.float64)
+    pending = np.arange(queries.size, dtype=np.int64)  # rows of the output
     m = min(m0, n_db)
     first = True
     while pending.size:
@@ -233,7 +257,8 @@ def _refined_search(
         step = pending.size if first else data.block_size
         failed = []
         for s in range(0, pending.size, step):
-            q = pending[s : s + step]
+            r = pending[s : s + step]
+            q = queries[r]
             dist, pos = index.search(data.x32[q], m)
             cand = db_rows[pos]  # token indices [B, m]
             d2 = data.pair_sqdist(np.repeat(q, m), cand).reshape(q.size, m)
@@ -249,9 +274,9 @@ def _refined_search(
                 lb = np.maximum(dist[:, -1].astype(np.float64) - data.err(q, db_max_nrm), 0.0)
                 lb *= data.inv_s2
                 ok = kd2[:, -1] < lb if strict else kd2[:, -1] <= lb
-            out_pos[q[ok]] = kpos[ok]
-            out_d2[q[ok]] = kd2[ok]
-            failed.append(q[~ok])
+            out_pos[r[ok]] = kpos[ok]
+            out_d2[r[ok]] = kd2[ok]
+            failed.append(r[~ok])
         pending = np.concatenate(failed)
         m = min(2 * m, n_db)
         first = False
@@ -310,40 +335,7 @@ def _check_int(name: str, value, minimum: int) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def dpc_knn(
-    tokens: np.ndarray,
-    n_centers: int,
-    k: int = 5,
-    n_threads: int | None = None,
-    block_size: int = 4096,
-) -> DPCKNNResult:
-    """Exact DPC-KNN clustering of ``tokens`` [N, d] into ``n_centers`` interests (MISSRec).
-
-    Definitions (module docstring; MISSRec, DPC-KNN): ``rho_i = exp(-(1/k) sum_{j in kNN(i)}
-    ||t_i - t_j||^2)`` with kNN excluding i itself; j is denser than i iff ``rho_j > rho_i`` or
-    (``rho_j == rho_i`` and ``j < i``); ``delta_i`` = distance to the nearest denser point (max
-    distance for the densest point); centers = the K largest ``rho * delta`` (ties: smaller index
-    first); each token goes to its nearest center (ties: earlier center in ``centers``).  A center
-    is at distance 0 from itself, so it is assigned to a center at distance 0: itself, unless an
-    exact duplicate of it is an earlier center, in which case that one (same tie rule).
-
-    Results are exact (every distance is recomputed in float64 from the input values; FAISS float32
-    results only select candidates, certified by an error bound), deterministic, and memory is
-    O(N*k + N*d + block_size*N) -- no N x N matrix.
-
-    Args:
-        tokens: [N, d] float32/float64 (other real dtypes are converted to float64), finite.
-        n_centers: K >= 1; clipped to N.
-        k: neighbours for the density; if N <= k, ``k = N - 1`` is used (N == 1: ``rho = 1``,
-            ``delta = 0``, the point is the only center).
-        n_threads: FAISS/OpenMP (and BLAS, via threadpoolctl) thread count for this call; the
-            previous FAISS setting is restored afterwards.  None: leave as is.
-        block_size: query rows per block in the peak search and re-searches.
-
-    Raises:
-        ValueError: tokens not 2-D, empty, zero-dimensional or non-finite; bad k / n_centers /
-            n_threads / block_size.
-    """
+def _as_real_array(tokens) -> np.ndarray:
     x = np.asarray(tokens)
     if x.ndim != 2:
         raise ValueError(f"tokens must be a 2-D array [N, d], got shape {x.shape}")
@@ -357,55 +349,221 @@ def dpc_knn(
             np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_
         ):
             raise ValueError(f"tokens must be real-valued, got dtype {x.dtype}")
-        x = x.astype(np.float64)
+        # float32 is exact for bools / small integers; otherwise float64
+        small = x.dtype == np.bool_ or (
+            np.issubdtype(x.dtype, np.integer) and np.iinfo(x.dtype).bits <= 16
+        ) or (np.issubdtype(x.dtype, np.floating) and np.finfo(x.dtype).bits <= 32)
+        x = x.astype(np.float32 if small else np.float64)
+    return x
+
+
+def _check_finite(x: np.ndarray, what: str = "tokens contain NaN or infinite values") -> None:
+    rows = max(1, _CHUNK_ELEMS // x.shape[1])
+    for s in range(0, x.shape[0], rows):
+        if not np.isfinite(x[s : s + rows]).all():
+            raise ValueError(what)
+
+
+def dpc_knn(
+    tokens: np.ndarray,
+    n_centers: int,
+    k: int = 5,
+    n_threads: int | None = None,
+    block_size: int = 4096,
+    *,
+    mode: str = "auto",
+    exact_max_tokens: int | None = None,
+    state: DPCKNNState | None = None,
+    approx: ApproxParams | dict | None = None,
+) -> DPCKNNResult:
+    """DPC-KNN clustering of ``tokens`` [N, d] into ``n_centers`` interests (MISSRec).
+
+    Definitions (module docstring; MISSRec, DPC-KNN): ``rho_i = exp(-(1/k) sum_{j in kNN(i)}
+    ||t_i - t_j||^2)`` with kNN excluding i itself; j is denser than i iff ``rho_j > rho_i`` or
+    (``rho_j == rho_i`` and ``j < i``); ``delta_i`` = distance to the nearest denser point (max
+    distance for the densest point); centers = the K largest ``rho * delta`` (ties: smaller index
+    first); each token goes to its nearest center (ties: earlier center in ``centers``).  A center
+    is at distance 0 from itself, so it is assigned to a center at distance 0: itself, unless an
+    exact duplicate of it is an earlier center, in which case that one (same tie rule).
+
+    Modes:
+
+    * ``"exact"``: results equal the brute-force definition (every distance is recomputed in
+      float64 from the input values; FAISS float32 results only select candidates, certified by an
+      error bound), deterministic.  Memory O(N*k + N*d + block_size*N): the inputs, one float32
+      working copy of the tokens, the kNN lists and [block_size x N] float32 blocks of the peak
+      search -- never an N x N array, never a float64 copy of the matrix.  Time O(N^2 d) (FAISS
+      flat kNN), so only for N up to some 10^4..10^5.
+    * ``"approx"``: IVF cell join with exact re-ranking (:mod:`missrec_recbole.interests.approx`):
+      ``rho``/``delta``/assignment use exact distances, but neighbours, denser points and centers
+      a token never gets compared with are missed.  Memory O(N*n_cand + N*d) -- the tokens are
+      read in place when they are a C-contiguous float32 array (otherwise one float32 copy), the
+      candidate lists, and ~16 MiB blocks.  Parameters from N: :func:`approx_params`.
+    * ``"auto"`` (default): exact for ``N <= exact_max_tokens`` (default :data:`EXACT_MAX_TOKENS`),
+      approximate above.
+
+    Args:
+        tokens: [N, d] float32/float64 (other real dtypes are converted), finite.
+        n_centers: K >= 1; clipped to N.
+        k: neighbours for the density; if N <= k, ``k = N - 1`` is used (N == 1: ``rho = 1``,
+            ``delta = 0``, the point is the only center).
+        n_threads: FAISS/OpenMP, BLAS (via threadpoolctl) and torch thread count for this call;
+            the previous settings are restored afterwards.  None: leave as is.
+        block_size: exact mode: query rows per block in the peak search and re-searches.
+        mode: "auto", "exact" or "approx".
+        exact_max_tokens: threshold of ``mode="auto"`` (None: :data:`EXACT_MAX_TOKENS`).
+        state: approximate mode: the ``result.state`` of the previous refresh; its coarse quantizer
+            is warm-started when d and nlist match (see :class:`DPCKNNState`).  Ignored and passed
+            through by the exact mode.
+        approx: overrides of the approximate-mode parameters (:class:`ApproxParams` or a dict of
+            its fields, e.g. ``{"nprobe": 16}``).
+
+    Raises:
+        ValueError: tokens not 2-D, empty, zero-dimensional or non-finite; bad k / n_centers /
+            n_threads / block_size / mode / exact_max_tokens / approximate-mode parameters.
+    """
+    x = _as_real_array(tokens)
+    n, d = x.shape
     n_centers = _check_int("n_centers", n_centers, 1)
     k = _check_int("k", k, 1)
     block_size = _check_int("block_size", block_size, 1)
     if n_threads is not None:
         n_threads = _check_int("n_threads", n_threads, 1)
+    if mode not in ("auto", "exact", "approx"):
+        raise ValueError(f"mode must be 'auto', 'exact' or 'approx', got {mode!r}")
+    threshold = EXACT_MAX_TOKENS if exact_max_tokens is None else _check_int(
+        "exact_max_tokens", exact_max_tokens, 0)
+    if state is not None and not isinstance(state, DPCKNNState):
+        raise ValueError(f"state must be a DPCKNNState (result.state) or None, got {type(state).__name__}")
+    run = mode if mode != "auto" else ("exact" if n <= threshold else "approx")
+    k_used = min(k, n - 1)
+    if isinstance(approx, ApproxParams):
+        params = approx
+    elif approx is None or isinstance(approx, dict):
+        params = approx_params(n, max(k_used, 1), **(approx or {}))
+    else:
+        raise ValueError(f"approx must be an ApproxParams, a dict or None, got {type(approx).__name__}")
 
-    with _thread_limit(n_threads):
-        data = _Data(x, block_size)  # also validates finiteness
-        n_centers = min(n_centers, n)
-        k = min(k, n - 1)
-        if n == 1:
-            return DPCKNNResult(
-                rho=np.ones(1), delta=np.zeros(1), centers=np.zeros(1, dtype=np.int64),
-                assignment=np.zeros(1, dtype=np.int64), n_peaks=1, k=0,
-            )
+    if run == "exact":
+        with _thread_limit(n_threads):
+            return _exact(x, n_centers, k, block_size, state)
+    # approximate mode: n_threads Python worker threads, each running torch single-threaded
+    workers = n_threads if n_threads is not None else max(1, torch.get_num_threads())
+    with _thread_limit(1), torch_threads(1):
+        return _approx(x, n_centers, k, params, state, workers)
 
-        # 1. exact kNN (self excluded) and density
-        margin = max(3, k // 2)
-        knn, knn_d2 = _refined_search(
-            data, np.arange(n, dtype=np.int64), need=k, m0=k + 1 + margin, exclude_self=True,
-            strict=False,
+
+def _trivial(n_centers: int, mode: str, state) -> DPCKNNResult:
+    return DPCKNNResult(
+        rho=np.ones(1), delta=np.zeros(1), centers=np.zeros(1, dtype=np.int64),
+        assignment=np.zeros(1, dtype=np.int64), n_peaks=1, k=0, mode=mode,
+        knn=np.zeros((1, 0), dtype=np.int64), state=state,
+    )
+
+
+def _approx(x: np.ndarray, n_centers: int, k: int, params: ApproxParams, state, workers: int) -> DPCKNNResult:
+    t0 = time.perf_counter()
+    _check_finite(x)
+    x32 = np.ascontiguousarray(x, dtype=np.float32)  # no copy for C-contiguous float32 input
+    if x32 is not x:
+        _check_finite(x32, "tokens contain values outside the float32 range (approximate mode works in float32)")
+    n = x.shape[0]
+    n_centers = min(n_centers, n)
+    k = min(k, n - 1)
+    if n == 1:
+        return _trivial(n_centers, "approx", state)
+    prep = time.perf_counter() - t0
+    rho, delta, centers, assignment, n_peaks, knn, timings, new_state, info = approx_dpc(
+        x32, n_centers, k, params, state, workers)
+    timings["knn_s"] += prep
+    return DPCKNNResult(rho=rho, delta=delta, centers=centers, assignment=assignment, n_peaks=n_peaks,
+                        k=k, mode="approx", knn=knn, timings=timings, state=new_state, info=info)
+
+
+def _exact(x: np.ndarray, n_centers: int, k: int, block_size: int, state) -> DPCKNNResult:
+    t = {}
+    t0 = time.perf_counter()
+    data = _Data(x, block_size)  # also validates finiteness
+    n = data.n
+    n_centers = min(n_centers, n)
+    k = min(k, n - 1)
+    if n == 1:
+        return _trivial(n_centers, "exact", state)
+
+    # 1. exact kNN (self excluded)
+    margin = max(3, k // 2)
+    knn, knn_d2 = _refined_search(
+        data, np.arange(n, dtype=np.int64), need=k, m0=k + 1 + margin, exclude_self=True,
+        strict=False,
+    )
+    t["knn_s"] = time.perf_counter() - t0
+
+    # 2. density; strict total order "denser": larger rho, then smaller index
+    t0 = time.perf_counter()
+    rho = np.exp(-(knn_d2.sum(axis=1) / k))
+    order = np.lexsort((np.arange(n), -rho))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    t["density_s"] = time.perf_counter() - t0
+
+    # 3. delta: first denser neighbour in the sorted kNN list, wide search for local peaks
+    t0 = time.perf_counter()
+    denser = rank[knn] < rank[:, None]
+    has = denser.any(axis=1)
+    first = denser.argmax(axis=1)
+    delta2 = np.where(has, knn_d2[np.arange(n), first], 0.0)
+    peaks = np.flatnonzero(~has)
+    top = int(order[0])
+    others = peaks[peaks != top]
+    delta2[others] = _denser_sqdist(data, others, order, rank)
+    delta2[top] = data.row_max_sqdist(top)
+    delta = np.sqrt(delta2)
+    t["delta_s"] = time.perf_counter() - t0
+
+    # 4. centers and assignment
+    t0 = time.perf_counter()
+    score = rho * delta
+    centers = np.lexsort((np.arange(n), -score))[:n_centers].astype(np.int64)
+    assignment = _exact_assignment(data, centers, knn, knn_d2)
+    t["assign_s"] = time.perf_counter() - t0
+    return DPCKNNResult(
+        rho=rho, delta=delta, centers=centers, assignment=assignment,
+        n_peaks=int(peaks.size), k=k, mode="exact", knn=knn, timings=t, state=state,
+    )
+
+
+def _exact_assignment(data: _Data, centers: np.ndarray, knn: np.ndarray, knn_d2: np.ndarray) -> np.ndarray:
+    """Nearest center (ties: smaller position in ``centers``) of every token, exactly.
+
+    Shortcut: the candidates {the token itself if it is a center (distance 0)} + its exact kNN
+    list (exact float64 distances).  If the best candidate center is *strictly* closer than the
+    k-th neighbour, every point at that distance or closer is a candidate, so the best candidate
+    (smallest distance, then position) is the answer.  The other tokens (no center in the list, or
+    a tie at the k-th distance) are searched with a FAISS flat index over the centers, certified.
+    """
+    n = data.n
+    n_centers = centers.size
+    pos = np.full(n, -1, dtype=np.int64)
+    pos[centers] = np.arange(n_centers)
+    big = np.iinfo(np.int64).max
+    out = np.empty(n, dtype=np.int64)
+    rows = max(1, _CHUNK_ELEMS // (knn.shape[1] + 1))
+    pending = []
+    for s in range(0, n, rows):
+        cp = np.concatenate([pos[s : s + rows, None], pos[knn[s : s + rows]]], axis=1)
+        cd = np.concatenate([np.zeros((cp.shape[0], 1)), knn_d2[s : s + rows]], axis=1)
+        cd[cp < 0] = np.inf
+        cp[cp < 0] = big
+        best = np.lexsort((cp, cd), axis=-1)[:, 0]
+        r = np.arange(cp.shape[0])
+        ok = cd[r, best] < knn_d2[s : s + rows, -1]
+        out[s : s + rows] = cp[r, best]
+        pending.append(s + np.flatnonzero(~ok))
+    pending = np.concatenate(pending)
+    if pending.size:
+        p, _ = _refined_search(
+            data, centers, need=1, m0=min(4, n_centers), exclude_self=False, strict=True,
+            queries=pending,
         )
-        rho = np.exp(-(knn_d2.sum(axis=1) / k))
-
-        # strict total order "denser": larger rho, then smaller index
-        order = np.lexsort((np.arange(n), -rho))
-        rank = np.empty(n, dtype=np.int64)
-        rank[order] = np.arange(n)
-
-        # 2. delta: first denser neighbour in the sorted kNN list, wide search for local peaks
-        denser = rank[knn] < rank[:, None]
-        has = denser.any(axis=1)
-        first = denser.argmax(axis=1)
-        delta2 = np.where(has, knn_d2[np.arange(n), first], 0.0)
-        peaks = np.flatnonzero(~has)
-        top = int(order[0])
-        others = peaks[peaks != top]
-        delta2[others] = _denser_sqdist(data, others, order, rank)
-        delta2[top] = data.row_max_sqdist(top)
-        delta = np.sqrt(delta2)
-
-        # 3. centers and assignment
-        score = rho * delta
-        centers = np.lexsort((np.arange(n), -score))[:n_centers].astype(np.int64)
-        pos, _ = _refined_search(
-            data, centers, need=1, m0=min(4, n_centers), exclude_self=False, strict=True
-        )
-        return DPCKNNResult(
-            rho=rho, delta=delta, centers=centers, assignment=pos[:, 0].astype(np.int64),
-            n_peaks=int(peaks.size), k=k,
-        )
+        out[pending] = p[:, 0]
+    return out

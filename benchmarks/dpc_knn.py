@@ -1,0 +1,445 @@
+"""DPC-KNN benchmark: exact and approximate modes vs the O(N^2) brute force, on clustered tokens.
+
+For every d in ``--dims`` and N in ``--sizes`` (each configuration in a fresh child process, so
+that peak RSS is per run):
+
+* ``bruteforce`` (N <= ``--brute-max``): the research-code way -- a full N x N float32 distance
+  matrix (torch.cdist), then rho / delta / centers / assignment from it.  The baseline ratio
+  ``speedup_vs_bruteforce`` of the other rows is relative to it.
+* ``exact`` (N <= ``--exact-max``): ``dpc_knn(mode="exact")``.
+* ``approx``: ``dpc_knn(mode="approx")`` with the parameters chosen from N.
+
+Quality of a row (null where not measured):
+
+* ``knn_recall``: recall@k of its kNN lists for ``--recall-queries`` random tokens against an
+  exact search over all N tokens (ties counted as hits).
+* ``center_overlap``: |centers ∩ exact centers| / K.
+* ``assignment_agreement``: share of tokens mapped to the *same center token* as in exact mode;
+  ``assignment_ari``: adjusted Rand index of the two token -> interest partitions (insensitive to
+  which token of a cluster represents it).
+  For N <= ``--sample`` these compare with the exact run on the same data; above, exact and
+  approximate mode are both run on a random ``--sample``-token subset (``quality_on`` says which).
+
+``refresh`` rows (``--refresh-n``, first d): the incremental-refresh experiment -- approximate run,
+then every token moves as after an epoch of adapter training (x <- x (I + eps R) + b), then the
+next refresh cold (no state), warm (``state=`` from the first run: coarse quantizer re-fitted with
+3 Lloyd iterations) and reused as-is (0 iterations).
+
+Data: a Gaussian mixture with ``0.02 * N`` clusters of log-normal sizes and varying spread,
+rows L2-normalised like CLIP embeddings.  ``OPENBLAS_CORETYPE`` (FAISS's bundled OpenBLAS picks
+slow generic kernels on recent CPUs) is set for the child processes only, from /proc/cpuinfo;
+the smallest size is also run in exact mode without it to show the gain.
+
+Usage::
+
+    nohup python benchmarks/dpc_knn.py > dpc_knn.log 2>&1 &      # full run, ~30-60 min on 2 cores
+    python benchmarks/dpc_knn.py --quick                          # smoke test, ~1 min
+    python benchmarks/dpc_knn.py --sizes 10000 100000 --dims 300
+
+Writes ``benchmarks/results/dpc_knn.json`` (a list of rows) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PHASES = ("knn_s", "density_s", "delta_s", "assign_s")
+
+
+# ----------------------------------------------------------------------------------------------
+# child side
+
+
+def clustered(n: int, d: int, seed: int, frac: float = 0.02):
+    """Gaussian mixture with ~frac*n clusters (log-normal sizes, spreads 0.15-0.45), unit rows."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    nc = max(1, int(round(frac * n)))
+    cent = rng.standard_normal((nc, d)).astype(np.float32)
+    cent /= np.linalg.norm(cent, axis=1, keepdims=True)
+    w = rng.lognormal(0.0, 0.75, nc)
+    lab = rng.choice(nc, size=n, p=w / w.sum())
+    spread = rng.uniform(0.15, 0.45, nc).astype(np.float32)
+    x = np.empty((n, d), np.float32)
+    for s in range(0, n, 65536):
+        lb = lab[s : s + 65536]
+        blk = rng.standard_normal((lb.size, d), dtype=np.float32)
+        blk *= (spread[lb] / np.sqrt(d))[:, None]
+        blk += cent[lb]
+        blk /= np.linalg.norm(blk, axis=1, keepdims=True)
+        x[s : s + 65536] = blk
+    return x
+
+
+def drift(x, seed: int, eps: float = 0.03):
+    """In place: x <- x (I + eps R) + b, R Gaussian / sqrt(d) (one epoch of adapter updates)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    d = x.shape[1]
+    lin = np.eye(d, dtype=np.float32) + (eps / np.sqrt(d)) * rng.standard_normal((d, d)).astype(np.float32)
+    b = (eps / np.sqrt(d)) * rng.standard_normal(d).astype(np.float32)
+    for s in range(0, x.shape[0], 65536):
+        x[s : s + 65536] = x[s : s + 65536] @ lin + b
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def bruteforce(x, n_centers: int, k: int):
+    """O(N^2) memory and time: full float32 distance matrix (research-code style)."""
+    import numpy as np
+    import torch
+
+    t = {}
+    t0 = time.perf_counter()
+    xt = torch.from_numpy(x)
+    n = xt.shape[0]
+    d2 = torch.cdist(xt, xt).square_()
+    d2.fill_diagonal_(float("inf"))
+    knn_d2, knn = torch.topk(d2, k, dim=1, largest=False)
+    d2.fill_diagonal_(0.0)
+    t["knn_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rho = torch.exp(-knn_d2.double().sum(1) / k)
+    order = torch.from_numpy(np.lexsort((np.arange(n), -rho.numpy())))
+    rank = torch.empty(n, dtype=torch.long)
+    rank[order] = torch.arange(n)
+    t["density_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    delta2 = torch.empty(n)
+    for s in range(0, n, 4096):
+        blk = d2[s : s + 4096].clone()
+        blk[rank[None, :] >= rank[s : s + 4096, None]] = float("inf")
+        delta2[s : s + 4096] = blk.min(1).values
+    top = int(order[0])
+    delta2[top] = d2[top].max()
+    delta = delta2.double().sqrt()
+    t["delta_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    score = (rho * delta).numpy()
+    centers = np.lexsort((np.arange(n), -score))[:n_centers]
+    assignment = d2[:, torch.from_numpy(centers)].argmin(1).numpy()
+    t["assign_s"] = time.perf_counter() - t0
+    return centers, assignment, knn.numpy(), t
+
+
+def knn_recall(x, knn, n_queries: int, seed: int) -> float:
+    """recall@k of ``knn`` for random queries vs an exact search over all tokens (ties = hits)."""
+    import numpy as np
+    import torch
+
+    n, k = knn.shape
+    rng = np.random.default_rng(seed)
+    qs = np.sort(rng.choice(n, size=min(n_queries, n), replace=False))
+    xq = torch.from_numpy(x[qs])
+    qn = (xq * xq).sum(1)
+    m = min(n - 1, k + 16)
+    best_v = torch.full((qs.size, 0), float("inf"))
+    best_i = torch.empty((qs.size, 0), dtype=torch.long)
+    for s in range(0, n, 65536):
+        xb = torch.from_numpy(x[s : s + 65536])
+        dd = qn[:, None] + (xb * xb).sum(1)[None, :] - 2.0 * (xq @ xb.T)
+        cols = torch.arange(s, s + xb.shape[0])
+        dd[torch.from_numpy(qs)[:, None] == cols[None, :]] = float("inf")
+        v = torch.cat([best_v, dd], 1)
+        i = torch.cat([best_i, cols.expand(qs.size, -1)], 1)
+        best_v, j = torch.topk(v, m, dim=1, largest=False)
+        best_i = torch.gather(i, 1, j)
+    hits = 0
+    for r, q in enumerate(qs):
+        cand = best_i[r].numpy()
+        ex = ((x[cand].astype(np.float64) - x[q]) ** 2).sum(1)
+        kth = np.sort(ex)[k - 1]
+        got = ((x[knn[q]].astype(np.float64) - x[q]) ** 2).sum(1)
+        hits += int((got <= kth * (1 + 1e-9) + 1e-30).sum())
+    return hits / (qs.size * k)
+
+
+def run_child(spec: dict) -> dict:
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    import faiss  # noqa: F401  (after OPENBLAS_CORETYPE is in the environment)
+    import torch
+
+    from missrec_recbole.interests import dpc_knn, n_interests
+
+    torch.set_num_threads(spec["threads"])
+    n, d, k = spec["n"], spec["d"], spec["k"]
+    x = clustered(n, d, spec["seed"])
+    out: dict = {"rss_data_mb": round(rss_mb(), 1)}
+    kc = n_interests(n, spec["ratio"])
+    mode = spec["mode"]
+    if mode == "bruteforce":
+        t0 = time.perf_counter()
+        centers, assignment, knn, t = bruteforce(x, kc, k)
+        out.update(total_s=time.perf_counter() - t0, **t)
+    elif mode in ("exact", "approx"):
+        t0 = time.perf_counter()
+        r = dpc_knn(x, kc, k=k, n_threads=spec["threads"], mode=mode)
+        out.update(total_s=time.perf_counter() - t0, **r.timings, info=r.info, n_peaks=r.n_peaks)
+        centers, assignment, knn = r.centers, r.assignment, r.knn
+    elif mode == "sample":  # exact vs approx on a random subset
+        rng = np.random.default_rng(spec["seed"] + 1)
+        idx = np.sort(rng.choice(n, size=spec["sample"], replace=False))
+        xs = np.ascontiguousarray(x[idx])
+        del x
+        ks = n_interests(xs.shape[0], spec["ratio"])
+        t0 = time.perf_counter()
+        e = dpc_knn(xs, ks, k=k, n_threads=spec["threads"], mode="exact")
+        te = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        a = dpc_knn(xs, ks, k=k, n_threads=spec["threads"], mode="approx")
+        ta = time.perf_counter() - t0
+        out.update(quality(e, a), sample_exact_s=te, sample_approx_s=ta, peak_rss_mb=rss_mb())
+        return out
+    elif mode == "refresh":
+        runs = {}
+        t0 = time.perf_counter()
+        first = dpc_knn(x, kc, k=k, n_threads=spec["threads"], mode="approx")
+        runs["first"] = dict(total_s=time.perf_counter() - t0, **first.timings)
+        drift(x, spec["seed"] + 2)
+        res = {}
+        for name, kw in (("cold", {}), ("warm", {"state": first.state}),
+                         ("reuse", {"state": first.state, "approx": {"warm_iters": 0}})):
+            t0 = time.perf_counter()
+            r = dpc_knn(x, kc, k=k, n_threads=spec["threads"], mode="approx", **kw)
+            runs[name] = dict(total_s=time.perf_counter() - t0, **r.timings, info=r.info)
+            res[name] = r
+        for name in ("cold", "warm", "reuse"):
+            runs[name]["knn_recall"] = knn_recall(x, res[name].knn, spec["recall_queries"], spec["seed"])
+            runs[name].update({f"vs_cold_{key}": v for key, v in quality(res["cold"], res[name]).items()})
+        out.update(runs=runs, peak_rss_mb=rss_mb())
+        return out
+    else:
+        raise ValueError(mode)
+    out["peak_rss_mb"] = rss_mb()
+    if spec.get("recall_queries"):
+        out["knn_recall"] = knn_recall(x, knn, spec["recall_queries"], spec["seed"])
+    np.savez(spec["save"], centers=centers, assignment=assignment)
+    return out
+
+
+def ari(a, b) -> float:
+    """Adjusted Rand index of two labelings."""
+    import numpy as np
+
+    def pairs(c):
+        c = np.asarray(c, dtype=np.float64)
+        return float((c * (c - 1) / 2).sum())
+
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    _, nij = np.unique(a * (int(b.max()) + 1) + b, return_counts=True)
+    sa, sb = pairs(np.bincount(a)), pairs(np.bincount(b))
+    expected = sa * sb / pairs([a.size])
+    denom = (sa + sb) / 2 - expected
+    return 1.0 if denom == 0 else (pairs(nij) - expected) / denom
+
+
+def quality(ref, other) -> dict:
+    """center overlap / assignment agreement / ARI of ``other`` vs ``ref`` (objects or dicts)."""
+    import numpy as np
+
+    get = (lambda o, f: o[f]) if isinstance(ref, dict) else getattr
+    rc, ra = np.asarray(get(ref, "centers")), np.asarray(get(ref, "assignment"))
+    oc, oa = np.asarray(get(other, "centers")), np.asarray(get(other, "assignment"))
+    return {
+        "center_overlap": np.intersect1d(rc, oc).size / rc.size,
+        "assignment_agreement": float(np.mean(rc[ra] == oc[oa])),
+        "assignment_ari": ari(ra, oa),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# parent side
+
+
+def coretype() -> str | None:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    if " avx512f" in flags:
+        return "SkylakeX"
+    if " avx2" in flags:
+        return "Haswell"
+    return None
+
+
+def child(spec: dict, core: str | None) -> dict:
+    env = dict(os.environ)
+    env.pop("OPENBLAS_CORETYPE", None)
+    if core:
+        env["OPENBLAS_CORETYPE"] = core
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        raise RuntimeError(f"child failed: {spec}")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res["wall_s"] = time.perf_counter() - t0
+    res["load_avg"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+    return res
+
+
+def make_row(spec: dict, res: dict, core: str | None) -> dict:
+    row = {"n": spec["n"], "d": spec["d"], "mode": spec["mode"], "k": spec["k"], "ratio": spec["ratio"],
+           "total_s": round(res["total_s"], 3)}
+    for ph in PHASES:
+        row[ph] = round(res[ph], 3) if ph in res else None
+    row.update(peak_rss_mb=round(res["peak_rss_mb"], 1), rss_data_mb=res["rss_data_mb"],
+               data_mb=round(spec["n"] * spec["d"] * 4 / 2**20, 1), knn_recall=res.get("knn_recall"),
+               center_overlap=None, assignment_agreement=None, assignment_ari=None, quality_on=None,
+               speedup_vs_bruteforce=None, threads=spec["threads"], openblas_coretype=core,
+               load_avg=res["load_avg"])
+    if "info" in res:
+        row["info"] = {key: v for key, v in res["info"].items()}
+    return row
+
+
+def fmt(v, nd=1):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def table(rows: list[dict]) -> str:
+    head = ("n", "d", "mode", "total_s", "knn_s", "density_s", "delta_s", "assign_s", "peak_rss_mb",
+            "knn_recall", "center_overlap", "assignment_agreement", "assignment_ari", "x_brute", "load")
+    lines = [" | ".join(head)]
+    for r in rows:
+        lines.append(" | ".join([
+            str(r["n"]), str(r["d"]), r["mode"] + ("" if r.get("openblas_coretype") else " (generic BLAS)"),
+            fmt(r["total_s"]), fmt(r["knn_s"]), fmt(r["density_s"], 2), fmt(r["delta_s"]), fmt(r["assign_s"]),
+            fmt(r["peak_rss_mb"], 0), fmt(r["knn_recall"], 4), fmt(r["center_overlap"], 4),
+            fmt(r["assignment_agreement"], 4), fmt(r["assignment_ari"], 4), fmt(r["speedup_vs_bruteforce"], 1),
+            fmt(max(r.get("load_avg") or [0.0]), 1),
+        ]))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000, 1000000])
+    ap.add_argument("--dims", type=int, nargs="+", default=[300, 512])
+    ap.add_argument("--quick", action="store_true", help="smoke run: sizes 5000 20000, d 64, small samples")
+    ap.add_argument("--ratio", type=float, default=0.5, help="interest_ratio (K = ceil(ratio * N)); props default")
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sample", type=int, default=100000, help="quality sample size for larger N")
+    ap.add_argument("--exact-max", type=int, default=100000, help="largest N run in exact mode on all tokens")
+    ap.add_argument("--brute-max", type=int, default=20000, help="largest N of the O(N^2) brute force")
+    ap.add_argument("--recall-queries", type=int, default=1000)
+    ap.add_argument("--refresh-n", type=int, default=None, help="N of the refresh experiment (default: largest)")
+    ap.add_argument("--no-refresh", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dpc_knn.json"))
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(run_child(json.loads(args.child)), default=float))
+        return 0
+    if args.quick:
+        args.sizes, args.dims, args.sample, args.recall_queries = [5000, 20000], [64], 10000, 200
+        args.exact_max = 20000
+    core = coretype()
+    refresh_n = args.refresh_n or max(args.sizes)
+    rows: list[dict] = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, OPENBLAS_CORETYPE for children: {core}",
+          flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for d in args.dims:
+            for n in sorted(args.sizes):
+                base = {"n": n, "d": d, "k": args.k, "ratio": args.ratio, "threads": args.threads,
+                        "seed": args.seed, "recall_queries": args.recall_queries}
+                saved = {}
+                brute_total = None
+                todo = []
+                if n <= args.brute_max:
+                    todo.append(("bruteforce", core))
+                if n <= args.exact_max:
+                    todo.append(("exact", core))
+                    if n == min(args.sizes) and d == args.dims[0] and core:
+                        todo.append(("exact", None))  # the OPENBLAS_CORETYPE gain
+                todo.append(("approx", core))
+                for mode, cr in todo:
+                    spec = {**base, "mode": mode, "save": os.path.join(tmp, f"{mode}-{n}-{d}-{cr}.npz")}
+                    res = child(spec, cr)
+                    row = make_row(spec, res, cr)
+                    saved[(mode, cr)] = spec["save"]
+                    if mode == "bruteforce":
+                        brute_total = row["total_s"]
+                    if brute_total and mode != "bruteforce":
+                        row["speedup_vs_bruteforce"] = round(brute_total / row["total_s"], 2)
+                    import numpy as np
+
+                    ref = None
+                    if mode == "exact" and ("bruteforce", core) in saved:
+                        ref = dict(np.load(saved[("bruteforce", core)]))
+                        row["quality_on"] = "full, vs bruteforce"
+                    if mode == "approx" and ("exact", core) in saved:
+                        ref = dict(np.load(saved[("exact", core)]))
+                        row["quality_on"] = "full, vs exact"
+                    if ref is not None:
+                        row.update(quality(ref, dict(np.load(spec["save"]))))
+                    if mode == "approx" and ref is None:
+                        sres = child({**base, "mode": "sample", "sample": min(args.sample, n)}, core)
+                        row.update({key: sres[key] for key in ("center_overlap", "assignment_agreement",
+                                                                "assignment_ari")})
+                        row["quality_on"] = f"random sample of {min(args.sample, n)} tokens, exact vs approx"
+                        row["sample_exact_s"] = round(sres["sample_exact_s"], 2)
+                        row["sample_approx_s"] = round(sres["sample_approx_s"], 2)
+                    rows.append(row)
+                    print(table([row]).splitlines()[1], f"  [{time.time() - t_start:.0f}s]", flush=True)
+                    out.write_text(json.dumps(rows, indent=1, default=float) + "\n")
+                if not args.no_refresh and n == refresh_n and d == args.dims[0]:
+                    res = child({**base, "mode": "refresh"}, core)
+                    for name, r in res["runs"].items():
+                        row = {"n": n, "d": d, "mode": f"approx-refresh-{name}", "k": args.k, "ratio": args.ratio,
+                               "total_s": round(r["total_s"], 3), **{ph: round(r[ph], 3) for ph in PHASES},
+                               "kmeans_s": round(r["kmeans_s"], 3), "coarse_s": round(r["coarse_s"], 3),
+                               "peak_rss_mb": round(res["peak_rss_mb"], 1), "rss_data_mb": res["rss_data_mb"],
+                               "data_mb": round(n * d * 4 / 2**20, 1), "knn_recall": r.get("knn_recall"),
+                               "center_overlap": r.get("vs_cold_center_overlap"),
+                               "assignment_agreement": r.get("vs_cold_assignment_agreement"),
+                               "assignment_ari": r.get("vs_cold_assignment_ari"),
+                               "quality_on": None if name == "first" else
+                               "full; overlap/agreement vs the cold refresh on the same (drifted) tokens",
+                               "speedup_vs_bruteforce": None, "threads": args.threads, "openblas_coretype": core,
+                               "load_avg": res["load_avg"]}
+                        if "info" in r:
+                            row["info"] = r["info"]
+                        rows.append(row)
+                        print(table([row]).splitlines()[1], f"  [{time.time() - t_start:.0f}s]", flush=True)
+                    out.write_text(json.dumps(rows, indent=1, default=float) + "\n")
+    print()
+    print(table(rows))
+    print(f"\nwrote {out} ({len(rows)} rows) in {time.time() - t_start:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

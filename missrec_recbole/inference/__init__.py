@@ -1,0 +1,17 @@
+"""Inference for trained MISSRec models: recommend from original item ids, add new items without
+training (inductive cold start), export item vectors + FAISS indexes for serving.
+
+See :mod:`.predictor` (:class:`MISSRecPredictor`), :mod:`.catalog` (how new items join the model and
+its interests), :mod:`.export` (files and the exact retrieve-then-rerank for the dynamic fusion) and
+:mod:`.cli` (``python recommend.py``).
+"""
+
+from missrec_recbole.inference.errors import (CheckpointMismatchError, DuplicateItemError, EmptyHistoryError,
+                                              ExportError, FeatureDimError, FeatureError, InferenceError,
+                                              TransductiveModeError, UnknownItemError)
+from missrec_recbole.inference.export import ExportedIndex, export_predictor
+from missrec_recbole.inference.predictor import MISSRecPredictor
+
+__all__ = ["MISSRecPredictor", "ExportedIndex", "export_predictor", "InferenceError", "EmptyHistoryError",
+           "UnknownItemError", "FeatureError", "FeatureDimError", "DuplicateItemError", "TransductiveModeError",
+           "CheckpointMismatchError", "ExportError"]

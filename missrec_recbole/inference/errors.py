@@ -1,0 +1,44 @@
+"""Errors of the inference API: one class per kind of bad input, each message names what is wrong."""
+
+from __future__ import annotations
+
+from missrec_recbole.trainer.checkpoint import CheckpointError
+
+
+class InferenceError(ValueError):
+    """Base class of every error raised by :mod:`missrec_recbole.inference`."""
+
+
+class EmptyHistoryError(InferenceError):
+    """A history with no items (MISSRec needs at least one item to build a user vector)."""
+
+
+class UnknownItemError(InferenceError):
+    """An item id that is not in the predictor's catalogue (the message lists the ids and why)."""
+
+
+class FeatureError(InferenceError):
+    """Bad features for new items: wrong row count, NaN/inf, unknown modality, no modality at all."""
+
+
+class FeatureDimError(FeatureError):
+    """Features whose width differs from the checkpoint's ``text_dim`` / ``image_dim``."""
+
+
+class DuplicateItemError(InferenceError):
+    """``add_items`` with an id that is already in the catalogue (or twice in the same call)."""
+
+
+class TransductiveModeError(InferenceError):
+    """New items for a transductive model, which has no ID embedding for them.
+
+    Pass ``allow_feature_only=True`` to score them from their features only (zero ID embedding).
+    """
+
+
+class CheckpointMismatchError(InferenceError, CheckpointError):
+    """A checkpoint that does not fit the dataset or the requested configuration."""
+
+
+class ExportError(InferenceError):
+    """An export folder that is missing files or was written by another format version."""

@@ -1,0 +1,489 @@
+"""MISSRecPredictor: recommend from a history of original item ids, add new items, export for serving.
+
+::
+
+    from missrec_recbole.inference import MISSRecPredictor
+    rec = MISSRecPredictor.load("saved/MISSRec-Scientific-mm-inductive-....pth", dataset="Scientific-mm",
+                                data_path="../shared/datasets")
+    rec.recommend(["B00O47ILVA", "B006ATU73A"], k=10)          # [(original id, score), ...]
+    rec.add_items(["NEW1"], text_features=t, image_features=None)  # rankable at once (inductive)
+    rec.export("serving/")                                       # vectors + FAISS indexes + manifest
+
+Ids. Histories and results use the dataset's *original* item ids (the first column of
+``NAME.item2index``; without that file, the item indices themselves as strings). Internally an id
+goes original id -> item index -> RecBole token -> RecBole internal id.
+
+Catalogue. The items RecBole saw in the ``.inter`` files (its vocabulary), then, in inductive mode,
+every other item of ``NAME.item2index`` that has features ("unseen" items: never in any interaction,
+added from the feature files exactly like :meth:`add_items` does), then the items added with
+:meth:`add_items`. In transductive mode unseen items are left out unless ``allow_feature_only=True``
+(they have no trained ID embedding). Items without any modality cannot be scored and are never
+recommended.
+
+Scores are MISSRec's own full-ranking scores (``MISSRec.full_sort_predict``: dynamic fusion of the
+per-modality cosine similarities). Ties are broken by catalogue order (deterministic).
+Histories longer than ``MAX_ITEM_LIST_LENGTH`` keep their last items (as in training).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from missrec_recbole.data.dataset import DatasetFormatError, MISSRecDataset, feature_path, read_feature_file
+from missrec_recbole.data.demo import DEMO_DOMAINS, ensure_demo_dataset
+from missrec_recbole.inference import catalog
+from missrec_recbole.inference.errors import (CheckpointMismatchError, DuplicateItemError, EmptyHistoryError,
+                                              FeatureDimError, FeatureError, InferenceError, TransductiveModeError,
+                                              UnknownItemError)
+from missrec_recbole.model import MISSRec
+from missrec_recbole.trainer.checkpoint import ARCHITECTURE_KEYS, FORMAT as PRETRAINED_FORMAT, read_checkpoint
+
+# Config keys taken from the checkpoint (they define the model), on top of the repo's defaults.
+MODEL_KEYS = tuple(ARCHITECTURE_KEYS) + (
+    "mode", "text_suffix", "image_suffix", "hidden_dropout_prob", "adaptor_dropout_prob", "hidden_act",
+    "layer_norm_eps", "initializer_range", "temperature", "fusion_beta", "interest_ratio", "dpc_k",
+    "length_buckets", "USER_ID_FIELD", "ITEM_ID_FIELD", "LIST_SUFFIX", "ITEM_LIST_LENGTH_FIELD",
+)
+# Keys that must agree between the checkpoint and the configuration used for inference.
+MATCH_KEYS = tuple(ARCHITECTURE_KEYS) + ("mode",)
+
+
+def _plain(value):
+    from missrec_recbole.compat import plain
+
+    return plain(value)
+
+
+def read_item2index(folder: Path, name: str) -> dict[str, int] | None:
+    """``original id -> item index`` from ``NAME.item2index`` (None if the file does not exist)."""
+    path = Path(folder) / f"{name}.item2index"
+    if not path.is_file():
+        return None
+    mapping = {}
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            if len(parts) != 2 or not parts[1].strip().lstrip("-").isdigit():
+                raise DatasetFormatError(f"{path}: line {number} is not 'original_id<TAB>index'. "
+                                         f"Fix the file (one item per line).")
+            mapping[parts[0]] = int(parts[1])
+    return mapping
+
+
+def read_item_text(folder: Path, name: str) -> dict[str, str]:
+    """``original id -> text`` from ``NAME.text`` (empty if the file does not exist)."""
+    path = Path(folder) / f"{name}.text"
+    texts = {}
+    if not path.is_file():
+        return texts
+    with open(path, encoding="utf-8") as handle:
+        header = handle.readline()
+        if not header.startswith("item_id"):
+            handle.seek(0)
+        for line in handle:
+            parts = line.rstrip("\n").split("\t", 1)
+            if len(parts) == 2:
+                texts[parts[0]] = parts[1].strip()
+    return texts
+
+
+class MISSRecPredictor:
+    """A trained MISSRec model plus its item catalogue in original ids. Build it with :meth:`load`."""
+
+    def __init__(self, model: MISSRec, config, dataset_name: str, item_ids: list, item_text: dict,
+                 model_file=None, known_ids: set | None = None):
+        self.model = model.eval()
+        self.config = config
+        self.dataset_name = dataset_name
+        self.model_file = None if model_file is None else str(model_file)
+        self._ids = list(item_ids)  # internal id -> original id; [0] is padding (None)
+        self._internal = {item: internal for internal, item in enumerate(self._ids) if internal > 0}
+        self._known = set(known_ids or ())  # ids of the dataset's item2index (for error messages)
+        self.item_text = dict(item_text)
+        self.max_length = int(config["MAX_ITEM_LIST_LENGTH"])
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, model_file, dataset: str | None = None, data_path=None, config_dict=None,
+             include_unseen: bool | None = None, allow_feature_only: bool = False,
+             device: str = "cpu") -> "MISSRecPredictor":
+        """Load a checkpoint for recommendation on ``dataset`` (files in ``data_path/dataset/``).
+
+        ``model_file``: a best-model checkpoint written by training (``result["model_file"]`` of
+        ``quick_start.finetune``, ``saved/MISSRec-<dataset>-<mode>-<time>.pth``), which fits only the
+        dataset it was trained on, or a pre-trained checkpoint (``save_pretrained``, inductive), which
+        is used zero-shot on any dataset with the same feature dims (interests are computed on load).
+        ``dataset`` / ``data_path`` default to the checkpoint's. ``config_dict`` overrides config
+        values (not the ones that define the model's shapes and mode). ``include_unseen`` (default:
+        inductive -> True, transductive -> ``allow_feature_only``) adds the dataset's items that never
+        occur in an ``.inter`` file to the catalogue, from their features.
+
+        Raises :class:`CheckpointMismatchError` if the checkpoint does not fit the dataset (other
+        dataset, other item count, other dims), ``CheckpointError`` for a missing/unreadable file,
+        ``DatasetFormatError`` for bad dataset files.
+        """
+        from missrec_recbole.quick_start import build_config
+
+        checkpoint = read_checkpoint(model_file)
+        saved = checkpoint["config"]
+        pretrained = checkpoint.get("format") == PRETRAINED_FORMAT
+        dataset = dataset or saved.get("dataset")
+        if not dataset:
+            raise CheckpointMismatchError(f"{model_file}: checkpoint names no dataset; pass dataset=...")
+        if not pretrained and saved.get("dataset") not in (None, dataset):
+            raise CheckpointMismatchError(
+                f"{model_file}: checkpoint was trained on dataset {saved['dataset']!r}, not {dataset!r}. "
+                f"A trained checkpoint fits only its own dataset's items; use -d {saved['dataset']} "
+                f"(or a pre-trained checkpoint for zero-shot use on another dataset).")
+        overrides = {key: saved[key] for key in MODEL_KEYS if key in saved}
+        if data_path is not None:
+            overrides["data_path"] = str(data_path)
+        elif saved.get("data_path") and dataset == saved.get("dataset"):
+            overrides["data_path"] = str(Path(saved["data_path"]).parent)  # RecBole stores <data_path>/<dataset>
+        overrides.update({"state": "ERROR", "show_progress": False})
+        overrides.update(config_dict or {})
+        config = build_config(dataset, "finetune", config_dict=overrides)
+        for key in MATCH_KEYS:
+            if key in saved and _plain(config[key]) != saved[key]:
+                raise CheckpointMismatchError(
+                    f"{model_file}: checkpoint has {key}={saved[key]!r} but the configuration asks for "
+                    f"{key}={_plain(config[key])!r}. Leave {key} out of config_dict: the checkpoint defines it.")
+        if pretrained and config["mode"] == "transductive":
+            raise CheckpointMismatchError(f"{model_file}: a pre-trained checkpoint has no ID embedding; "
+                                          f"use it in inductive mode (or fine-tune it first).")
+        if dataset in DEMO_DOMAINS:  # like quick_start.prepare_data: generated on first use
+            ensure_demo_dataset(Path(config["data_path"]).parent, [dataset])
+        cls._check_feature_dims(config, model_file)
+        dataset_obj = MISSRecDataset(config)  # DatasetFormatError for bad or missing files
+        model = MISSRec(config, dataset_obj)
+        cls._load_weights(model, config, model_file, checkpoint, pretrained)
+        model = model.to(device).eval()
+        if not model.has_interest_map:
+            model.refresh_interests()
+
+        folder = Path(config["data_path"])
+        item2index = read_item2index(folder, dataset)
+        n_indices = dataset_obj.files.n_items
+        if item2index is None:
+            index2id = {i: str(i) for i in range(n_indices)}
+        else:
+            index2id = {index: item for item, index in item2index.items()}
+        tokens = dataset_obj.field2id_token[dataset_obj.iid_field]
+        item_ids = [None] + [index2id.get(int(token), str(token)) for token in tokens[1:]]
+        predictor = cls(model, config, dataset, item_ids, read_item_text(folder, dataset), model_file,
+                        known_ids=set(index2id.values()))
+        transductive = config["mode"] == "transductive"
+        if include_unseen is None:
+            include_unseen = (not transductive) or allow_feature_only
+        if include_unseen:
+            predictor._add_unseen(folder, dataset, config, index2id, tokens, allow_feature_only)
+        return predictor
+
+    @staticmethod
+    def _check_feature_dims(config, model_file):
+        """The dataset's feature files must have the checkpoint's widths (rows = item2index lines)."""
+        folder, name = Path(config["data_path"]), config["dataset"]
+        item_map = folder / f"{name}.item2index"
+        n_items = None
+        if item_map.is_file():
+            with open(item_map, encoding="utf-8") as handle:
+                n_items = sum(1 for line in handle if line.strip())
+        for m in config["modalities"]:
+            path = feature_path(folder, name, config[f"{m}_suffix"])
+            if not path.is_file():
+                continue  # MISSRecDataset reports missing files
+            dim, size = int(config[f"{m}_dim"]), path.stat().st_size
+            if size % (4 * dim) or (n_items and size != 4 * dim * n_items):
+                width = f" ({size // (4 * n_items)} floats per item)" if n_items and size % (4 * n_items) == 0 else ""
+                raise CheckpointMismatchError(
+                    f"{model_file}: the checkpoint expects {m}_dim={dim}, but {path} has {size} bytes{width}, not "
+                    f"{n_items or 'n'} x {dim} float32. Use features from the same extractor as in training.")
+
+    @staticmethod
+    def _load_weights(model, config, model_file, checkpoint, pretrained):
+        if pretrained:
+            from missrec_recbole.trainer.checkpoint import load_pretrained
+
+            load_pretrained(model, config, model_file, checkpoint)
+            return
+        state = checkpoint["state_dict"]
+        expected = model.state_dict()
+        if "item_embedding.weight" in state and "item_embedding.weight" in expected:
+            saved_items = state["item_embedding.weight"].shape[0]
+            if saved_items != model.n_items:
+                raise CheckpointMismatchError(
+                    f"{model_file}: checkpoint's ID embedding has {saved_items} rows (items + padding) but "
+                    f"dataset {config['dataset']!r} has {model.n_items}: the dataset's .inter files changed "
+                    f"since training, or it is another dataset.")
+        for key, value in state.items():
+            if key in expected and expected[key].shape != value.shape:
+                raise CheckpointMismatchError(f"{model_file}: weight {key!r} has shape {tuple(value.shape)}, this "
+                                              f"configuration expects {tuple(expected[key].shape)}.")
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise CheckpointMismatchError(f"{model_file}: weights do not fit the model (missing {missing[:5]}, "
+                                          f"unexpected {unexpected[:5]}).")
+        model.load_state_dict(state)
+        other = checkpoint.get("other_parameter") or {}
+        if other:
+            interests = other.get("item_interest")
+            if interests is not None and len(interests) not in (0, model.n_items):
+                raise CheckpointMismatchError(
+                    f"{model_file}: checkpoint's interest map covers {len(interests)} items (+ padding) but "
+                    f"dataset {config['dataset']!r} has {model.n_items}: the dataset's .inter files changed "
+                    f"since training, or it is another dataset.")
+            if interests is not None and len(interests):
+                model.load_other_parameter(other)
+
+    def _add_unseen(self, folder, name, config, index2id, tokens, allow_feature_only):
+        """Add the dataset's items that are in no .inter file (not in RecBole's vocabulary)."""
+        seen = {int(t) for t in tokens[1:]}
+        unseen = [i for i in sorted(index2id) if i not in seen and index2id[i] not in self._internal]
+        if not unseen:
+            return
+        features = {}
+        for m in self.model.modalities:
+            matrix = read_feature_file(feature_path(folder, name, config[f"{m}_suffix"]), config[f"{m}_dim"], m)
+            features[m] = matrix[unseen]
+        has_any = np.zeros(len(unseen), dtype=bool)
+        for matrix in features.values():
+            has_any |= np.abs(matrix).sum(axis=1) > 0
+        keep = np.flatnonzero(has_any)  # items without any feature cannot be scored
+        if len(keep):
+            self.add_items([index2id[unseen[i]] for i in keep],
+                           allow_feature_only=allow_feature_only,
+                           **{f"{m}_features": features[m][keep] for m in self.model.modalities})
+
+    # ------------------------------------------------------------------ catalogue
+    @property
+    def mode(self) -> str:
+        return self.config["mode"]
+
+    @property
+    def item_ids(self) -> list:
+        """Original ids in catalogue order (= row order of :meth:`export`)."""
+        return self._ids[1:]
+
+    @property
+    def n_items(self) -> int:
+        return len(self._ids) - 1
+
+    def __len__(self):
+        return self.n_items
+
+    def __contains__(self, item_id) -> bool:
+        return str(item_id) in self._internal
+
+    def __repr__(self):
+        return (f"MISSRecPredictor(dataset={self.dataset_name!r}, mode={self.mode!r}, items={self.n_items}, "
+                f"modalities={self.model.modalities})")
+
+    def text_of(self, item_id) -> str | None:
+        return self.item_text.get(str(item_id))
+
+    def internal_ids(self, history) -> list[int]:
+        """Internal ids of a history of original ids (validated)."""
+        return self._history_ids(history, None)
+
+    def _history_ids(self, history, position) -> list[int]:
+        where = "" if position is None else f" (history #{position})"
+        if history is None or isinstance(history, (str, bytes)):
+            raise InferenceError(f"a history must be a list of item ids, got {type(history).__name__} "
+                                 f"{history!r}{where}")
+        items = [str(item) for item in history]
+        if not items:
+            raise EmptyHistoryError(f"empty history{where}: MISSRec needs at least one item id to recommend")
+        unknown = [item for item in items if item not in self._internal]
+        if unknown:
+            unique = list(dict.fromkeys(unknown))
+            known_but_absent = [item for item in unique if item in self._known]
+            message = f"unknown item id(s){where}: {', '.join(map(repr, unique[:5]))}"
+            if len(unique) > 5:
+                message += f" and {len(unique) - 5} more"
+            if known_but_absent:
+                message += (f". {', '.join(map(repr, known_but_absent[:5]))} is in {self.dataset_name}.item2index but "
+                            f"not in this model's catalogue (it never occurs in the training data"
+                            + ("; load with allow_feature_only=True or add it with add_items(...)"
+                               if self.mode == "transductive" else "; add it with add_items(...)") + ")")
+            else:
+                message += f" (not in {self.dataset_name}'s item ids and not added with add_items)"
+            raise UnknownItemError(message)
+        return [self._internal[item] for item in items]
+
+    # ------------------------------------------------------------------ scoring
+    def _device(self):
+        return self.model.position_embedding.weight.device
+
+    def _padded(self, sequences):
+        sequences = [s[-self.max_length:] for s in sequences]  # the model sees the last items only
+        length = max(len(s) for s in sequences)
+        seq = torch.zeros(len(sequences), length, dtype=torch.long, device=self._device())
+        for row, s in enumerate(sequences):
+            seq[row, :len(s)] = torch.tensor(s, dtype=torch.long)
+        lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long, device=self._device())
+        return seq, lengths
+
+    @torch.no_grad()
+    def _sequence_output(self, sequences) -> torch.Tensor:
+        self.model.eval()
+        return self.model.forward(*self._padded(sequences))
+
+    def rankable(self) -> torch.Tensor:
+        """[n_items + 1] bool over internal ids: not padding and at least one modality present."""
+        present = self.model.present(torch.arange(self.model.n_items, device=self._device())).any(dim=-1)
+        present[0] = False
+        return present
+
+    @torch.no_grad()
+    def score(self, histories, batch_size: int = 256) -> torch.Tensor:
+        """Full fused scores [B, n_items + 1] over internal ids (column 0 = padding), no masking."""
+        sequences = [self._history_ids(h, i) for i, h in enumerate(histories)]
+        return torch.cat([self._score_ids(sequences[s:s + batch_size])
+                          for s in range(0, len(sequences), batch_size)]) if sequences else torch.zeros(0)
+
+    @torch.no_grad()
+    def _score_ids(self, sequences) -> torch.Tensor:
+        seq_output = self._sequence_output(sequences)
+        candidates, present = self.model.candidate_tokens()
+        return self.model.fused_scores(seq_output, candidates, present)
+
+    @torch.no_grad()
+    def user_vectors(self, histories, batch_size: int = 256) -> np.ndarray:
+        """L2-normalised sequence representations s_u / ||s_u||, float32 [B, d] (the query of :meth:`export`)."""
+        sequences = [self._history_ids(h, i) for i, h in enumerate(histories)]
+        out = [F.normalize(self._sequence_output(sequences[s:s + batch_size]), dim=-1)
+               for s in range(0, len(sequences), batch_size)]
+        return torch.cat(out).cpu().numpy().astype(np.float32) if out else np.zeros((0, self.model.hidden_size),
+                                                                                    np.float32)
+
+    def recommend(self, history, k: int = 10, exclude_history: bool = True) -> list[tuple[str, float]]:
+        """Top-``k`` (original id, score) for one history of original ids (oldest first), best first."""
+        self._check_k(k)
+        return self._recommend_ids([self._history_ids(history, None)], k, exclude_history, 1)[0]
+
+    @staticmethod
+    def _check_k(k):
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise InferenceError(f"k must be a positive integer, got {k!r}")
+
+    @torch.no_grad()
+    def recommend_batch(self, histories, k: int = 10, exclude_history: bool = True,
+                        batch_size: int = 256) -> list[list[tuple[str, float]]]:
+        """:meth:`recommend` for many histories (scored ``batch_size`` at a time)."""
+        if isinstance(histories, (str, bytes)):
+            raise InferenceError("histories must be a list of histories (lists of item ids)")
+        self._check_k(k)
+        sequences = [self._history_ids(h, i) for i, h in enumerate(histories)]
+        return self._recommend_ids(sequences, k, exclude_history, batch_size)
+
+    @torch.no_grad()
+    def _recommend_ids(self, sequences, k, exclude_history, batch_size):
+        rankable = self.rankable()
+        results = []
+        for start in range(0, len(sequences), batch_size):
+            chunk = sequences[start:start + batch_size]
+            scores = self._score_ids(chunk).masked_fill(~rankable, float("-inf"))
+            if exclude_history:
+                for row, seq in enumerate(chunk):
+                    scores[row, seq] = float("-inf")
+            values, order = torch.sort(scores, dim=1, descending=True, stable=True)
+            values, order = values[:, :k].cpu(), order[:, :k].cpu()
+            for row in range(len(chunk)):
+                finite = torch.isfinite(values[row])
+                results.append([(self._ids[int(i)], float(v)) for i, v in zip(order[row][finite], values[row][finite])])
+        return results
+
+    # ------------------------------------------------------------------ new items
+    def _feature_matrix(self, m, values, n) -> torch.Tensor:
+        dim = int(self.config[f"{m}_dim"])
+        if values is None:
+            return torch.zeros(n, dim)
+        matrix = torch.as_tensor(np.asarray(values, dtype=np.float32))
+        if matrix.ndim == 1 and n == 1:
+            matrix = matrix.unsqueeze(0)
+        if matrix.ndim != 2 or matrix.shape[1] != dim:
+            raise FeatureDimError(f"{m}_features has shape {tuple(matrix.shape)}, expected ({n}, {dim}): the model "
+                                  f"was trained with {m}_dim={dim}. Use the same feature extractor as for training.")
+        if matrix.shape[0] != n:
+            raise FeatureError(f"{m}_features has {matrix.shape[0]} rows for {n} item ids; give one row per id "
+                               f"(an all-zero row = that item has no {m}).")
+        if not torch.isfinite(matrix).all():
+            bad = int(torch.nonzero(~torch.isfinite(matrix).all(dim=1))[0])
+            raise FeatureError(f"{m}_features row {bad} contains NaN/inf; use an all-zero row for a missing {m}.")
+        return matrix
+
+    @torch.no_grad()
+    def add_items(self, ids, text_features=None, image_features=None, allow_feature_only: bool = False) -> list:
+        """Make new items rankable now, without training (inductive mode).
+
+        ``ids``: new original ids. ``text_features`` / ``image_features``: [len(ids), text_dim/image_dim]
+        raw features from the same extractor as the training data (e.g. CLIP); ``None`` = that modality
+        is missing for all new items, an all-zero row = missing for that item. Each item needs at least
+        one modality. Interests: each new token joins its nearest existing interest center (see
+        :mod:`missrec_recbole.inference.catalog`). Transductive models raise
+        :class:`TransductiveModeError` unless ``allow_feature_only=True``: the new items then get a
+        zero ID embedding, i.e. they are scored from their features only.
+        Returns the ids added.
+        """
+        if isinstance(ids, (str, bytes)):
+            ids = [ids]
+        ids = [str(i) for i in ids]
+        if not ids:
+            return []
+        if self.mode == "transductive" and not allow_feature_only:
+            raise TransductiveModeError(
+                f"this model is transductive (item ID embedding) and has no embedding for new items "
+                f"{', '.join(map(repr, ids[:5]))}; pass allow_feature_only=True to score them from their features "
+                f"only, or use an inductive model (--mode=inductive).")
+        duplicates = [i for i in dict.fromkeys(ids) if i in self._internal or ids.count(i) > 1]
+        if duplicates:
+            raise DuplicateItemError(f"item id(s) {', '.join(map(repr, duplicates[:5]))} already in the catalogue "
+                                     f"(or given twice): add each new item once.")
+        given = {"text": text_features, "image": image_features}
+        extra = [m for m, v in given.items() if v is not None and m not in self.model.modalities]
+        if extra:
+            raise FeatureError(f"{extra[0]}_features given but the model uses modalities {self.model.modalities}.")
+        if all(given[m] is None for m in self.model.modalities):
+            raise FeatureError(f"add_items needs features of at least one modality of {self.model.modalities}.")
+        n = len(ids)
+        features = {m: self._feature_matrix(m, given[m], n) for m in self.model.modalities}
+        present = {m: features[m].abs().sum(dim=1) > 0 for m in self.model.modalities}
+        empty = ~torch.stack(list(present.values())).any(dim=0)
+        if empty.any():
+            raise FeatureError(f"item {ids[int(torch.nonzero(empty)[0])]!r} has no features (all-zero rows in every "
+                               f"modality): it could not be scored.")
+        interests = catalog.assign_interests(self.model, features, present)
+        catalog.append_items(self.model, features, present, interests)
+        self._ids.extend(ids)
+        for offset, item in enumerate(ids):
+            self._internal[item] = len(self._ids) - n + offset
+        self.model.eval()
+        return ids
+
+    # ------------------------------------------------------------------ export
+    def item_vectors(self) -> tuple[dict, np.ndarray]:
+        """Per-modality candidate vectors {m: float32 [n_items, d]} in catalogue order and presence [n_items, M].
+
+        Exactly what the model scores against: adapter outputs (+ ID embedding in transductive mode),
+        L2-normalised; rows of absent modalities are zero.
+        """
+        with torch.no_grad():
+            self.model.eval()
+            candidates, present = self.model.candidate_tokens()
+        candidates = (candidates * present.unsqueeze(-1))[1:].cpu().numpy().astype(np.float32)
+        present = present[1:].cpu().numpy()
+        return {m: np.ascontiguousarray(candidates[:, j]) for j, m in enumerate(self.model.modalities)}, present
+
+    def export(self, out_dir) -> Path:
+        """Write item vectors, one FAISS index per modality and ``manifest.json``; see :mod:`.export`."""
+        from missrec_recbole.inference.export import export_predictor
+
+        return export_predictor(self, out_dir)
