@@ -4,6 +4,7 @@
   python run_missrec.py -d Scientific-mm --data_path=../shared/datasets     # fine-tune from scratch
   python run_missrec.py -d NAME -p saved/MISSRec-...pth                    # fine-tune a pre-trained model
   python run_missrec.py --stage=pretrain -d Demo-A,Demo-B                   # pre-train (merged domains)
+  python run_missrec.py recommend -p MODEL.pth -d NAME --history ID1,ID2 -k 10   # see recommend.py
 
 Any RecBole/MISSRec option can be overridden as --key=value (e.g. --epochs=20 --learning_rate=0.0005);
 values are read as YAML. Defaults: props/MISSRec.yaml, props/<stage>.yaml, props/<dataset>.yaml.
@@ -63,6 +64,11 @@ def format_results(result) -> str:
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["recommend"]:  # python run_missrec.py recommend -p MODEL -d NAME --history ID1,ID2
+        from missrec_recbole.inference.cli import main as recommend
+
+        return recommend(argv[1:])
     args, overrides = parse_args(argv)
     from missrec_recbole.quick_start import PROPS, finetune, pretrain
 
@@ -89,9 +95,10 @@ def main(argv=None):
 
 if __name__ == "__main__":
     from missrec_recbole.data import DatasetFormatError
+    from missrec_recbole.inference import InferenceError
     from missrec_recbole.trainer import CheckpointError
 
     try:
         main(sys.argv[1:])
-    except (DatasetFormatError, CheckpointError, FileNotFoundError) as error:
+    except (DatasetFormatError, CheckpointError, InferenceError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
