@@ -40,7 +40,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -282,12 +281,12 @@ def parse_args(argv=None):
                                                          "(default: /tmp/missrec-cold-start/<dataset>)")
     parser.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/cold_start_<dataset>.json)")
     args, extra = parser.parse_known_args(argv)
-    overrides = {}
-    for item in extra:
-        if not item.startswith("--") or "=" not in item:
-            parser.error(f"unrecognised argument {item!r}: options are --key=value")
-        key, value = item[2:].split("=", 1)
-        overrides[key] = yaml.safe_load(value)
+    from missrec_recbole.quick_start import parse_overrides
+
+    try:
+        overrides = parse_overrides(extra)
+    except ValueError as error:
+        parser.error(str(error))
     args.config_files = [str(Path(f).resolve()) for f in args.config_files.replace(",", " ").split()]
     return args, overrides
 
