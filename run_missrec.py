@@ -18,7 +18,6 @@ import sys
 
 DEMO_PRETRAIN = ["Demo-A", "Demo-B", "Demo-C"]
 DEMO_FINETUNE = "Demo-D"
-METRICS = ["recall@10", "recall@50", "ndcg@10", "ndcg@50"]
 
 
 def parse_args(argv=None):
@@ -57,9 +56,9 @@ def format_results(result) -> str:
              f"{'pre-trained: ' + result['pretrained'] if result['pretrained'] else 'from scratch'}), "
              f"{result['epochs']} epochs, {result['seconds_per_epoch']:.1f} s/epoch, "
              f"{result['trainable_parameters']} trainable parameters",
-             f"{'':8}" + "".join(f"{m:>11}" for m in METRICS)]
+             f"{'':8}" + "".join(f"{m:>11}" for m in result["test"])]
     for split in ("valid", "test"):
-        lines.append(f"{split:8}" + "".join(f"{result[split][m]:>11.4f}" for m in METRICS))
+        lines.append(f"{split:8}" + "".join(f"{result[split][m]:>11.4f}" for m in result["test"]))
     return "\n".join(lines)
 
 

@@ -148,17 +148,14 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the statistics as JSON")
     parser.add_argument("--load", action="store_true", help="also build the MISSRecDataset (RecBole's full load)")
     args, extra = parser.parse_known_args(argv)
-    import yaml
+    from missrec_recbole.quick_start import build_config, parse_overrides
 
-    overrides = {}
-    for item in extra:
-        if not item.startswith("--") or "=" not in item:
-            parser.error(f"unrecognised argument {item!r}: other options are --key=value")
-        key, value = item[2:].split("=", 1)
-        overrides[key] = yaml.safe_load(value)
+    try:
+        overrides = parse_overrides(extra)
+    except ValueError as error:
+        parser.error(str(error))
     if args.data_path:
         overrides["data_path"] = args.data_path
-    from missrec_recbole.quick_start import build_config
 
     try:
         files = args.config_files.replace(",", " ").split() if args.config_files else None
