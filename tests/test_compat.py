@@ -13,7 +13,6 @@ from recbole.data.dataset import Dataset
 from recbole.utils import FeatureType
 
 from missrec_recbole import compat
-from tests.conftest import write_dataset
 
 
 def test_numpy_aliases(monkeypatch):

@@ -9,7 +9,6 @@ with one message naming the file, not with a shape error in the middle of traini
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -14,9 +14,7 @@ Equations refer to the paper as restated in DESIGN.md section 3:
 
 from __future__ import annotations
 
-import math
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
