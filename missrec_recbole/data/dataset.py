@@ -92,9 +92,17 @@ def _item_indices(path: Path, frame: pd.DataFrame, max_length: int) -> np.ndarra
     return numbers.to_numpy(dtype=np.int64)
 
 
-def _count_lines(path: Path) -> int:
+def tab_rows(path):
+    """``(line number, fields)`` of each non-blank line of a tab-separated file."""
     with open(path, encoding="utf-8") as handle:
-        return sum(1 for line in handle if line.strip())
+        for number, line in enumerate(handle, 1):
+            line = line.rstrip("\r\n")
+            if line.strip():
+                yield number, line.split("\t")
+
+
+def _count_lines(path: Path) -> int:
+    return sum(1 for _ in tab_rows(path))
 
 
 def validate_dataset(config) -> DatasetFiles:

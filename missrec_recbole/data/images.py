@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from missrec_recbole.data.dataset import tab_rows
+
 __all__ = ["IMAGE_EXTENSIONS", "DownloadReport", "ImageListError", "download_images", "find_images", "image_stem",
            "read_url_list", "is_readable_image"]
 
@@ -89,22 +91,18 @@ def read_url_list(path: str | Path) -> list[tuple[str, str]]:
         raise ImageListError(f"{path}: URL list not found. Create it with python -m missrec_recbole.data.amazon "
                              "(NAME.images) or write 'original_id<TAB>url' lines.")
     entries, seen = [], set()
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            line = line.rstrip("\n\r")
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            if len(parts) != 2 or not parts[0] or not parts[1].strip():
-                raise ImageListError(f"{path}: line {line_no} is not 'original_id<TAB>url' ({line[:80]!r}). "
-                                     "Fix or remove the line.")
-            item_id, url = parts[0], parts[1].strip()
-            if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-                raise ImageListError(f"{path}: line {line_no}: {url[:80]!r} is not an http(s) URL. "
-                                     "Fix or remove the line.")
-            if item_id not in seen:
-                seen.add(item_id)
-                entries.append((item_id, url))
+    for line_no, parts in tab_rows(path):
+        if len(parts) != 2 or not parts[0] or not parts[1].strip():
+            line = "\t".join(parts)
+            raise ImageListError(f"{path}: line {line_no} is not 'original_id<TAB>url' ({line[:80]!r}). "
+                                 "Fix or remove the line.")
+        item_id, url = parts[0], parts[1].strip()
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise ImageListError(f"{path}: line {line_no}: {url[:80]!r} is not an http(s) URL. "
+                                 "Fix or remove the line.")
+        if item_id not in seen:
+            seen.add(item_id)
+            entries.append((item_id, url))
     return entries
 
 

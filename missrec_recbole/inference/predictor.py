@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from missrec_recbole.data.dataset import DatasetFormatError, MISSRecDataset, feature_path, read_feature_file
+from missrec_recbole.data.dataset import DatasetFormatError, MISSRecDataset, feature_path, read_feature_file, tab_rows
 from missrec_recbole.data.demo import DEMO_DOMAINS, ensure_demo_dataset
 from missrec_recbole.inference import catalog
 from missrec_recbole.inference.errors import (CheckpointMismatchError, DuplicateItemError, EmptyHistoryError,
@@ -64,16 +64,11 @@ def read_item2index(folder: Path, name: str) -> dict[str, int] | None:
     if not path.is_file():
         return None
     mapping = {}
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            if len(parts) != 2 or not parts[1].strip().lstrip("-").isdigit():
-                raise DatasetFormatError(f"{path}: line {number} is not 'original_id<TAB>index'. "
-                                         f"Fix the file (one item per line).")
-            mapping[parts[0]] = int(parts[1])
+    for number, parts in tab_rows(path):
+        if len(parts) != 2 or not parts[1].strip().lstrip("-").isdigit():
+            raise DatasetFormatError(f"{path}: line {number} is not 'original_id<TAB>index'. "
+                                     f"Fix the file (one item per line).")
+        mapping[parts[0]] = int(parts[1])
     return mapping
 
 
