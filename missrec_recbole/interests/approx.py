@@ -1,32 +1,53 @@
-"""Approximate DPC-KNN for large N: a cell-partitioned (IVF) kNN join with exact re-ranking.
+"""Approximate DPC-KNN for large N: a soft-assigned IVF kNN join with exact re-ranking.
 
 Same definitions as the exact mode (:mod:`missrec_recbole.interests.dpc_knn`); what is approximate
-is only *which* points are looked at:
+is only *which* pairs of tokens are compared.  Every distance that enters rho, delta, the center
+ranking or the assignment is the float32 distance of the two tokens computed from their
+difference vector (FAISS ``fvec_L2sqr_by_idx``), so a kNN list is exact whenever it holds the
+right tokens.
 
-1. **Coarse partition (IVF)**: ``nlist`` centroids trained by Lloyd's k-means on a random sample
-   (or warm-started from the centroids of the previous refresh, see :class:`DPCKNNState`); every
-   token goes to its nearest centroid ("cell").  Inverted lists hold token *ids* only -- vectors are
-   read from the caller's array, so there is no second copy of the N x d matrix.
-2. **kNN join**: all tokens of a cell are searched at once against the tokens of the ``nprobe``
-   cells nearest to that cell's centroid (its own cell first): one matrix product per cell
-   (bfloat16 on CPUs with AMX/AVX512-BF16, float32 otherwise; vectors centred on the cell
-   centroid, which keeps the low-precision product accurate), the ``n_cand + 4`` best per row are
-   re-ranked with float32 distances computed from the difference vectors, and the ``n_cand``
-   nearest (self excluded, duplicates kept) are kept.  ``rho`` uses the first ``k`` of them.
-3. **delta**: the first denser point in a token's candidate list (``n_cand`` > k entries, sorted by
-   exact distance).  Tokens without one are searched against the denser tokens of the
-   ``nprobe_peak`` nearest cells, then ``4 * nprobe_peak``, and the rest (the true density peaks of
-   far-apart clusters) against *all* denser tokens in blocks (denser tokens form a prefix of the
-   density order, so block cost is the rank of the query).  The densest token gets its maximal
-   distance.
-4. **Assignment**: the nearest center in a token's candidate list (a center is its own nearest
-   center); the rest are searched against the centers of the nearest cells (widening), and
-   finally against all centers in blocks.
+1. **Coarse quantizer (IVF)**: ``nlist`` centroids trained by Lloyd's k-means on a random sample
+   (or warm-started from the centroids of the previous refresh, see :class:`DPCKNNState`); cells
+   holding more than twice the mean number of sample points are split by k-means on their
+   sample points (on data with more clusters than cells, plain k-means leaves "catch-all"
+   centroids near the mean of many clusters whose cells are huge, and a cell's join costs the
+   square of its size).  Every token then gets its nearest cells, ranked by squared distance to
+   the centroid + ``spread_weight`` * the cell's spread (mean squared distance of its tokens to
+   its centroid), which keeps broad "hub" cells -- near in high dimension to everything, rarely
+   holding anyone's neighbours -- out of the lists.  Inverted lists hold token *ids* only:
+   vectors are read from the caller's array, so there is no second copy of the N x d matrix.
+2. **kNN join** (soft assignment): every token belongs to its first ``spill`` cells, and within
+   each cell all pairs are compared -- tiles of bfloat16 matrix products (CPUs with AMX /
+   AVX512-BF16; float32 otherwise) on vectors centred on the cell's centroid, the ``n_cand + 1 +
+   slack`` best per token kept by FAISS heaps and re-ranked with exact float32 distances.  A
+   token's ``spill`` lists are merged (repeats dropped) into its ``n_cand`` nearest candidates
+   (self excluded, duplicates kept); ``rho`` uses the first ``k``.  Two tokens are compared iff
+   they share one of their ``spill`` nearest cells -- with ``spill = 3`` this finds >= 99.9% of
+   the true neighbours on clustered data at ~3x the cost of ``spill = 1``, where neighbours on
+   either side of a cell boundary are lost.
+3. **delta**: the first denser token in a token's candidate list (sorted by distance: exact
+   whenever the list is).  Tokens without one (local peaks) are searched against the denser
+   tokens listed in their ``nprobe`` nearest cells, then in the ``nprobe_wide`` cells nearest to
+   their own cell, and the rest (density peaks of isolated clusters, a few dozen) against *all*
+   denser tokens in blocks (the denser tokens are a prefix of the density order).  The densest
+   token gets its maximal distance.
+4. **Assignment**: the nearest center among the token itself (a center is its own nearest
+   center) and its candidates; the rest are searched against the centers listed in the same
+   cells (two rounds as for delta), then against all centers.  These searches are organised by
+   database cell, so each token is read about once however many queries search its cell.
 
-Memory: O(N*n_cand + N*d/8 + nlist*d + block temporaries of ~16 MiB), plus a float32 copy of the
-tokens only when they are not already a C-contiguous float32 array; no N x N array, no float64 copy
-of the matrix.  Work: about ``N*d*(nlist + nprobe*N/nlist)`` multiply-adds for the kNN join, and
-the peak/assignment searches, which are small on clustered data.
+Execution: ``workers`` Python threads, each running torch and FAISS single-threaded (no OpenMP
+barriers, which cost more than the small per-cell operations on a busy 2-core machine), with
+per-thread reusable buffers, and matrix products of a few fixed tile shapes (oneDNN compiles and
+caches a kernel per shape, ~1 MiB each).
+
+Memory: the tokens (read in place when they are a C-contiguous float32 array, else one float32
+copy), O(N * spill * n_cand) candidate lists during the join (int32 ids + float32 distances;
+~0.3 GiB at N = 1M), O(N * nprobe) cell lists and O(N) per-token arrays, the k-means sample
+(``32 * nlist`` rows) and per-thread blocks of a few MiB -- no N x N array, no float64 copy of
+the matrix (1M x 512 float32 tokens: ~0.4 GiB on top of their 2 GiB).  Work: about
+``N * d * (nlist + spill^2 * N / cells)`` multiply-adds for the partition and the join; the
+delta / assignment searches are small on clustered data.
 """
 
 from __future__ import annotations
@@ -45,7 +66,6 @@ import torch
 __all__ = ["ApproxParams", "DPCKNNState", "approx_params", "approx_dpc"]
 
 _EL_BUDGET = 1 << 22  # elements per [rows x cols] score block (16 MiB in float32)
-_EXACT_BUDGET = 1 << 22  # elements per [rows x cand x d] re-ranking block
 _ROWS = 1 << 16  # rows per block of the vectorised list post-processing
 
 
@@ -58,10 +78,15 @@ class ApproxParams:
     """Parameters of the approximate mode (see :func:`approx_params` for the defaults from N).
 
     Attributes:
-        nlist: number of IVF cells (k-means centroids).
-        nprobe: cells searched per query cell in the kNN join (its own cell included).
-        nprobe_peak: cells searched for the nearest denser point of a local peak, and for the
-            nearest center of a token without a center in its candidate list (first round).
+        nlist: number of IVF cells trained by k-means (oversized cells are split afterwards).
+        spill: cells per token in the kNN join: every token belongs to the ``spill`` cells
+            nearest to it (distance to the centroid + ``spread_weight`` * the cell's spread), and
+            all pairs of tokens sharing a cell are compared.
+        spread_weight: weight of a cell's spread (mean squared distance of its tokens to its
+            centroid) when ranking cells for a token; > 0 keeps broad "hub" cells out.
+        nprobe: cells searched per token in the first round of the peak / assignment searches
+            (its nearest ones); the second round searches ``nprobe_wide`` cells.
+        nprobe_wide: cells of the second round (the cells nearest to the token's own cell).
         n_cand: candidates kept per token (>= k); more resolve more tokens without extra search.
         kmeans_sample: training sample size of the coarse quantizer.
         kmeans_iters: Lloyd iterations from scratch.
@@ -74,13 +99,15 @@ class ApproxParams:
     """
 
     nlist: int
-    nprobe: int
-    nprobe_peak: int
     n_cand: int
     kmeans_sample: int
+    spill: int = 3
+    spread_weight: float = 0.5
+    nprobe: int = 4
+    nprobe_wide: int = 32
     kmeans_iters: int = 10
     warm_iters: int = 3
-    slack: int = 4
+    slack: int = 16
     gemm: str = "auto"
     seed: int = 0
 
@@ -88,33 +115,30 @@ class ApproxParams:
 def approx_params(n: int, k: int, **overrides) -> ApproxParams:
     """Defaults chosen from N (and k); any field can be overridden by keyword.
 
-    * ``nlist = round(2 * sqrt(N))`` (at most N // 32, at least 1): cells of ~sqrt(N)/2 tokens,
-      which balances the coarse assignment (N * nlist) against the join (N * nprobe * N / nlist).
-    * ``nprobe = 8``, ``nprobe_peak = 16`` (capped at nlist).
-    * ``n_cand = max(2k, k + 8)`` (at most N - 1).
+    * ``nlist = round(2 * sqrt(N))`` (at most N // 32, at least 1): cells of ~sqrt(N)/2 tokens;
+      with ``spill = 2`` a token is compared with ~2 * 2 * sqrt(N)/2 others, and the coarse
+      assignment costs N * nlist -- the two balance.
+    * ``n_cand = max(2k, k + 8)`` (at most N - 1); ``spill = 2``, ``spread_weight = 0.5``,
+      ``nprobe = 4``, ``nprobe_wide = 32``.
     * k-means on ``min(N, 32 * nlist)`` sampled tokens, 10 iterations (3 when warm-started).
     """
     unknown = set(overrides) - {f.name for f in fields(ApproxParams)}
     if unknown:
         raise ValueError(f"unknown approximate-mode parameter(s): {sorted(unknown)}")
     overrides = {key: v for key, v in overrides.items() if v is not None}
-    nlist = int(max(1, min(round(2.0 * math.sqrt(n)), n // 32)))
-    nlist = int(overrides.pop("nlist", nlist))
-    nprobe = int(overrides.pop("nprobe", 8))
+    nlist = int(overrides.pop("nlist", max(1, min(round(2.0 * math.sqrt(n)), n // 32))))
     p = ApproxParams(
         nlist=nlist,
-        nprobe=nprobe,
-        nprobe_peak=int(overrides.pop("nprobe_peak", 2 * nprobe)),
         n_cand=int(overrides.pop("n_cand", max(2 * k, k + 8))),
         kmeans_sample=int(overrides.pop("kmeans_sample", 32 * nlist)),
         **overrides,
     )
-    for name in ("nlist", "nprobe", "nprobe_peak", "n_cand", "kmeans_sample"):
+    for name in ("nlist", "spill", "nprobe", "nprobe_wide", "n_cand", "kmeans_sample"):
         v = getattr(p, name)
-        if isinstance(v, bool) or v < 1:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-    if p.kmeans_iters < 0 or p.warm_iters < 0 or p.slack < 0:
-        raise ValueError("kmeans_iters, warm_iters and slack must be >= 0")
+    if p.kmeans_iters < 0 or p.warm_iters < 0 or p.slack < 0 or not p.spread_weight >= 0:
+        raise ValueError("kmeans_iters, warm_iters, slack and spread_weight must be >= 0")
     if p.gemm not in ("auto", "bf16", "fp32"):
         raise ValueError(f"gemm must be 'auto', 'bf16' or 'fp32', got {p.gemm!r}")
     return p
@@ -126,13 +150,15 @@ class DPCKNNState:
 
     Between two epochs only the adapter outputs move, so the cells of the previous refresh are a
     good starting point: the next call runs ``warm_iters`` Lloyd iterations from these centroids
-    (on a fresh sample of the *current* tokens) instead of ``kmeans_iters`` from scratch.  This is
-    always correct -- any partition gives a valid (approximate) search, and the centroids are
-    re-fitted to the current tokens -- and it is used only when d and nlist match.  Everything
-    else (cell membership, kNN lists) is recomputed, since every token has moved.
+    (on a fresh sample of the *current* tokens) instead of ``kmeans_iters`` from a random start.
+    This is always correct -- any partition gives a valid (approximate) search, the centroids are
+    re-fitted to the current tokens, and cells that grew too big are split again -- and it is
+    used whenever d matches (and there are between nlist and N centroids).  Nothing else is
+    reused: every token has moved, so cell membership, kNN lists, densities and centers are
+    recomputed.  ``benchmarks/dpc_knn.py`` measures what it saves (``approx-refresh-*`` rows).
 
     Attributes:
-        centroids: float32 [nlist, d] in token coordinates, or None.
+        centroids: float32 [cells, d] in token coordinates (after splits), or None.
         refreshes: number of approximate runs that produced/updated this state.
         last: summary of the last run (parameters, counts, timings).
     """
@@ -232,27 +258,6 @@ class _Probe:
             rows.append(torch.topk(d2, self.width, dim=1, largest=False, sorted=True).indices)
         self.near = torch.cat(rows).numpy()
         self.cent = cent
-
-    def cells(self, c: int, nprobe: int, sizes: np.ndarray, min_items: int) -> np.ndarray:
-        """The ``nprobe`` nearest cells of ``c``, more if they hold fewer than ``min_items`` items."""
-        row = self.near[c]
-        if nprobe <= row.size:
-            chosen = row[:nprobe]
-            if sizes[chosen].sum() >= min_items:
-                return chosen
-            cum = np.cumsum(sizes[row])
-            j = int(np.searchsorted(cum, min_items))
-            if j < row.size:
-                return row[: j + 1]
-        # wider than the precomputed list: all cells by distance
-        d2 = ((self.cent - self.cent[c]) ** 2).sum(1) + self.spread
-        d2[c] = -1.0
-        full = torch.argsort(d2).numpy()
-        if nprobe >= self.nlist:
-            return full
-        cum = np.cumsum(sizes[full])
-        j = max(nprobe - 1, int(np.searchsorted(cum, min_items)))
-        return full[: j + 1]
 
 
 class _Scratch(threading.local):
@@ -397,13 +402,14 @@ def _finish_rows(q, ids, e, m, exclude_self):
 
 
 def _nearest(xs: torch.Tensor | None, x: np.ndarray | None, rows: np.ndarray | None, mu: torch.Tensor,
-             cent: torch.Tensor, dt, workers) -> np.ndarray:
+             cent: torch.Tensor, dt, workers, kk: int = 1):
     """Nearest centroid (rows of ``cent``, float32, original coordinates) of every row of ``xs``
     (a float32 tensor, already centred on ``mu``) or of ``x[rows]`` (all rows if None), and the
-    (approximate) squared distance to it."""
+    (approximate) squared distance to it; with kk > 1 the kk nearest, [n, kk], nearest first."""
     n = xs.shape[0] if xs is not None else (x.shape[0] if rows is None else rows.size)
-    out = np.empty(n, dtype=np.int64)
-    dist = np.empty(n, dtype=np.float32)
+    kk = min(kk, cent.shape[0])
+    out = np.empty((n, kk), dtype=np.int64)
+    dist = np.empty((n, kk), dtype=np.float32)
     step = 4096
 
     cb = _Block(None, None, mu, dt, None, _CT, src=cent)  # shared, read-only
@@ -415,148 +421,174 @@ def _nearest(xs: torch.Tensor | None, x: np.ndarray | None, rows: np.ndarray | N
         else:
             ids = np.arange(s, e) if rows is None else rows[s:e]
             q = _Block(x, ids, mu, dt, "query", _QT)
-        heap = _Heap(e - s, 1)
+        heap = _Heap(e - s, kk)
         _scan(heap, q, cb)
-        out[s:e] = heap.ids[:, 0]
-        dist[s:e] = heap.val[:, 0] + q.n[: e - s].numpy()
+        if kk > 1:
+            heap.h.reorder()  # ascending
+        out[s:e] = heap.ids
+        dist[s:e] = heap.val + q.n[: e - s].numpy()[:, None]
 
     _parallel(one, range(0, n, step), workers)
-    return out, dist
+    return (out[:, 0], dist[:, 0]) if kk == 1 else (out, dist)
 
 
-def _kmeans(x: np.ndarray, rows: np.ndarray | None, ncent: int, sample: int, iters: int,
-            init: np.ndarray | None, dt, rng, workers) -> np.ndarray:
-    """Lloyd's k-means of x[rows] (all rows if None) on a random sample of ``sample`` rows;
-    float32 centroids [ncent, d].  Initialised with ``init`` or with random sample points; empty
-    clusters are re-seeded with random sample points."""
-    n = x.shape[0] if rows is None else rows.size
-    s = min(n, max(sample, ncent))
+def _lloyd(xs: torch.Tensor, cent: torch.Tensor, iters: int, dt, rng, workers):
+    """Lloyd iterations on the (centred) sample xs from ``cent``; empty clusters are re-seeded
+    with random sample points.  Returns (centroids, labels of xs w.r.t. them)."""
+    n = xs.shape[0]
+    zero = torch.zeros(xs.shape[1])
+    for _ in range(iters):
+        lab = torch.from_numpy(_nearest(xs, None, None, zero, cent, dt, workers)[0])
+        sums = torch.zeros_like(cent).index_add_(0, lab, xs)
+        cnt = torch.bincount(lab, minlength=cent.shape[0])
+        empty = torch.nonzero(cnt == 0).squeeze(1)
+        cent = sums / cnt.clamp(min=1)[:, None].float()
+        if empty.numel():
+            cent[empty] = xs[torch.from_numpy(rng.choice(n, size=empty.numel(), replace=False))]
+    return cent, _nearest(xs, None, None, zero, cent, dt, workers)[0]
+
+
+def _train_quantizer(x: np.ndarray, p: ApproxParams, init: np.ndarray | None, dt, rng, workers):
+    """Coarse quantizer: k-means on a random sample (from ``init`` if given), then every cell
+    holding more than twice the mean number of sample points is split by k-means on its sample
+    points (repeatedly).  Returns (float32 centroids [cells, d], number of splits).
+
+    The splits matter on data with many well-separated clusters (more than nlist): plain k-means
+    leaves "catch-all" centroids near the mean of many clusters, whose cells are huge, and a
+    cell's join costs the square of its size.
+    """
+    n = x.shape[0]
+    s = min(n, max(p.kmeans_sample, p.nlist))
     idx = np.sort(rng.choice(n, size=s, replace=False)) if s < n else np.arange(n)
-    xs = _rows(x, idx if rows is None else rows[idx])
+    xs = _rows(x, idx)
     mu = xs.mean(dim=0)
     xs -= mu
     if init is not None:
         cent = torch.from_numpy(np.array(init, dtype=np.float32)) - mu
+        cent, lab = _lloyd(xs, cent, p.warm_iters, dt, rng, workers)
     else:
-        cent = xs[torch.from_numpy(rng.choice(s, size=ncent, replace=False))].clone()
-    zero = torch.zeros_like(mu)
-    for _ in range(iters):
-        lab = torch.from_numpy(_nearest(xs, None, None, zero, cent, dt, workers)[0])
-        sums = torch.zeros_like(cent).index_add_(0, lab, xs)
-        cnt = torch.bincount(lab, minlength=ncent)
-        empty = torch.nonzero(cnt == 0).squeeze(1)
-        cent = sums / cnt.clamp(min=1)[:, None].float()
-        if empty.numel():
-            cent[empty] = xs[torch.from_numpy(rng.choice(s, size=empty.numel(), replace=False))]
-    return (cent + mu).numpy().astype(np.float32)
-
-
-def _assign(x: np.ndarray, rows: np.ndarray | None, cent: np.ndarray, dt, workers):
-    """Nearest centroid of x[rows] (all rows if None) and the squared distance to it."""
-    ct = torch.from_numpy(cent)
-    return _nearest(None, x, rows, ct.mean(0), ct, dt, workers)
-
-
-def _split_oversized(x, labels, dist, cent, target: int, p: ApproxParams, dt, rng, workers, rounds: int = 8):
-    """Split every cell with more than ``2 * target`` tokens into ceil(size / target) cells by
-    k-means on its members (repeated: a split can leave one big cell again).
-
-    Needed because on data with many well-separated clusters (more than nlist), plain k-means
-    leaves a few "catch-all" centroids near the mean of many clusters, whose cells are huge, and
-    the join costs the square of a cell's size.  ``dist`` (squared distance of each token to its
-    centroid) is updated in place.  Returns (labels, centroids, number of splits).
-    """
+        cent = xs[torch.from_numpy(rng.choice(s, size=min(p.nlist, s), replace=False))].clone()
+        cent, lab = _lloyd(xs, cent, p.kmeans_iters, dt, rng, workers)
+    target = s / max(1, min(p.nlist, s))
     n_split = 0
-    for _ in range(rounds):
-        groups = _Groups(labels, cent.shape[0])
-        big = np.flatnonzero(groups.sizes > 2 * target)
+    for _ in range(8):
+        cnt = np.bincount(lab, minlength=cent.shape[0])
+        big = np.flatnonzero(cnt > max(2.0 * target, 4.0))
         if big.size == 0:
             break
-        new = [cent]
-        nxt = cent.shape[0]
+        parts = [cent]
         for c in big:
-            mem = groups.members(c)
+            mem = np.flatnonzero(lab == c)
             nsub = int(math.ceil(mem.size / target))
-            sub = _kmeans(x, mem, nsub, 32 * nsub, p.kmeans_iters, None, dt, rng, workers)
-            lab, dist[mem] = _assign(x, mem, sub, dt, workers)
-            keep = lab == 0
+            sub0 = xs[torch.from_numpy(mem[rng.choice(mem.size, size=nsub, replace=False)])].clone()
+            sub, sub_lab = _lloyd(xs[torch.from_numpy(mem)], sub0, p.kmeans_iters, dt, rng, workers)
             cent[c] = sub[0]
-            labels[mem[~keep]] = nxt - 1 + lab[~keep]
-            new.append(sub[1:])
-            nxt += nsub - 1
+            moved = sub_lab > 0
+            lab[mem[moved]] = sum(part.shape[0] for part in parts) - 1 + sub_lab[moved]
+            parts.append(sub[1:])
             n_split += 1
-        cent = np.concatenate(new)
-        sizes = np.bincount(labels, minlength=cent.shape[0])
-        if (sizes == 0).any():  # drop empty cells
-            keep = np.flatnonzero(sizes)
-            remap = np.full(cent.shape[0], -1, dtype=np.int64)
-            remap[keep] = np.arange(keep.size)
-            labels = remap[labels]
-            cent = cent[keep]
-    return labels, cent, n_split
+        cent = torch.cat(parts)
+    keep = np.flatnonzero(np.bincount(lab, minlength=cent.shape[0]) > 0)  # drop empty cells
+    return (cent[torch.from_numpy(keep)] + mu).numpy().astype(np.float32), n_split
+
+
+def _cell_lists(x: np.ndarray, cent: np.ndarray, p: ApproxParams, dt, workers):
+    """Every token's nearest cells, ranked by squared distance to the centroid + spread_weight *
+    the cell's spread (mean squared distance of the tokens nearest to it).  Returns (near
+    [N, max(spill, nprobe)] cell ids best first, spread [cells])."""
+    ct = torch.from_numpy(cent)
+    width = min(cent.shape[0], max(p.spill, p.nprobe) + 2)
+    ids, d2 = _nearest(None, x, None, ct.mean(0), ct, dt, workers, kk=width)
+    ids, d2 = ids.reshape(x.shape[0], -1), d2.reshape(x.shape[0], -1)
+    spread = np.bincount(ids[:, 0], weights=d2[:, 0], minlength=cent.shape[0])
+    spread /= np.maximum(np.bincount(ids[:, 0], minlength=cent.shape[0]), 1)
+    spread = spread.astype(np.float32)
+    for s in range(0, x.shape[0], _ROWS):
+        key = d2[s : s + _ROWS] + p.spread_weight * spread[ids[s : s + _ROWS]]
+        order = np.argsort(key, axis=1, kind="stable")
+        ids[s : s + _ROWS] = np.take_along_axis(ids[s : s + _ROWS], order, 1)
+    return ids[:, : min(width, max(p.spill, p.nprobe))].copy(), spread
 
 
 # ----------------------------------------------------------------------------------------------
 # the three searches
 
 
-def _knn_join(x, cells: _Groups, probe: _Probe, cent: np.ndarray, p: ApproxParams, m: int, dt, workers):
-    """The ``m`` nearest candidates of every token (self excluded), approximate: searched among
-    the tokens of the ``nprobe`` cells nearest to its own cell."""
+def _knn_join(x, near: np.ndarray, ncells: int, cent: np.ndarray, p: ApproxParams, m: int, dt, workers):
+    """The ``m`` nearest candidates of every token (self excluded), approximate: every token is
+    in the ``spill`` cells first in its row of ``near``, and all pairs of tokens sharing a cell
+    are compared (one all-pairs block per cell); the per-cell lists are merged per token.
+
+    Returns (ids int32 [N, m], float32 squared distances [N, m]) sorted by (distance, id); -1 /
+    inf where fewer than m candidates were seen (tiny cells; see :func:`_approx_dpc`).
+    """
     n = x.shape[0]
-    nbr = np.empty((n, m), dtype=np.int32 if n < 2**31 else np.int64)
-    nd2 = np.empty((n, m), dtype=np.float32)
+    t = min(p.spill, near.shape[1])
+    lists = _Groups(near[:, :t].ravel(), ncells)  # items: token * t + slot
+    part_ids = np.full((n, t, m), -1, dtype=np.int32 if n < 2**31 else np.int64)
+    part_d2 = np.full((n, t, m), np.inf, dtype=np.float32)
 
     def one(c):
-        q = cells.members(c)
-        nq = q.size
-        cand = cells.union(probe.cells(c, p.nprobe, cells.sizes, m + 1))  # own cell first
-        cb = _Block(x, cand, torch.from_numpy(cent[c]), dt, "cand", _CT)
-        kk = min(m + 1 + p.slack, cand.size)
-        heap = _Heap(nq, kk)
-        qv = _Block.__new__(_Block)  # the queries are the first nq candidates
-        qv.f, qv.n, qv.b, qv.size = cb.f, cb.n, cb.b, nq
-        _scan(heap, qv, cb)
-        ex = _exact_sq(cb.f[:nq], cb.f, heap.ids)
-        ids, ex = _finish_rows(q, cand[np.maximum(heap.ids, 0)], ex, m, exclude_self=True)
-        nbr[q] = ids
-        nd2[q] = ex
+        f = lists.members(c)
+        tok, slot = f // t, f % t
+        cb = _Block(x, tok, torch.from_numpy(cent[c]), dt, "cand", _CT)
+        kk = min(m + 1 + p.slack, tok.size)
+        heap = _Heap(tok.size, kk)
+        _scan(heap, cb, cb)
+        ex = _exact_sq(cb.f, cb.f, heap.ids)
+        ids, ex = _finish_rows(tok, np.where(heap.ids >= 0, tok[np.maximum(heap.ids, 0)], -1), ex, m,
+                               exclude_self=True)
+        ids[~np.isfinite(ex)] = -1
+        w = ids.shape[1]
+        part_ids[tok, slot, :w] = ids
+        part_d2[tok, slot, :w] = ex
 
-    busy = np.flatnonzero(cells.sizes)
-    _parallel(one, busy[np.argsort(-cells.sizes[busy], kind="stable")], workers)  # big cells first
+    busy = np.flatnonzero(lists.sizes)
+    _parallel(one, busy[np.argsort(-lists.sizes[busy], kind="stable")], workers)  # big cells first
+    nbr = np.empty((n, m), dtype=part_ids.dtype)
+    nd2 = np.empty((n, m), dtype=np.float32)
+    for s in range(0, n, _ROWS):  # merge the t lists of each token (drop repeated ids)
+        e = min(n, s + _ROWS)
+        ids = part_ids[s:e].reshape(e - s, t * m)
+        d2 = part_d2[s:e].reshape(e - s, t * m)
+        if t > 1:
+            o = np.lexsort((d2, ids), axis=-1)  # by id, then distance
+            ids, d2 = np.take_along_axis(ids, o, -1), np.take_along_axis(d2, o, -1)
+            dup = np.zeros(ids.shape, dtype=bool)
+            dup[:, 1:] = ids[:, 1:] == ids[:, :-1]
+            d2 = np.where(dup, np.inf, d2)
+            ids = np.where(dup, -1, ids)
+        o = np.lexsort((np.where(ids < 0, np.iinfo(np.int32).max, ids), d2), axis=-1)[:, :m]
+        nbr[s:e] = np.take_along_axis(ids, o, -1)
+        nd2[s:e] = np.take_along_axis(d2, o, -1)
     return nbr, nd2
 
 
-def _cell_search(x, queries, q_cell, db: _Groups, db_ids: np.ndarray, probe: _Probe, cent, nprobe,
-                 dt, workers, rank=None, kk=4):
-    """Nearest database item for each query among the db items of the ``nprobe`` cells nearest
-    to the query's cell.
+def _cell_search(x, queries, qcells: np.ndarray, db: _Groups, db_ids: np.ndarray, cent, dt, workers,
+                 rank=None, kk=4):
+    """Nearest database item for each query among the db items of the cells in its row of
+    ``qcells`` [nq, r].
 
     ``db`` groups db *positions* by cell; ``db_ids`` maps positions to token ids.  With ``rank``,
     only items denser than the query (rank smaller) count.  Returns (best position or -1, exact
     float32 squared distance or inf); ties go to the smaller position.
 
-    Organised by *database* cell: each db cell is loaded once and compared with every query
-    whose probe list contains it (the queries are usually few: local peaks, tokens without a
-    center among their candidates), so the tokens are read ~once instead of nprobe times.
+    Organised by *database* cell: each db cell is loaded once and compared with every query that
+    searches it (the queries are usually few: local peaks, tokens without a center among their
+    candidates), so the tokens are read ~once instead of r times.
     """
     nq = queries.size
     best_pos = np.full(nq, -1, dtype=np.int64)
     best_d2 = np.full(nq, np.inf, dtype=np.float32)
     if nq == 0:
         return best_pos, best_d2
-    groups = _Groups(q_cell, probe.nlist, np.arange(nq))
-    qcells = np.flatnonzero(groups.sizes)
-    plist = [probe.cells(c, nprobe, db.sizes, 1) for c in qcells]
-    pair_q = np.repeat(qcells, [len(pc) for pc in plist])
-    pair_p = np.concatenate(plist)
-    by_db = _Groups(pair_p, probe.nlist, pair_q)  # db cell -> query cells probing it
+    by_db = _Groups(qcells.ravel(), db.sizes.size, np.repeat(np.arange(nq), qcells.shape[1]))
     qrank = rank[queries] if rank is not None else None
     big = np.iinfo(np.int64).max
     lock = threading.Lock()
 
     def one(pc):
-        qpos = np.concatenate([groups.members(c) for c in by_db.members(pc)])
+        qpos = np.unique(by_db.members(pc))
         cpos = db.members(pc)
         mask = None
         if rank is not None:
@@ -565,14 +597,16 @@ def _cell_search(x, queries, q_cell, db: _Groups, db_ids: np.ndarray, probe: _Pr
             cpos, crank = cpos[keep], crank[keep]
             qr = qrank[qpos]
 
-            def mask(sc, s, r, c0, w):
+            def rank_mask(sc, s, r, c0, w):
                 sc[:r, :w][crank[None, c0 : c0 + w] >= qr[s : s + r, None]] = np.inf
+
+            mask = rank_mask
 
         if cpos.size == 0:
             return
         ctr = torch.from_numpy(cent[pc])
         cb = _Block(x, db_ids[cpos], ctr, dt, "cand", _CT)
-        for s in range(0, qpos.size, 4096):  # a "hub" cell can be probed by most queries
+        for s in range(0, qpos.size, 4096):
             qs = qpos[s : s + 4096]
             qb = _Block(x, queries[qs], ctr, dt, "query", _QT)
             heap = _Heap(qs.size, min(kk, cpos.size))
@@ -621,8 +655,10 @@ def _global_search(x, queries, cols: np.ndarray, limit: np.ndarray | None, dt, w
                 cb = _Block(x, cols[c0:c1], mu, dt, "cand", _CT)
                 mask = None
                 if lim is not None:
-                    def mask(sc, s2, r, cc0, w, c0=c0):
+                    def limit_mask(sc, s2, r, cc0, w, c0=c0):  # column c0 + cc0 + j allowed iff < limit
                         sc[:r, :w][np.arange(c0 + cc0, c0 + cc0 + w)[None, :] >= lim[s2 : s2 + r, None]] = np.inf
+
+                    mask = limit_mask
                 _scan(heap, qb, cb, j0=c0, mask=mask)
             return heap.ids
 
@@ -638,6 +674,36 @@ def _global_search(x, queries, cols: np.ndarray, limit: np.ndarray | None, dt, w
         best_pos[qi[ok]] = pos_s[ok, 0]
         best_d2[qi[ok]] = ex_s[ok, 0]
     return best_pos, best_d2
+
+
+def _global_knn(x, rows: np.ndarray, m: int, p: ApproxParams, dt, workers):
+    """The m nearest tokens (self excluded) of x[rows] among all tokens, sorted by (distance, id):
+    blocked scan of everything (columns split between the workers), re-ranked exactly.  Used
+    for the few tokens whose cells are too small to supply m candidates."""
+    n = x.shape[0]
+    mu = torch.from_numpy(x[rows[: min(rows.size, 1024)]].mean(axis=0))
+    kk = min(n, m + 1 + p.slack)
+    cblock = 8192
+    bounds = np.linspace(0, n, min(workers, max(1, n // cblock)) + 1).astype(np.int64)
+    xt = torch.from_numpy(x)
+    out_i = np.empty((rows.size, m), dtype=np.int64)
+    out_d = np.empty((rows.size, m), dtype=np.float32)
+    for s in range(0, rows.size, 2048):
+        q = rows[s : s + 2048]
+
+        def part(j, q=q):
+            qb = _Block(x, q, mu, dt, "query", _QT)
+            heap = _Heap(q.size, kk)
+            for c0 in range(int(bounds[j]), int(bounds[j + 1]), cblock):
+                c1 = min(int(bounds[j + 1]), c0 + cblock)
+                _scan(heap, qb, _Block(x, np.arange(c0, c1), mu, dt, "cand", _CT), j0=c0)
+            return heap.ids
+
+        ids = np.concatenate(_parallel(part, range(bounds.size - 1), workers), axis=1)
+        ex = _exact_sq(torch.from_numpy(x[q]), xt, ids)
+        ids, ex = _finish_rows(q, ids, ex, m, exclude_self=True)
+        out_i[s : s + q.size], out_d[s : s + q.size] = ids, ex
+    return out_i, out_d
 
 
 def _max_sqdist(x, i: int) -> float:
@@ -674,36 +740,35 @@ def _approx_dpc(x, n_centers, k, p, state, workers):
     p = replace(p, nlist=nlist)
     m = min(max(p.n_cand, k), n - 1)
     t = {}
-    info: dict = {"nlist": nlist, "nprobe": p.nprobe, "nprobe_peak": p.nprobe_peak, "n_cand": m,
+    info: dict = {"nlist": nlist, "spill": p.spill, "nprobe": p.nprobe, "n_cand": m,
                   "gemm": str(dt).replace("torch.", "")}
 
     # 1. coarse quantizer (k-means, warm-started from the previous refresh when possible, then
-    #    oversized cells split), cells, kNN join
+    #    oversized cells split), every token's nearest cells, kNN join
     t0 = time.perf_counter()
     init = None
     if state is not None and state.centroids is not None and state.centroids.ndim == 2 \
-            and state.centroids.shape[1] == d and nlist <= state.centroids.shape[0] <= n:
+            and state.centroids.shape[1] == d and 1 <= state.centroids.shape[0] <= n:
         init = state.centroids
-    if init is not None:
-        cent = _kmeans(x, None, init.shape[0], p.kmeans_sample, p.warm_iters, init, dt, rng, workers)
-    elif nlist > 1:
-        cent = _kmeans(x, None, nlist, p.kmeans_sample, p.kmeans_iters, None, dt, rng, workers)
+    if nlist > 1 or init is not None:
+        cent, n_split = _train_quantizer(x, p, init, dt, rng, workers)
     else:
-        cent = x.mean(axis=0, dtype=np.float64)[None, :].astype(np.float32)
+        cent, n_split = x.mean(axis=0, dtype=np.float64)[None, :].astype(np.float32), 0
     info.update(warm_start=init is not None, kmeans_iters=p.warm_iters if init is not None else p.kmeans_iters)
     t["kmeans_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    labels, dist = _assign(x, None, cent, dt, workers)
-    target = max(m + 1, int(math.ceil(n / nlist)))
-    labels, cent, n_split = _split_oversized(x, labels, dist, cent, target, p, dt, rng, workers)
-    cells = _Groups(labels, cent.shape[0])
-    info.update(cells=int(cent.shape[0]), split=n_split, max_cell=int(cells.sizes.max()))
+    near, spread = _cell_lists(x, cent, p, dt, workers)
+    ncells = cent.shape[0]
+    labels = near[:, 0]
     ct = torch.from_numpy(cent)
-    spread = np.bincount(labels, weights=dist, minlength=cent.shape[0]) / np.maximum(cells.sizes, 1)
-    probe = _Probe(ct - ct.mean(0), max(4 * p.nprobe_peak, 64), torch.from_numpy(spread.astype(np.float32)))
-    del dist
+    probe = _Probe(ct - ct.mean(0), min(ncells, p.nprobe_wide), torch.from_numpy(spread))
+    info.update(cells=int(ncells), split=n_split, max_cell=int(np.bincount(labels, minlength=ncells).max()))
     t["coarse_s"] = time.perf_counter() - t1
-    nbr, nd2 = _knn_join(x, cells, probe, cent, p, m, dt, workers)
+    nbr, nd2 = _knn_join(x, near, ncells, cent, p, m, dt, workers)
+    short = np.flatnonzero(nbr[:, -1] < 0)  # tokens whose cells are tiny: search everything
+    info["knn_full_search"] = int(short.size)
+    if short.size:
+        nbr[short], nd2[short] = _global_knn(x, short, m, p, dt, workers)
     t["knn_s"] = time.perf_counter() - t0
 
     # 2. density
@@ -729,16 +794,16 @@ def _approx_dpc(x, n_centers, k, p, state, workers):
     pending = np.flatnonzero(~has)
     pending = pending[pending != top]
     info["peaks_list"] = int(pending.size)
-    nprobe = p.nprobe_peak
-    rounds = 0
-    while pending.size and nprobe < probe.nlist // 2 and rounds < 2:
-        _, d2 = _cell_search(x, pending, labels[pending], cells, np.arange(n), probe, cent, nprobe, dt,
-                             workers, rank=rank)
+    t_sp = min(p.spill, near.shape[1])
+    db_all = _Groups(near[:, :t_sp].ravel(), ncells, np.repeat(np.arange(n), t_sp))
+    for qcells in (lambda q: near[q, : p.nprobe], lambda q: probe.near[labels[q]]):
+        if not pending.size:
+            break
+        _, d2 = _cell_search(x, pending, qcells(pending), db_all, np.arange(n), cent, dt, workers, rank=rank)
         ok = np.isfinite(d2)
         delta2[pending[ok]] = d2[ok]
         pending = pending[~ok]
-        nprobe *= 4
-        rounds += 1
+    del db_all
     info["peaks_global"] = int(pending.size)
     if pending.size:
         _, d2 = _global_search(x, pending, order, rank[pending], dt, workers)
@@ -767,16 +832,14 @@ def _approx_dpc(x, n_centers, k, p, state, workers):
     pending = np.flatnonzero(assignment == big)
     info["assign_list_miss"] = int(pending.size)
     if pending.size:
-        ccells = _Groups(labels[centers], probe.nlist, np.arange(n_centers))
-        nprobe = p.nprobe_peak
-        rounds = 0
-        while pending.size and nprobe < probe.nlist // 2 and rounds < 2:
-            bp, _ = _cell_search(x, pending, labels[pending], ccells, centers, probe, cent, nprobe, dt, workers)
+        db_c = _Groups(near[centers, :t_sp].ravel(), ncells, np.repeat(np.arange(n_centers), t_sp))
+        for qcells in (lambda q: near[q, : p.nprobe], lambda q: probe.near[labels[q]]):
+            if not pending.size:
+                break
+            bp, _ = _cell_search(x, pending, qcells(pending), db_c, centers, cent, dt, workers)
             ok = bp >= 0
             assignment[pending[ok]] = bp[ok]
             pending = pending[~ok]
-            nprobe *= 4
-            rounds += 1
         info["assign_global"] = int(pending.size)
         if pending.size:
             bp, _ = _global_search(x, pending, centers, None, dt, workers)

@@ -1,4 +1,10 @@
-"""Exact DPC-KNN (density peaks clustering on k nearest neighbours) without an N x N matrix.
+"""DPC-KNN (density peaks clustering on k nearest neighbours) without an N x N matrix.
+
+Two modes (:func:`dpc_knn`, ``mode=``): **exact** (this module; equal to the brute-force
+definition below, O(N^2 d) time with FAISS flat search) and **approx** for large N
+(:mod:`missrec_recbole.interests.approx`: IVF cell join, about 1 minute for 1M x 512 tokens on 2
+cores); ``mode="auto"`` picks exact up to ``exact_max_tokens`` (:data:`EXACT_MAX_TOKENS`) tokens.
+The rest of this docstring describes the definitions and the exact algorithm.
 
 MISSRec (Wang et al., MM 2023) discovers interests by clustering all item tokens with DPC-KNN
 (density peaks clustering, Rodriguez & Laio 2014, with the kNN density of Du et al. 2016); see
@@ -13,7 +19,7 @@ neighbours of i, excluding i itself but including duplicates of i at distance 0)
 * centers = the K points with the largest ``rho * delta`` (ties: smaller index first), in that
   order; every token is assigned to its nearest center (ties: the center earlier in ``centers``).
 
-Algorithm (memory O(N*k + N*d + block_size*N), never an N x N array):
+Algorithm (memory O(N*k + N*d) plus blocks of bounded size, never an N x N array):
 
 1. kNN with a FAISS exact flat index (``IndexFlatL2``) on a centred, power-of-two-scaled float32
    copy, asking for ``k + 1 + margin`` neighbours.  The squared distances of all returned pairs are
@@ -28,8 +34,17 @@ Algorithm (memory O(N*k + N*d + block_size*N), never an N x N array):
    a time against the denser points only (points stored in density order, so that is a prefix),
    with a float32 matmul, then every candidate within the error bound of the minimum is
    recomputed exactly.  The densest point's maximal distance is computed exactly.
-3. Assignment: ``IndexFlatL2`` over the center vectors, a few nearest centers per token,
-   exact recomputation and the same certification (strict, because of the tie rule).
+3. Assignment: the token itself (distance 0 if it is a center) and its exact kNN list decide
+   whenever the best candidate center is strictly closer than the k-th neighbour (then every
+   point at least as close is a candidate) -- most tokens when K is a large fraction of N.  The
+   other tokens are searched with an ``IndexFlatL2`` over the center vectors, a few nearest
+   centers per token, exact recomputation and the same certification (strict, because of the
+   tie rule).
+
+Memory: the tokens, a centred float32 working copy (N*d*4 bytes) and, for the peak search, a
+density-ordered one, the kNN lists (N*k), and blocks of at most 256 MiB (peak search) or
+``block_size x m`` (re-searches); no float64 copy of the matrix (float32 input stays float32;
+exact float64 values are formed for a few rows or pairs at a time).
 
 Exactness guarantee: every distance that enters ``rho``, ``delta``, the center ranking or the
 assignment is ``sqrt(sum((x_i - x_j)**2))`` evaluated in float64 on the input values (float32
@@ -44,8 +59,8 @@ delta do not depend on it (only ``n_peaks`` can).
 from __future__ import annotations
 
 import math
-import time
 import operator
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -64,10 +79,14 @@ except ImportError:  # pragma: no cover - optional
 __all__ = ["DPCKNNResult", "DPCKNNState", "ApproxParams", "EXACT_MAX_TOKENS", "dpc_knn", "n_interests"]
 
 #: ``mode="auto"`` runs the exact algorithm up to this many tokens and the approximate one above.
-EXACT_MAX_TOKENS = 50_000
+#: Exact costs O(N^2 d): a few seconds at 20k x 300 on 2 cores (2-3x more with the generic kernels
+#: FAISS's bundled OpenBLAS picks on recent CPUs), about where the approximate mode starts to pay;
+#: ``dpc_exact_max_tokens`` in props/MISSRec.yaml is the model's setting.
+EXACT_MAX_TOKENS = 20_000
 
 _U32 = 2.0**-24  # unit roundoff of float32
 _CHUNK_ELEMS = 1 << 18  # float64 elements per temporary in the exact pair distances (2 MiB)
+_PEAK_ELEMS = 1 << 26  # float32 scores per block of the peak search (256 MiB)
 
 
 @dataclass
@@ -259,7 +278,8 @@ def _refined_search(
         for s in range(0, pending.size, step):
             r = pending[s : s + step]
             q = queries[r]
-            dist, pos = index.search(data.x32[q], m)
+            full = q.size == data.n and bool(np.all(q == np.arange(data.n)))
+            dist, pos = index.search(data.x32 if full else data.x32[q], m)  # (no copy of all rows)
             cand = db_rows[pos]  # token indices [B, m]
             d2 = data.pair_sqdist(np.repeat(q, m), cand).reshape(q.size, m)
             if exclude_self:
@@ -287,9 +307,10 @@ def _denser_sqdist(data: _Data, points: np.ndarray, order: np.ndarray, rank: np.
     """Exact ``min_{j denser than i} ||x_i - x_j||^2`` for each i in ``points`` (none densest).
 
     ``order`` lists the tokens from densest to least dense, ``rank`` is its inverse.  Works on
-    ``block_size`` points at a time: float32 distances to the denser prefix of ``order`` (one
-    matmul), then exact recomputation of every candidate within twice the error bound of the
-    block-row minimum.  Memory O(block_size * N).
+    up to ``block_size`` points at a time (fewer when the block would exceed ``_PEAK_ELEMS``
+    scores): float32 distances to the denser prefix of ``order`` (one matmul), then exact
+    recomputation of every candidate within twice the error bound of the block-row minimum.
+    Memory: a density-ordered float32 copy of the tokens (N*d) + a [block x N] block (<= 256 MiB).
     """
     out = np.empty(points.size, dtype=np.float64)
     if points.size == 0:
@@ -300,8 +321,13 @@ def _denser_sqdist(data: _Data, points: np.ndarray, order: np.ndarray, rank: np.
     pts = points[by_rank]
     xr = data.x32[order]  # density-ordered float32 copy: the denser set of i is xr[:rank[i]]
     nr32 = data.nrm[order].astype(np.float32)
-    for s in range(0, pts.size, data.block_size):
-        p = pts[s : s + data.block_size]
+    s = 0
+    while s < pts.size:
+        e = min(pts.size, s + data.block_size)
+        # at most _PEAK_ELEMS float32 scores per block (pts are sorted by rank: the last is widest)
+        while e - s > 1 and (e - s) * int(rank[pts[e - 1]]) > _PEAK_ELEMS:
+            e = s + (e - s) // 2
+        p = pts[s:e]
         r = rank[p]
         ncol = int(r.max())
         g = data.x32[p] @ xr[:ncol].T  # [B, ncol] float32
@@ -316,7 +342,8 @@ def _denser_sqdist(data: _Data, points: np.ndarray, order: np.ndarray, rank: np.
         del g
         d2 = data.pair_sqdist(p[rows], order[cols])
         starts = np.searchsorted(rows, np.arange(p.size))  # every row has >= 1 candidate
-        out[by_rank[s : s + p.size]] = np.minimum.reduceat(d2, starts)
+        out[by_rank[s:e]] = np.minimum.reduceat(d2, starts)
+        s = e
     return out
 
 
@@ -390,15 +417,16 @@ def dpc_knn(
 
     * ``"exact"``: results equal the brute-force definition (every distance is recomputed in
       float64 from the input values; FAISS float32 results only select candidates, certified by an
-      error bound), deterministic.  Memory O(N*k + N*d + block_size*N): the inputs, one float32
-      working copy of the tokens, the kNN lists and [block_size x N] float32 blocks of the peak
-      search -- never an N x N array, never a float64 copy of the matrix.  Time O(N^2 d) (FAISS
-      flat kNN), so only for N up to some 10^4..10^5.
-    * ``"approx"``: IVF cell join with exact re-ranking (:mod:`missrec_recbole.interests.approx`):
-      ``rho``/``delta``/assignment use exact distances, but neighbours, denser points and centers
-      a token never gets compared with are missed.  Memory O(N*n_cand + N*d) -- the tokens are
-      read in place when they are a C-contiguous float32 array (otherwise one float32 copy), the
-      candidate lists, and ~16 MiB blocks.  Parameters from N: :func:`approx_params`.
+      error bound), deterministic.  Memory O(N*k + N*d): the inputs, two float32 working copies
+      of the tokens, the kNN lists and bounded blocks (<= 256 MiB) -- never an N x N array, never
+      a float64 copy of the matrix.  Time O(N^2 d) (FAISS flat kNN), so only for N up to some
+      10^4..10^5.
+    * ``"approx"``: soft-assigned IVF cell join with exact re-ranking
+      (:mod:`missrec_recbole.interests.approx`): ``rho``/``delta``/assignment use exact
+      distances, but neighbours, denser points and centers a token never gets compared with are
+      missed.  Memory O(N*n_cand + N*d): the tokens are read in place when they are a
+      C-contiguous float32 array (otherwise one float32 copy), the candidate lists (~0.3 GiB at
+      N = 1M), and per-thread blocks of a few MiB.  Parameters from N: :func:`approx_params`.
     * ``"auto"`` (default): exact for ``N <= exact_max_tokens`` (default :data:`EXACT_MAX_TOKENS`),
       approximate above.
 
