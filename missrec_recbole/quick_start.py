@@ -65,12 +65,13 @@ def _without_argv():
         sys.argv = saved
 
 
-def build_config(dataset: str, stage: str = "finetune", config_files=None, config_dict=None) -> Config:
-    """RecBole Config for MISSRec: props/MISSRec.yaml < props/<stage>.yaml < props/<dataset>.yaml
-    < ``config_files`` < ``config_dict``. ``data_path`` defaults to the repo's ``dataset/``."""
+def build_config(dataset: str, stage: str = "finetune", config_files=None, config_dict=None,
+                 model_class=MISSRec) -> Config:
+    """RecBole Config for ``model_class`` (default MISSRec): props/<Model>.yaml < props/<stage>.yaml
+    < props/<dataset>.yaml < ``config_files`` < ``config_dict``. ``data_path`` defaults to the repo's ``dataset/``."""
     if not PROPS.is_dir():
         raise FileNotFoundError(f"{PROPS}: props folder not found; install the package with `pip install -e .`")
-    files = [PROPS / "MISSRec.yaml", PROPS / f"{stage}.yaml"]
+    files = [PROPS / f"{model_class.__name__}.yaml", PROPS / f"{stage}.yaml"]
     files += [p for p in [PROPS / f"{dataset}.yaml"] if p.is_file()]
     files += [Path(f) for f in config_files or []]
     for path in files:
@@ -80,7 +81,7 @@ def build_config(dataset: str, stage: str = "finetune", config_files=None, confi
     if not _user_sets("data_path", config_files, config_dict):
         config_dict["data_path"] = str(DEFAULT_DATA_PATH)
     with _without_argv():
-        return Config(model=MISSRec, dataset=dataset, config_file_list=[str(f) for f in files],
+        return Config(model=model_class, dataset=dataset, config_file_list=[str(f) for f in files],
                       config_dict=config_dict)
 
 
@@ -104,15 +105,17 @@ def _setup(config):
     getLogger().info(config)
 
 
-def pretrain(datasets, config_files=None, config_dict=None, show_progress=False, resume=None) -> list[str]:
+def pretrain(datasets, config_files=None, config_dict=None, show_progress=False, resume=None,
+             model_class=MISSRec, trainer_class=MISSRecTrainer) -> list[str]:
     """Pre-train on one or more datasets (merged into one, domains kept apart); returns checkpoint paths.
 
-    ``resume``: a ``*-resume.pth`` file of an interrupted run with the same arguments."""
+    ``resume``: a ``*-resume.pth`` file of an interrupted run with the same arguments.
+    ``model_class``/``trainer_class``: another model on the same pipeline (e.g. the UniSRec baseline)."""
     datasets = list(datasets)
     config_dict = dict(config_dict or {})
     name = datasets[0]
     if len(datasets) > 1:
-        base = build_config(name, "pretrain", config_files, config_dict)
+        base = build_config(name, "pretrain", config_files, config_dict, model_class)
         data_root = _data_root(base)
         demo = [d for d in datasets if d in DEMO_DOMAINS]
         if demo:
@@ -122,34 +125,34 @@ def pretrain(datasets, config_files=None, config_dict=None, show_progress=False,
         merged_root.mkdir(parents=True, exist_ok=True)
         merge_datasets(datasets, data_root, name, merged_root, base)
         config_dict["data_path"] = str(merged_root)
-    config = build_config(name, "pretrain", config_files, config_dict)
+    config = build_config(name, "pretrain", config_files, config_dict, model_class)
     _setup(config)
     _, train_data, _, _ = prepare_data(config)
     init_seed(config["seed"], config["reproducibility"])
-    model = MISSRec(config, train_data._dataset).to(config["device"])
+    model = model_class(config, train_data._dataset).to(config["device"])
     getLogger().info(model)
-    trainer = MISSRecTrainer(config, model)
+    trainer = trainer_class(config, model)
     if resume:
         trainer.resume(resume, train_data)
     return trainer.pretrain(train_data, show_progress=show_progress)
 
 
 def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show_progress=False,
-             freeze=True, resume=None) -> dict:
+             freeze=True, resume=None, model_class=MISSRec, trainer_class=MISSRecTrainer) -> dict:
     """Fine-tune (or train from scratch) on ``dataset``; returns valid/test metrics and costs.
 
     With ``pretrained``, the checkpoint's transferable weights are loaded and, if ``freeze``, only
     adapters, beta, input LayerNorm and (transductive) ID embedding are trained. ``resume``: a
-    ``*-resume.pth`` file of an interrupted run with the same arguments.
+    ``*-resume.pth`` file of an interrupted run with the same arguments. ``best_epoch`` is 0-based.
     """
-    config = build_config(dataset, "finetune", config_files, config_dict)
+    config = build_config(dataset, "finetune", config_files, config_dict, model_class)
     checkpoint = read_checkpoint(pretrained) if pretrained else None
     if checkpoint:  # fail before loading data
         check_architecture(pretrained, checkpoint["config"], config)
     _setup(config)
     _, train_data, valid_data, test_data = prepare_data(config)
     init_seed(config["seed"], config["reproducibility"])
-    model = MISSRec(config, train_data._dataset).to(config["device"])
+    model = model_class(config, train_data._dataset).to(config["device"])
     if checkpoint:
         load_pretrained(model, config, pretrained, checkpoint)
         getLogger().info(f"Loaded pre-trained weights from {pretrained}")
@@ -157,7 +160,7 @@ def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show
     if (checkpoint is not None and freeze) if adapters_only is None else adapters_only:
         model.freeze_for_finetune()
     getLogger().info(model)
-    trainer = MISSRecTrainer(config, model)
+    trainer = trainer_class(config, model)
     if resume:
         trainer.resume(resume, train_data)
     start = time.time()
@@ -173,6 +176,7 @@ def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show
         "valid": dict(best_valid),
         "test": dict(test),
         "epochs": epochs_run,
+        "best_epoch": max(trainer.train_loss_dict, default=-1) - trainer.cur_step * config["eval_step"],
         "seconds_per_epoch": seconds / max(epochs_run, 1),
         "interest_refresh_seconds": sum(trainer.interest_refresh_seconds) / max(len(trainer.interest_refresh_seconds), 1),
         "trainable_parameters": model.trainable_parameters(),

@@ -1,3 +1,4 @@
 from missrec_recbole.model.missrec import MISSRec
+from missrec_recbole.model.unisrec import UniSRec
 
-__all__ = ["MISSRec"]
+__all__ = ["MISSRec", "UniSRec"]

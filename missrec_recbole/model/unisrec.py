@@ -1,0 +1,236 @@
+"""UniSRec baseline (Hou et al., KDD 2022, "Towards Universal Sequence Representation Learning for
+Recommender Systems"), written from the paper for RecBole and this package's datasets.
+
+Notation as in the paper: x_i = frozen text feature of item i (here the dataset's ``text`` feature
+file, e.g. ``NAME.feat1CLS``), G experts, d = hidden size, tau = temperature.
+
+- parametric whitening     x~_i^(k) = (x_i - b^(k)) W_1^(k)                       (per expert k)
+- MoE-enhanced adaptor     v_i = sum_k g_k x~_i^(k),  g = Softmax(x_i W_2 + delta),
+                           delta = E * Softplus(x_i W_3), E ~ N(0, 1) (training only)
+- transductive mode        v_i <- v_i + e_i (learned item ID embedding), in sequences and as candidates
+- sequence encoder         f_j^0 = v_{i_j} + p_j, LayerNorm + dropout, then a causal (SASRec-style)
+                           Transformer; s = output at the last position
+- scores                   cos(s, v_i) / tau
+- pre-training             L_PT = l_SI + lambda * l_SS:
+                           l_SI = -log exp(s_j.v_j/tau) / sum_{j' in batch} exp(s_j.v_j'/tau)
+                           l_SS = -log exp(s_j.s~_j/tau) / sum_{j' in batch} exp(s_j.s~_j'/tau),
+                           s~ = an augmented view of the sequence (item drop, or item-level feature
+                           dropout standing in for the paper's word drop: the text features are frozen)
+- fine-tuning              l = -log softmax over all items of cos(s, v_i) / tau
+- parameter-efficient fine-tuning: freeze everything but the MoE adaptor (+ ID embedding when
+  transductive); see :meth:`UniSRec.freeze_for_finetune`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.model.layers import TransformerEncoder
+from recbole.utils import InputType
+
+from missrec_recbole.model.missrec import MISSRec, use_fast_dropout
+
+
+class MoEAdaptor(nn.Module):
+    """Parametric whitening per expert + mixture-of-experts gating (paper, "Universal item representation").
+
+    Experts are stored as one weight [G, D, d] and bias [G, D] so all G whitenings are one matmul:
+    (x - b_k) W_k = x W_k - b_k W_k.
+    """
+
+    def __init__(self, feature_dim: int, hidden_size: int, n_experts: int, dropout: float, gating_noise: bool):
+        super().__init__()
+        self.n_experts, self.hidden_size = n_experts, hidden_size
+        self.whitening_bias = nn.Parameter(torch.zeros(n_experts, feature_dim))
+        self.whitening_weight = nn.Parameter(torch.empty(n_experts, feature_dim, hidden_size))
+        self.gate = nn.Linear(feature_dim, n_experts, bias=False)  # W_2
+        self.noise = nn.Linear(feature_dim, n_experts, bias=False) if gating_noise else None  # W_3
+        self.dropout = nn.Dropout(dropout)
+
+    def experts(self, x: torch.Tensor) -> torch.Tensor:
+        """x~^(k) for every expert: [N, G, d]."""
+        weight = self.whitening_weight.transpose(0, 1).reshape(x.shape[-1], -1)  # [D, G*d]
+        whitened = (x @ weight).view(-1, self.n_experts, self.hidden_size)
+        shift = torch.einsum("gD,gDd->gd", self.whitening_bias, self.whitening_weight)
+        return whitened - shift
+
+    def gates(self, x: torch.Tensor) -> torch.Tensor:
+        """g = Softmax(x W_2 + delta), delta = E * Softplus(x W_3) in training, 0 otherwise: [N, G]."""
+        logits = self.gate(x)
+        if self.training and self.noise is not None:
+            logits = logits + torch.randn_like(logits) * F.softplus(self.noise(x))
+        return torch.softmax(logits, dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """v = sum_k g_k x~^(k) for features x [N, D] -> [N, d]."""
+        x = self.dropout(x)
+        return torch.einsum("ng,ngd->nd", self.gates(x), self.experts(x))
+
+
+class UniSRec(SequentialRecommender):
+    """UniSRec for RecBole. Needs a :class:`~missrec_recbole.data.MISSRecDataset` with a ``text`` modality."""
+
+    input_type = InputType.POINTWISE
+    FINETUNE_TRAINABLE = ("moe_adaptor.", "item_embedding.")
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        if config["mode"] not in ("inductive", "transductive"):
+            raise ValueError(f"config `mode`: {config['mode']!r} must be inductive or transductive")
+        if "text" not in dataset.features:
+            raise ValueError("UniSRec needs the text modality: set `modalities: [text]`")
+        self.transductive = config["mode"] == "transductive"
+        self.stage = config["stage"]
+        self.hidden_size = config["hidden_size"]
+        self.temperature = config["temperature"]
+        self.lam = config["lambda"]
+        self.item_drop_ratio = config["item_drop_ratio"]
+        self.item_drop_coefficient = config["item_drop_coefficient"]
+        self.loss_candidates = config["loss_candidates"]
+
+        # frozen features in RecBole's internal item order (row 0 = padding); not saved (dataset-specific)
+        self.register_buffer("text_features", dataset.features["text"], persistent=False)
+        self.moe_adaptor = MoEAdaptor(config["text_dim"], self.hidden_size, config["n_exps"],
+                                      config["adaptor_dropout_prob"], config["gating_noise"])
+        self.item_embedding = (nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
+                               if self.transductive else None)
+        self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
+        self.trm_encoder = TransformerEncoder(
+            n_layers=config["n_layers"], n_heads=config["n_heads"], hidden_size=self.hidden_size,
+            inner_size=config["inner_size"], hidden_dropout_prob=config["hidden_dropout_prob"],
+            attn_dropout_prob=config["attn_dropout_prob"], hidden_act=config["hidden_act"],
+            layer_norm_eps=config["layer_norm_eps"])
+        self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=config["layer_norm_eps"])
+        self.dropout = nn.Dropout(config["hidden_dropout_prob"])
+
+        self.initializer_range = config["initializer_range"]
+        self.apply(self._init_weights)
+        nn.init.normal_(self.moe_adaptor.whitening_weight, std=self.initializer_range)
+        use_fast_dropout(self)  # same rates, cheaper masks on CPU
+        self._item_cache = None
+
+    # Shared with MISSRec: RecBole's weight init; item drop (>= 1 item kept, order kept, left-aligned);
+    # adaptor-only freezing by FINETUNE_TRAINABLE prefixes; trainable count; weights without the ID embedding.
+    _init_weights = MISSRec._init_weights
+    _item_drop = MISSRec._item_drop
+    freeze_for_finetune = MISSRec.freeze_for_finetune
+    trainable_parameters = MISSRec.trainable_parameters
+    transferable_state_dict = MISSRec.transferable_state_dict
+
+    # ------------------------------------------------------------------ items
+    def item_representations(self, items=None, feature_drop: float = 0.0) -> torch.Tensor:
+        """v_i (+ e_i when transductive) for ``items`` of any shape, or [n_items, d] for all items.
+
+        The adaptor runs once per distinct item. ``feature_drop`` > 0 zeroes that fraction of each
+        item's feature entries (item-level feature dropout, the L_SS augmentation).
+        """
+        if items is None:
+            if not self.training and self._item_cache is not None:
+                return self._item_cache
+            everything = torch.arange(self.n_items, device=self.text_features.device)
+            result = self._represent(everything, feature_drop)
+            if not self.training:
+                self._item_cache = result
+            return result
+        distinct, inverse = torch.unique(items, return_inverse=True)
+        return self._represent(distinct, feature_drop)[inverse]
+
+    def _represent(self, items, feature_drop):
+        features = self.text_features[items]
+        if feature_drop > 0:
+            features = F.dropout(features, feature_drop, training=True)
+        reps = self.moe_adaptor(features)
+        return reps + self.item_embedding(items) if self.transductive else reps
+
+    def train(self, mode=True):
+        self._item_cache = None  # parameters may change from here on
+        return super().train(mode)
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        self._item_cache = None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    # ------------------------------------------------------------------ sequences
+    def encode(self, item_seq, item_seq_len, item_reps) -> torch.Tensor:
+        """s = Transformer(LayerNorm(v + p)) at the last position; ``item_reps`` [B, L, d] are the v of item_seq.
+
+        Sequences are cut to the batch's longest one (exact: padding is at the end and masked).
+        """
+        width = max(int(item_seq_len.max()), 1)
+        item_seq, item_reps = item_seq[:, :width], item_reps[:, :width]
+        positions = torch.arange(width, device=item_seq.device).expand_as(item_seq)
+        hidden = self.dropout(self.LayerNorm(item_reps + self.position_embedding(positions)))
+        mask = self.get_attention_mask(item_seq)
+        output = self.trm_encoder(hidden, mask, output_all_encoded_layers=False)[-1]
+        return self.gather_indexes(output, (item_seq_len - 1).clamp(min=0))
+
+    def forward(self, item_seq, item_seq_len, item_table=None):
+        """Sequence representation s [B, d]; ``item_table`` = precomputed representations of all items."""
+        width = max(int(item_seq_len.max()), 1)
+        reps = item_table[item_seq[:, :width]] if item_table is not None else self.item_representations(
+            item_seq[:, :width])
+        return self.encode(item_seq[:, :width], item_seq_len, reps)
+
+    # ------------------------------------------------------------------ losses
+    def _logits(self, seq_output, item_reps):
+        return F.normalize(seq_output, dim=-1) @ F.normalize(item_reps, dim=-1).T / self.temperature
+
+    def augmented_view(self, item_seq, item_seq_len):
+        """s~: per sequence, item drop (probability item_drop_coefficient) or item-level feature dropout.
+
+        Item drop removes each item with probability item_drop_ratio (keeping at least one);
+        feature dropout zeroes item_drop_ratio of the feature entries of every item.
+        """
+        dropped, dropped_len = self._item_drop(item_seq, item_seq_len)
+        use_drop = torch.rand(len(item_seq), device=item_seq.device) < self.item_drop_coefficient
+        seq = torch.where(use_drop[:, None], dropped, item_seq)
+        seq_len = torch.where(use_drop, dropped_len, item_seq_len)
+        reps = torch.where(use_drop[:, None, None], self.item_representations(seq),
+                           self.item_representations(seq, feature_drop=self.item_drop_ratio))
+        return self.encode(seq, seq_len, reps)
+
+    def sequence_item_loss(self, seq_output, pos_items, item_table=None):
+        """l_SI: over all items (``loss_candidates: all``) or the batch's targets (``batch``).
+
+        In-batch: other rows with the same target item are not counted as negatives.
+        """
+        if self.loss_candidates == "all":
+            table = item_table if item_table is not None else self.item_representations()
+            logits = self._logits(seq_output, table)
+            logits[:, 0] = float("-inf")  # padding
+            return F.cross_entropy(logits, pos_items)
+        logits = self._logits(seq_output, self.item_representations(pos_items))
+        duplicate = (pos_items[:, None] == pos_items[None, :]) & ~torch.eye(
+            len(pos_items), dtype=torch.bool, device=pos_items.device)
+        return F.cross_entropy(logits.masked_fill(duplicate, float("-inf")),
+                               torch.arange(len(pos_items), device=pos_items.device))
+
+    def sequence_sequence_loss(self, seq_output, item_seq, item_seq_len):
+        """l_SS between each sequence and its augmented view, in-batch negatives."""
+        logits = self._logits(seq_output, self.augmented_view(item_seq, item_seq_len))
+        return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+
+    def calculate_loss(self, interaction):
+        """Pre-training: (l_SI, lambda * l_SS); fine-tuning: l_SI (cross-entropy over all items)."""
+        item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        table = self.item_representations() if self.loss_candidates == "all" else None
+        seq_output = self.forward(item_seq, item_seq_len, table)
+        loss_si = self.sequence_item_loss(seq_output, interaction[self.POS_ITEM_ID], table)
+        if self.stage != "pretrain":
+            return loss_si
+        return loss_si, self.lam * self.sequence_sequence_loss(seq_output, item_seq, item_seq_len)
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, interaction):
+        """cos(s, v_i) of each sequence and its candidate item, [B]."""
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        items = self.item_representations(interaction[self.ITEM_ID])
+        return (F.normalize(seq_output, dim=-1) * F.normalize(items, dim=-1)).sum(dim=-1)
+
+    def full_sort_predict(self, interaction):
+        """cos(s, v_i) against every item, [B, n_items]."""
+        table = self.item_representations()
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], table)
+        return F.normalize(seq_output, dim=-1) @ F.normalize(table, dim=-1).T
