@@ -106,6 +106,12 @@ class MISSRec(SequentialRecommender):
         self.interest_ratio = config["interest_ratio"]
         self.dpc_k = config["dpc_k"]
         self.faiss_threads = config["faiss_threads"] or torch.get_num_threads()
+        self.dpc_mode = config["dpc_mode"] or "auto"
+        self.dpc_exact_max_tokens = config["dpc_exact_max_tokens"]  # None: the library default
+        self.dpc_warm_start = config["dpc_warm_start"] is not False
+        if self.dpc_mode not in ("auto", "exact", "approx"):
+            raise ValueError(f"config `dpc_mode`: {self.dpc_mode!r} must be auto, exact or approx")
+        self._dpc_state = None  # approximate-mode IVF quantizer of the last refresh (not checkpointed)
         self.length_buckets = config["length_buckets"]
         if config["mode"] not in ("inductive", "transductive"):
             raise ValueError(f"config `mode`: {config['mode']!r} must be inductive or transductive")
@@ -206,7 +212,11 @@ class MISSRec(SequentialRecommender):
         """Run DPC-KNN over every present text/image token of every item; store item -> interest.
 
         K = ceil(interest_ratio * N) for N tokens. Uses the current adapters without dropout.
-        Returns a small summary (tokens, interests) for logging.
+        ``dpc_mode`` / ``dpc_exact_max_tokens`` choose exact or approximate DPC-KNN, ``faiss_threads``
+        its threads. With ``dpc_warm_start`` the approximate mode starts its IVF quantizer from the
+        previous refresh's (kept in memory only): a fixed seed still gives the same interests for
+        the same sequence of refreshes, but a run resumed from a checkpoint starts cold.
+        Returns a small summary (tokens, interests, mode) for logging.
         """
         was_training = self.training
         self.eval()
@@ -220,7 +230,10 @@ class MISSRec(SequentialRecommender):
         owner_item, owner_modality = torch.cat(owner_item), torch.cat(owner_modality)
         points = torch.cat(tokens).float().cpu().numpy()
         result = dpc_knn(points, n_interests(len(points), self.interest_ratio), k=self.dpc_k,
-                         n_threads=self.faiss_threads)
+                         n_threads=self.faiss_threads, mode=self.dpc_mode,
+                         exact_max_tokens=self.dpc_exact_max_tokens,
+                         state=self._dpc_state if self.dpc_warm_start else None)
+        self._dpc_state = result.state if self.dpc_warm_start else None
         centers = torch.from_numpy(result.centers).to(device)
         self.center_item = owner_item[centers]
         self.center_modality = owner_modality[centers]
@@ -228,7 +241,7 @@ class MISSRec(SequentialRecommender):
         item_interest[owner_item, owner_modality] = torch.from_numpy(result.assignment).to(device)
         self.item_interest = item_interest
         self.train(was_training)
-        return {"tokens": len(points), "interests": len(centers)}
+        return {"tokens": len(points), "interests": len(centers), "mode": result.mode}
 
     def interest_tokens(self, item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Distinct interest tokens of each sequence [B, K_max, d] and their mask."""
