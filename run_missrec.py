@@ -70,20 +70,25 @@ def main(argv=None):
         return recommend(argv[1:])
     args, overrides = parse_args(argv)
     from missrec_recbole.quick_start import PROPS, finetune, pretrain
+    from missrec_recbole.trainer import distributed
 
     if args.dataset is None:  # the demo: brief pre-training, then parameter-efficient fine-tuning
         files = [str(PROPS / "demo-pretrain.yaml")] + args.config_files
         checkpoints = pretrain(DEMO_PRETRAIN, files, overrides, args.show_progress)
-        print(f"pre-trained checkpoint: {checkpoints[-1]}")
+        if distributed.is_main():
+            print(f"pre-trained checkpoint: {checkpoints[-1]}")
         files = [str(PROPS / "demo-finetune.yaml")] + args.config_files
         result = finetune(DEMO_FINETUNE, checkpoints[-1], files, overrides, args.show_progress, not args.no_freeze)
     elif args.stage == "pretrain":
         checkpoints = pretrain(args.dataset.split(","), args.config_files, overrides, args.show_progress, args.resume)
-        print("checkpoints:\n" + "\n".join(checkpoints))
         result = {"checkpoints": checkpoints}
+        if distributed.is_main():
+            print("checkpoints:\n" + "\n".join(checkpoints))
     else:
         result = finetune(args.dataset, args.pretrained, args.config_files, overrides, args.show_progress,
                           not args.no_freeze, args.resume)
+    if not distributed.is_main():  # under torchrun, rank 0 reports
+        return result
     if "test" in result:
         print(format_results(result))
     if args.result_json:
@@ -95,9 +100,11 @@ def main(argv=None):
 if __name__ == "__main__":
     from missrec_recbole.data import DatasetFormatError
     from missrec_recbole.inference import InferenceError
-    from missrec_recbole.trainer import CheckpointError
+    from missrec_recbole.trainer import CheckpointError, distributed
 
     try:
         main(sys.argv[1:])
     except (DatasetFormatError, CheckpointError, InferenceError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
+    finally:
+        distributed.shutdown()

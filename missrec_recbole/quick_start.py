@@ -26,7 +26,7 @@ from missrec_recbole.data.dataset import MISSRecDataset
 from missrec_recbole.data.demo import DEMO_DOMAINS, ensure_demo_dataset
 from missrec_recbole.data.merge import merge_datasets
 from missrec_recbole.model import MISSRec
-from missrec_recbole.trainer import MISSRecTrainer, check_architecture, load_pretrained, read_checkpoint
+from missrec_recbole.trainer import MISSRecTrainer, check_architecture, distributed, load_pretrained, read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 PROPS = ROOT / "props"
@@ -81,8 +81,11 @@ def build_config(dataset: str, stage: str = "finetune", config_files=None, confi
     if not _user_sets("data_path", config_files, config_dict):
         config_dict["data_path"] = str(DEFAULT_DATA_PATH)
     with _without_argv():
-        return Config(model=model_class, dataset=dataset, config_file_list=[str(f) for f in files],
-                      config_dict=config_dict)
+        config = Config(model=model_class, dataset=dataset, config_file_list=[str(f) for f in files],
+                        config_dict=config_dict)
+    distributed.init_from_env(config["use_gpu"])  # under torchrun: join the process group
+    distributed.configure(config)
+    return config
 
 
 def _data_root(config) -> Path:
@@ -92,7 +95,7 @@ def _data_root(config) -> Path:
 def prepare_data(config):
     """Generate demo domains on first use, then load and split the dataset (validated first)."""
     if config["dataset"] in DEMO_DOMAINS:
-        ensure_demo_dataset(_data_root(config), [config["dataset"]])
+        distributed.main_first(lambda: ensure_demo_dataset(_data_root(config), [config["dataset"]]))
     dataset = MISSRecDataset(config)
     getLogger().info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
@@ -103,6 +106,14 @@ def _setup(config):
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     getLogger().info(config)
+
+
+def _merge(datasets, data_root, name, merged_root, config) -> None:
+    demo = [d for d in datasets if d in DEMO_DOMAINS]
+    if demo:
+        ensure_demo_dataset(data_root, demo)
+    merged_root.mkdir(parents=True, exist_ok=True)
+    merge_datasets(datasets, data_root, name, merged_root, config)
 
 
 def pretrain(datasets, config_files=None, config_dict=None, show_progress=False, resume=None,
@@ -117,13 +128,9 @@ def pretrain(datasets, config_files=None, config_dict=None, show_progress=False,
     if len(datasets) > 1:
         base = build_config(name, "pretrain", config_files, config_dict, model_class)
         data_root = _data_root(base)
-        demo = [d for d in datasets if d in DEMO_DOMAINS]
-        if demo:
-            ensure_demo_dataset(data_root, demo)
         name = "+".join(datasets)
         merged_root = Path(base["checkpoint_dir"]) / "datasets"
-        merged_root.mkdir(parents=True, exist_ok=True)
-        merge_datasets(datasets, data_root, name, merged_root, base)
+        distributed.main_first(lambda: _merge(datasets, data_root, name, merged_root, base))
         config_dict["data_path"] = str(merged_root)
     config = build_config(name, "pretrain", config_files, config_dict, model_class)
     _setup(config)

@@ -12,6 +12,7 @@ from recbole.trainer import Trainer
 from recbole.utils import get_local_time, set_color
 
 from missrec_recbole.compat import atomic_torch_save, plain
+from missrec_recbole.trainer import distributed
 from missrec_recbole.trainer.checkpoint import CheckpointError, read_checkpoint, save_pretrained
 
 RESUME_FORMAT = "missrec-recbole-resume/1"
@@ -57,23 +58,39 @@ class MISSRecTrainer(Trainer):
     - evaluation applies the ``tie_rule`` (``pessimistic``: see :func:`pessimistic_ties`);
     - before every epoch (and when done) it writes ``resume_file``: weights, interest map, optimizer,
       epoch, early-stopping bookkeeping and all random states, so :meth:`resume` continues an
-      interrupted run exactly as if it had not stopped.
+      interrupted run exactly as if it had not stopped;
+    - under ``torchrun`` (see :mod:`missrec_recbole.trainer.distributed`) gradients are averaged over
+      the processes by DDP, the interest map is computed on rank 0 and broadcast, and only rank 0
+      writes files.
     """
 
     def __init__(self, config, model):
-        super().__init__(config, model)
+        is_distributed = not config["single_spec"]
+        config["single_spec"] = True  # RecBole would wrap with device_ids, which CPU modules reject
+        try:
+            super().__init__(config, model)
+        finally:
+            config["single_spec"] = not is_distributed
+        if is_distributed:
+            # RecBole's _train_epoch routes every step through this wrapper (set_reduce_hook), so
+            # DDP's backward hooks all-reduce the gradients of the loss computed by the model.
+            self.distributed_model = distributed.wrap(self.model, config)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = self._build_optimizer(params=trainable)
         self.logger.info(set_color("Trainable parameters", "blue") + f": {sum(p.numel() for p in trainable)}")
         self.tie_rule = config["tie_rule"]
         name = f"MISSRec-{config['dataset']}-{config['mode']}-{get_local_time()}-{os.getpid()}.pth"
-        self.saved_model_file = os.path.join(self.checkpoint_dir, name)
+        self.saved_model_file = distributed.broadcast(os.path.join(self.checkpoint_dir, name))
         self.interest_refresh_seconds = []
         self.logger.info(f"Resume checkpoint (rewritten every epoch): {self.resume_file}")
 
     def refresh_interests(self, epoch_idx) -> None:
+        """DPC-KNN on rank 0, broadcast to the others: every rank uses the identical map."""
         start = time.time()
-        info = self.model.refresh_interests()
+        info = self.model.refresh_interests() if distributed.is_main() else None
+        if distributed.active():
+            info, interest_map = distributed.broadcast((info, self.model.other_parameter()))
+            self.model.load_other_parameter(interest_map)
         seconds = time.time() - start
         self.interest_refresh_seconds.append(seconds)
         self.logger.info(f"epoch {epoch_idx} interest refresh: {info['tokens']} tokens -> "
@@ -85,7 +102,7 @@ class MISSRecTrainer(Trainer):
 
     def save_resume_state(self, next_epoch: int, train_data) -> None:
         """Atomically write everything needed to continue training at ``next_epoch``."""
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        if not distributed.is_main():
             return
         state = {
             "format": RESUME_FORMAT,
@@ -131,6 +148,7 @@ class MISSRecTrainer(Trainer):
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        distributed.barrier()  # rank 0 may still be writing the best model the others load next
         self.save_resume_state(max(self.train_loss_dict, default=self.start_epoch - 1) + 1, train_data)
         return result
 
@@ -154,12 +172,13 @@ class MISSRecTrainer(Trainer):
                 self.logger.info(self._generate_train_loss_output(epoch_idx, start, time.time(), train_loss))
             self._add_train_loss_to_tensorboard(epoch_idx, train_loss)
             last = epoch_idx + 1 == self.epochs
-            if (epoch_idx + 1) % self.config["save_step"] == 0 or last:
+            if ((epoch_idx + 1) % self.config["save_step"] == 0 or last) and distributed.is_main():
                 path = save_pretrained(self.model, self.config, self.pretrain_checkpoint_path(epoch_idx + 1),
                                        epoch_idx + 1)
                 if verbose:
                     self.logger.info(set_color("Saving pre-trained checkpoint", "blue") + f": {path}")
         self.save_resume_state(self.epochs, train_data)
+        distributed.barrier()
         return self.pretrain_checkpoints()
 
     def pretrain_checkpoints(self) -> list[str]:
