@@ -138,3 +138,23 @@ def test_finetune_freezes_all_but_adapters(tiny_config, tmp_path):
     for name, parameter in model.named_parameters():
         changed = not torch.equal(before[name], parameter)
         assert changed == (name in trainable), name
+
+
+def test_pretrain_logs_loss_parts_to_tensorboard(tiny_config, tmp_path, monkeypatch):
+    """L_si, lambda*L_ss and gamma*L_reg go to TensorBoard as Loss/Train0..2, one point per epoch."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.chdir(tmp_path)  # RecBole writes ./log_tensorboard/<run>
+    config, model, train, _, _ = _setup(tiny_config, stage="pretrain", mode="inductive", loss_candidates="batch",
+                                        epochs=2, save_step=2)
+    trainer = MISSRecTrainer(config, model)
+    trainer.pretrain(train)
+    trainer.tensorboard.flush()
+    (run,) = (tmp_path / "log_tensorboard").iterdir()
+    events = EventAccumulator(str(run))
+    events.Reload()
+    parts = [[e.value for e in events.Scalars(f"Loss/Train{i}")] for i in range(3)]
+    assert all(len(values) == 2 for values in parts)
+    for epoch in range(2):
+        assert sum(p[epoch] for p in parts) == pytest.approx(trainer.train_loss_dict[epoch], rel=1e-5)
+    assert all(v > 0 for v in parts[0]) and all(v != 0 for v in parts[1])
