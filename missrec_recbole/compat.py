@@ -179,4 +179,7 @@ def apply() -> None:
     # sequences, which validate_dataset rejects; RecBole's non-writable-array warning is harmless.
     warnings.filterwarnings("ignore", category=pd.errors.ChainedAssignmentError, module=r"recbole\.")
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    # trainer.py:235 builds torch.cuda.amp.GradScaler every epoch (disabled on CPU); torch >= 2.4 warns.
+    warnings.filterwarnings("ignore", message=r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated",
+                            category=FutureWarning)
     _applied = True
