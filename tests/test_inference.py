@@ -19,7 +19,6 @@ from missrec_recbole.data import MISSRecDataset
 from missrec_recbole.inference import (CheckpointMismatchError, DuplicateItemError, EmptyHistoryError,
                                        ExportedIndex, ExportError, FeatureDimError, FeatureError, InferenceError,
                                        MISSRecPredictor, TransductiveModeError, UnknownItemError)
-from missrec_recbole.inference import catalog
 from missrec_recbole.inference.cli import main as cli_main
 from missrec_recbole.inference.cli import run as cli_run
 from missrec_recbole.model import MISSRec
@@ -189,7 +188,7 @@ def test_nearest_center_assignment_equals_dpc_knn_assignment(tiny):
     items = torch.arange(1, model.n_items)
     features = {m: model._features(m)[items] for m in model.modalities}
     present = {m: model._present(m)[items] for m in model.modalities}
-    assert torch.equal(catalog.assign_interests(model, features, present), model.item_interest[items])
+    assert torch.equal(model.assign_interests(features, present), model.item_interest[items])
 
 
 def test_add_items_inductive_scores_like_an_item_with_the_same_features(tiny):

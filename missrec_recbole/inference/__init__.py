@@ -1,8 +1,8 @@
 """Inference for trained MISSRec models: recommend from original item ids, add new items without
 training (inductive cold start), export item vectors + FAISS indexes for serving.
 
-See :mod:`.predictor` (:class:`MISSRecPredictor`), :mod:`.catalog` (how new items join the model and
-its interests), :mod:`.export` (files and the exact retrieve-then-rerank for the dynamic fusion) and
+See :mod:`.predictor` (:class:`MISSRecPredictor`; new items join the model through
+``MISSRec.assign_interests`` / ``MISSRec.append_items``), :mod:`.export` (files and the exact retrieve-then-rerank for the dynamic fusion) and
 :mod:`.cli` (``python recommend.py``).
 """
 

@@ -35,7 +35,6 @@ import torch.nn.functional as F
 
 from missrec_recbole.data.dataset import DatasetFormatError, MISSRecDataset, feature_path, read_feature_file, tab_rows
 from missrec_recbole.data.demo import DEMO_DOMAINS, ensure_demo_dataset
-from missrec_recbole.inference import catalog
 from missrec_recbole.inference.errors import (CheckpointMismatchError, DuplicateItemError, EmptyHistoryError,
                                               FeatureDimError, FeatureError, InferenceError, TransductiveModeError,
                                               UnknownItemError)
@@ -423,7 +422,7 @@ class MISSRecPredictor:
         raw features from the same extractor as the training data (e.g. CLIP); ``None`` = that modality
         is missing for all new items, an all-zero row = missing for that item. Each item needs at least
         one modality. Interests: each new token joins its nearest existing interest center (see
-        :mod:`missrec_recbole.inference.catalog`). Transductive models raise
+        :meth:`MISSRec.assign_interests`). Transductive models raise
         :class:`TransductiveModeError` unless ``allow_feature_only=True``: the new items then get a
         zero ID embedding, i.e. they are scored from their features only.
         Returns the ids added.
@@ -455,8 +454,7 @@ class MISSRecPredictor:
         if empty.any():
             raise FeatureError(f"item {ids[int(torch.nonzero(empty)[0])]!r} has no features (all-zero rows in every "
                                f"modality): it could not be scored.")
-        interests = catalog.assign_interests(self.model, features, present)
-        catalog.append_items(self.model, features, present, interests)
+        self.model.append_items(features, present, self.model.assign_interests(features, present))
         self._ids.extend(ids)
         for offset, item in enumerate(ids):
             self._internal[item] = len(self._ids) - n + offset

@@ -22,6 +22,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
 from missrec_recbole.interests import dpc_knn, n_interests
+from missrec_recbole.interests.assign import nearest_center
 
 MODALITY_INDEX = {"text": 0, "image": 1}
 
@@ -243,19 +244,75 @@ class MISSRec(SequentialRecommender):
         self.train(was_training)
         return {"tokens": len(points), "interests": len(centers), "mode": result.mode}
 
+    def _center_token_vectors(self, interests: torch.Tensor) -> torch.Tensor:
+        """Token e^m of the center item of each interest in ``interests`` [n] -> [n, d]."""
+        items, modality = self.center_item[interests], self.center_modality[interests]
+        tokens = torch.zeros(len(interests), self.hidden_size, device=interests.device)
+        for index, m in enumerate(self.modalities):
+            chosen = modality == index
+            if chosen.any():
+                tokens[chosen] = self.adapters[m](self.adapter_dropout(self._features(m)[items[chosen]]))
+        return tokens
+
     def interest_tokens(self, item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Distinct interest tokens of each sequence [B, K_max, d] and their mask."""
         if not self.has_interest_map:
             self.refresh_interests()
         ids, mask = distinct_per_row(self.item_interest[item_seq].flatten(1))
         interests, inverse = torch.unique(ids.clamp(min=0), return_inverse=True)
-        items, modality = self.center_item[interests], self.center_modality[interests]
-        center_tokens = torch.zeros(len(interests), self.hidden_size, device=ids.device)
+        return self._center_token_vectors(interests)[inverse] * mask.unsqueeze(-1), mask
+
+    # ------------------------------------------------------------------ growing the catalogue
+    @torch.no_grad()
+    def assign_interests(self, features: dict, present: dict) -> torch.Tensor:
+        """Interests of new items' modality tokens [n, M] (-1 = absent), centers kept fixed.
+
+        Each present token e^m = W_m x^m + b_m (no dropout) goes to its nearest existing center, the
+        rule DPC-KNN uses for every token: existing items keep their interests, so scores of histories
+        without new items do not change (``refresh_interests`` would re-cluster everything).
+        """
+        device = self.position_embedding.weight.device
+        n = len(next(iter(present.values())))
+        result = torch.full((n, len(self.modalities)), -1, dtype=torch.long, device=device)
+        if n == 0:
+            return result
+        was_training = self.training
+        self.eval()
+        centers = self._center_token_vectors(torch.arange(len(self.center_item), device=device))
         for index, m in enumerate(self.modalities):
-            chosen = modality == index
-            if chosen.any():
-                center_tokens[chosen] = self.adapters[m](self.adapter_dropout(self._features(m)[items[chosen]]))
-        return center_tokens[inverse] * mask.unsqueeze(-1), mask
+            rows = torch.nonzero(present[m].to(device)).squeeze(1)
+            if len(rows):
+                tokens = self.adapters[m](features[m][rows.cpu()].to(device))
+                result[rows, index] = nearest_center(tokens, centers).to(device)
+        self.train(was_training)
+        return result
+
+    @torch.no_grad()
+    def append_items(self, features: dict, present: dict, interests: torch.Tensor) -> torch.Tensor:
+        """Append items after the last internal id; returns their ids.
+
+        ``features`` [n, dim_m] and ``present`` [n] per modality, ``interests`` [n, M] (see
+        :meth:`assign_interests`). Transductive mode: new items get zero ID embeddings, i.e. they are
+        scored from their features only.
+        """
+        if not self.has_interest_map:
+            raise RuntimeError("append_items needs the interest map (call refresh_interests first)")
+        device = self.position_embedding.weight.device
+        n_old, n_new = self.n_items, len(interests)
+        for m in self.modalities:
+            setattr(self, f"{m}_features", torch.cat([self._features(m), features[m].to(device)]))
+            setattr(self, f"{m}_present", torch.cat([self._present(m), present[m].to(device)]))
+        self.item_interest = torch.cat([self.item_interest, interests.to(device)])
+        if self.transductive:
+            old = self.item_embedding
+            grown = nn.Embedding(n_old + n_new, old.embedding_dim, padding_idx=0).to(device)
+            grown.weight.data.zero_()
+            grown.weight.data[:n_old] = old.weight.data
+            grown.weight.requires_grad = old.weight.requires_grad
+            self.item_embedding = grown
+        self.n_items = n_old + n_new
+        self._item_token_cache = None
+        return torch.arange(n_old, n_old + n_new, device=device)
 
     # ------------------------------------------------------------------ encoder-decoder
     def _input(self, tokens):
