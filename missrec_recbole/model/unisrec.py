@@ -89,6 +89,7 @@ class UniSRec(SequentialRecommender):
         self.item_drop_ratio = config["item_drop_ratio"]
         self.item_drop_coefficient = config["item_drop_coefficient"]
         self.loss_candidates = config["loss_candidates"]
+        self.length_buckets = config["length_buckets"] or 1
 
         # frozen features in RecBole's internal item order (row 0 = padding); not saved (dataset-specific)
         self.register_buffer("text_features", dataset.features["text"], persistent=False)
@@ -115,6 +116,7 @@ class UniSRec(SequentialRecommender):
     # adaptor-only freezing by FINETUNE_TRAINABLE prefixes; trainable count; weights without the ID embedding.
     _init_weights = MISSRec._init_weights
     _item_drop = MISSRec._item_drop
+    _length_buckets = MISSRec._length_buckets
     freeze_for_finetune = MISSRec.freeze_for_finetune
     trainable_parameters = MISSRec.trainable_parameters
     transferable_state_dict = MISSRec.transferable_state_dict
@@ -156,8 +158,16 @@ class UniSRec(SequentialRecommender):
     def encode(self, item_seq, item_seq_len, item_reps) -> torch.Tensor:
         """s = Transformer(LayerNorm(v + p)) at the last position; ``item_reps`` [B, L, d] are the v of item_seq.
 
-        Sequences are cut to the batch's longest one (exact: padding is at the end and masked).
+        Rows are processed in ``length_buckets`` groups of similar length, each cut to its longest
+        sequence: the same result as one padded block (padding is at the end and masked, rows are
+        independent), much cheaper on short real histories.
         """
+        output = item_reps.new_zeros(len(item_seq), self.hidden_size)
+        for rows in self._length_buckets(item_seq_len):
+            output = output.index_put((rows,), self._encode_block(item_seq[rows], item_seq_len[rows], item_reps[rows]))
+        return output
+
+    def _encode_block(self, item_seq, item_seq_len, item_reps):
         width = max(int(item_seq_len.max()), 1)
         item_seq, item_reps = item_seq[:, :width], item_reps[:, :width]
         positions = torch.arange(width, device=item_seq.device).expand_as(item_seq)

@@ -1,0 +1,216 @@
+"""UniSRec baseline: shapes, MoE formula, gradients and freezing, learning, checkpoint transfer."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from recbole.data import data_preparation
+
+from missrec_recbole.baselines import run_unisrec
+from missrec_recbole.data import MISSRecDataset
+from missrec_recbole.model import UniSRec
+from missrec_recbole.quick_start import build_config
+from missrec_recbole.trainer import CheckpointError, read_checkpoint
+from tests.conftest import tiny_overrides, write_dataset
+
+
+@pytest.fixture
+def built(tiny_dataset, tmp_path):
+    def make(**extra):
+        overrides = tiny_overrides(data_path=str(tiny_dataset), checkpoint_dir=str(tmp_path / "saved"), **extra)
+        config = build_config("Tiny", extra.pop("stage", "finetune"), config_dict=overrides, model_class=UniSRec)
+        dataset = MISSRecDataset(config)
+        train, _, test = data_preparation(config, dataset)
+        torch.manual_seed(0)
+        return UniSRec(config, dataset), train, dataset
+
+    return make
+
+
+def _batch(loader):
+    return next(iter(loader))
+
+
+@pytest.mark.parametrize("mode", ["inductive", "transductive"])
+def test_output_shapes(built, mode):
+    model, train, dataset = built(mode=mode)
+    batch = _batch(train)
+    model.eval()
+    with torch.no_grad():
+        assert model.forward(batch["item_id_list"], batch["item_length"]).shape == (len(batch), 32)
+        full = model.full_sort_predict(batch)
+        assert full.shape == (len(batch), dataset.item_num)
+        assert model.predict(batch).shape == (len(batch),)
+        assert torch.allclose(model.predict(batch), full[torch.arange(len(batch)), batch["item_id"]], atol=1e-5)
+        assert (full[:, 1:].abs() <= 1 + 1e-5).all()  # cosine scores
+    model.train()
+    assert torch.isfinite(model.calculate_loss(batch))
+
+
+def test_text_only_dataset_and_features_in_recbole_order(built):
+    model, _, dataset = built()
+    assert list(dataset.features) == ["text"]
+    assert torch.equal(model.text_features, dataset.features["text"])
+    assert not model.text_features[0].any()
+
+
+def test_moe_matches_per_expert_formula(built):
+    """v = sum_k g_k (x - b_k) W_k, g = softmax(x W_2); gating noise only in training."""
+    model, _, _ = built(mode="inductive")
+    moe = model.moe_adaptor
+    with torch.no_grad():
+        moe.whitening_bias.normal_()
+        x = model.text_features[1:6]
+        moe.eval()
+        gates = torch.softmax(x @ moe.gate.weight.T, dim=-1)
+        expected = sum(gates[:, k:k + 1] * ((x - moe.whitening_bias[k]) @ moe.whitening_weight[k])
+                       for k in range(moe.n_experts))
+        assert torch.allclose(moe(x), expected, atol=1e-5)
+        assert torch.allclose(model.item_representations(torch.arange(1, 6)), expected, atol=1e-5)
+        moe.train()
+        moe.dropout.threshold = 0  # isolate the gating noise
+        noisy = [moe.gates(x) for _ in range(2)]
+    assert not torch.allclose(noisy[0], noisy[1]) and torch.allclose(noisy[0].sum(-1), torch.ones(5))
+    assert moe.n_experts == 8 and gates.shape == (5, 8)
+
+
+def test_rows_do_not_depend_on_the_batch(built):
+    """Length buckets and cutting to the longest sequence are exact: a row alone = the row in a batch."""
+    model, train, _ = built()
+    model.eval()
+    batch = _batch(train)
+    seq, lengths = batch["item_id_list"], batch["item_length"]
+    with torch.no_grad():
+        model.length_buckets = 8
+        together = model.forward(seq, lengths)
+        model.length_buckets = 1
+        assert torch.allclose(model.forward(seq, lengths), together, atol=1e-5)
+        alone = torch.cat([model.forward(seq[i:i + 1], lengths[i:i + 1]) for i in range(4)])
+    model.length_buckets = 8
+    assert len(model._length_buckets(lengths)) > 1
+    assert torch.allclose(alone, together[:4], atol=1e-5)
+
+
+def test_inductive_and_transductive_parameter_sets(built):
+    inductive = {n for n, _ in built(mode="inductive")[0].named_parameters()}
+    transductive = {n for n, _ in built(mode="transductive")[0].named_parameters()}
+    assert transductive - inductive == {"item_embedding.weight"} and inductive <= transductive
+    assert {"moe_adaptor.whitening_bias", "moe_adaptor.whitening_weight", "moe_adaptor.gate.weight",
+            "moe_adaptor.noise.weight", "position_embedding.weight"} <= inductive
+    assert any(n.startswith("trm_encoder.layer.1.") for n in inductive)  # 2 layers
+
+
+def _grads(model, batch):
+    model.train()
+    model.zero_grad()
+    loss = model.calculate_loss(batch)
+    sum(loss).backward() if isinstance(loss, tuple) else loss.backward()
+    return {n: p.grad for n, p in model.named_parameters()}
+
+
+def test_gradients_reach_adaptor_and_transformer(built):
+    model, train, _ = built(mode="transductive")
+    grads = _grads(model, _batch(train))
+    for name in ("moe_adaptor.whitening_bias", "moe_adaptor.whitening_weight", "moe_adaptor.gate.weight",
+                 "moe_adaptor.noise.weight", "item_embedding.weight", "position_embedding.weight",
+                 "trm_encoder.layer.0.multi_head_attention.query.weight",
+                 "trm_encoder.layer.1.feed_forward.dense_1.weight", "LayerNorm.weight"):
+        assert grads[name] is not None and grads[name].abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("mode", ["inductive", "transductive"])
+def test_adaptor_only_freezes_everything_else(built, mode):
+    model, train, _ = built(mode=mode)
+    trainable = model.freeze_for_finetune()
+    grads = _grads(model, _batch(train))
+    moe = {n for n in grads if n.startswith("moe_adaptor.")}
+    expected = moe | ({"item_embedding.weight"} if mode == "transductive" else set())
+    assert {n for n, g in grads.items() if g is not None and g.abs().sum() > 0} == expected
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == expected
+    assert trainable == sum(p.numel() for n, p in model.named_parameters() if n in expected)
+
+
+def test_finetune_loss_is_cross_entropy_over_all_real_items(built):
+    """l = -log softmax_i(cos(s, v_i) / tau) over items 1..N-1 (0 is padding, never a candidate)."""
+    model, train, _ = built(mode="inductive")
+    batch = _batch(train)
+    model.eval()
+    with torch.no_grad():
+        seq = model.forward(batch["item_id_list"], batch["item_length"])
+        cosine = F.normalize(seq, dim=-1) @ F.normalize(model.item_representations()[1:], dim=-1).T
+        expected = F.cross_entropy(cosine / 0.07, batch["item_id"] - 1)
+        assert torch.isclose(model.calculate_loss(batch), expected, atol=1e-5)
+
+
+def test_pretrain_loss_parts(built):
+    model, train, _ = built(stage="pretrain", mode="inductive", loss_candidates="batch")
+    batch = _batch(train)
+    model.train()
+    loss_si, loss_ss = model.calculate_loss(batch)
+    assert torch.isfinite(loss_si) and torch.isfinite(loss_ss) and 0 < loss_ss < model.lam * 2 * len(batch)
+    grads = _grads(model, batch)
+    assert grads["moe_adaptor.whitening_weight"].abs().sum() > 0
+
+
+def test_augmented_view_differs_and_keeps_lengths_valid(built):
+    model, train, _ = built(stage="pretrain", item_drop_ratio=0.5, item_drop_coefficient=1.0)
+    batch = _batch(train)
+    model.eval()  # no dropout: the only randomness is the augmentation
+    with torch.no_grad():
+        plain = F.normalize(model.forward(batch["item_id_list"], batch["item_length"]), dim=-1)
+        view = F.normalize(model.augmented_view(batch["item_id_list"], batch["item_length"]), dim=-1)
+        model.item_drop_coefficient = 0.0  # feature dropout only
+        features = F.normalize(model.augmented_view(batch["item_id_list"], batch["item_length"]), dim=-1)
+    assert torch.isfinite(view).all() and ((plain * view).sum(-1) < 1 - 1e-4).any()
+    assert ((plain * features).sum(-1) < 1 - 1e-4).all()
+
+
+def test_loss_decreases_on_demo_data(tmp_path):
+    """A few optimiser steps on one Demo-D batch reduce the fine-tuning loss."""
+    from missrec_recbole.data.demo import ensure_demo_dataset
+
+    ensure_demo_dataset(tmp_path / "data", ["Demo-D"])
+    config = build_config("Demo-D", config_dict=tiny_overrides(512, data_path=str(tmp_path / "data"),
+                                                               checkpoint_dir=str(tmp_path)), model_class=UniSRec)
+    dataset = MISSRecDataset(config)
+    train, _, _ = data_preparation(config, dataset)
+    torch.manual_seed(0)
+    model = UniSRec(config, dataset)
+    batch = _batch(train)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(15):
+        optimizer.zero_grad()
+        loss = model.calculate_loss(batch)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_pretrain_then_finetune_other_item_count(tmp_path):
+    """Checkpoint from a 40-item dataset loads into a 55-item one; adaptor-only keeps the encoder fixed."""
+    write_dataset(tmp_path, "Source", n_items=40, seed=1)
+    write_dataset(tmp_path, "Target", n_items=55, seed=2)
+    overrides = tiny_overrides(checkpoint_dir=str(tmp_path / "saved"), epochs=1)
+    pre = run_unisrec("Source", stage="pretrain", mode="inductive", config_dict=overrides, data_path=tmp_path)
+    assert pre["checkpoint"].endswith("UniSRec-Source-inductive-epoch1.pth")
+    weights = read_checkpoint(pre["checkpoint"])["state_dict"]
+    assert "item_embedding.weight" not in weights and "text_features" not in weights
+
+    result = run_unisrec("Target", stage="finetune", mode="transductive", pretrained=pre["checkpoint"],
+                         config_dict=overrides, data_path=tmp_path)
+    assert result["model"] == "UniSRec" and result["pretrained"] == pre["checkpoint"]
+    assert set(result["test"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
+    assert result["best_epoch"] == 0 and result["epochs"] == 1 and result["seconds_per_epoch"] > 0
+    moe = sum(w.numel() for k, w in weights.items() if k.startswith("moe_adaptor."))
+    best = torch.load(result["model_file"], map_location="cpu", weights_only=False)["state_dict"]
+    n_target = best["item_embedding.weight"].shape[0]
+    assert n_target > 40  # more items than the pre-training data (at most 39 + padding)
+    assert result["trainable_parameters"] == moe + n_target * 32  # adaptor + ID embedding
+    for key in ("position_embedding.weight", "trm_encoder.layer.1.feed_forward.dense_2.weight", "LayerNorm.bias"):
+        assert torch.equal(best[key], weights[key]), key  # frozen: exactly the pre-trained weights
+    assert not torch.equal(best["moe_adaptor.whitening_weight"], weights["moe_adaptor.whitening_weight"])
+
+    with pytest.raises(CheckpointError, match="hidden_size"):
+        run_unisrec("Target", stage="finetune", mode="inductive", pretrained=pre["checkpoint"],
+                    config_dict={**overrides, "hidden_size": 16}, data_path=tmp_path)
