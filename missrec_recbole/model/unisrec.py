@@ -113,13 +113,17 @@ class UniSRec(SequentialRecommender):
         self._item_cache = None
 
     # Shared with MISSRec: RecBole's weight init; item drop (>= 1 item kept, order kept, left-aligned);
-    # adaptor-only freezing by FINETUNE_TRAINABLE prefixes; trainable count; weights without the ID embedding.
+    # trainable-parameter count; weights without the ID embedding (what a checkpoint transfers).
     _init_weights = MISSRec._init_weights
     _item_drop = MISSRec._item_drop
     _length_buckets = MISSRec._length_buckets
-    freeze_for_finetune = MISSRec.freeze_for_finetune
     trainable_parameters = MISSRec.trainable_parameters
     transferable_state_dict = MISSRec.transferable_state_dict
+
+    def freeze_for_finetune(self) -> int:
+        """Parameter-efficient fine-tuning (paper): train only the MoE adaptor (+ the ID embedding when
+        transductive); the Transformer, position embedding and input LayerNorm stay fixed. Returns the trainable count."""
+        return MISSRec.freeze_for_finetune(self)  # by the FINETUNE_TRAINABLE prefixes
 
     # ------------------------------------------------------------------ items
     def item_representations(self, items=None, feature_drop: float = 0.0) -> torch.Tensor:
@@ -129,11 +133,12 @@ class UniSRec(SequentialRecommender):
         item's feature entries (item-level feature dropout, the L_SS augmentation).
         """
         if items is None:
-            if not self.training and self._item_cache is not None:
+            cached = not self.training and feature_drop == 0
+            if cached and self._item_cache is not None:
                 return self._item_cache
             everything = torch.arange(self.n_items, device=self.text_features.device)
             result = self._represent(everything, feature_drop)
-            if not self.training:
+            if cached:
                 self._item_cache = result
             return result
         distinct, inverse = torch.unique(items, return_inverse=True)
