@@ -1,0 +1,194 @@
+"""The benchmark runner (missrec_recbole.bench): a reduced --quick run on a tiny dataset, resumability,
+the user split, and the tie rule shared by SASRec's and MISSRec's evaluation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from missrec_recbole import bench
+from missrec_recbole.data.split_users import dataset_users, split_users
+from tests.conftest import write_dataset
+
+METRICS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
+TIED = [10, 11, 12, 13]  # items with identical text and image features: inductive scores tie exactly
+ROWS = ["SASRec", "MISSRec scratch inductive", "MISSRec pre-trained transductive", "UniSRec pre-trained inductive"]
+SMALL = ["--text_dim=16", "--image_dim=16", "--train_batch_size=64", "--eval_batch_size=64", "--dpc_k=3",
+         "--faiss_threads=1", "--pretrain.epochs=1", "--pretrain.train_batch_size=64", "--pretrain.save_step=1"]
+
+
+def tiny_with_ties(root):
+    folder = write_dataset(root, "Tiny", n_items=80, n_users=40, dim=16)
+    for suffix in ("feat1CLS", "feat3CLS"):
+        path = folder / f"Tiny.{suffix}"
+        features = np.fromfile(path, dtype="<f4").reshape(80, 16)
+        features[TIED] = features[TIED[0]] if suffix == "feat1CLS" else np.abs(features[TIED[0]]) + 0.1
+        features.tofile(path)
+    with open(folder / "Tiny.user2index", "w") as handle:
+        handle.writelines(f"U{u}\t{u}\n" for u in range(40))
+    return folder
+
+
+def bench_args(root, *extra):
+    return ["--quick", "-d", "Tiny", f"--data_path={root / 'data'}", f"--out_dir={root / 'results'}",
+            f"--work_dir={root / 'work'}", "--no_progress", "--log_level=WARNING", "--rows=" + ",".join(ROWS),
+            *SMALL, *extra]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    tiny_with_ties(root / "data")
+    first = bench.main(bench_args(root))
+    return root, first
+
+
+def test_results_json_structure(quick_run):
+    root, first = quick_run
+    data = json.loads((root / "results" / "results.json").read_text())
+    assert data["dataset"] == "Tiny" and data["seeds"] == [2020] and data["machine"]["cores"]
+    assert data["split"]["users"] == {"pre": 20, "eval": 20}
+    runs = {(r["table"], r["row"]): r for r in data["runs"]}
+    expected = {(t, name) for t in bench.TABLES for name in ROWS if t == "pretrained" or "pre-trained" not in name}
+    assert set(runs) == expected
+    assert first["launched"] == len(expected) + 2  # + pre-training MISSRec and UniSRec once
+    for (table, name), run in runs.items():
+        assert run["status"] == "ok", run.get("message")
+        assert run["dataset"] == ("Tiny-eval" if table == "pretrained" else "Tiny")
+        assert run["seed"] == 2020 and len(run["config_hash"]) == 12 and run["command"].startswith("python -m")
+        for split in ("valid", "test"):
+            assert set(run[split]) == set(METRICS)
+        assert run["best_epoch"] in (0, 1) and run["epochs"] == 2
+        assert run["seconds_per_epoch"] > 0 and run["train_seconds_per_epoch"] > 0
+        assert run["peak_rss_bytes"] > 100 * 2**20 and run["trainable_parameters"] > 0
+        assert (run["interest_refresh_seconds"] is not None) == name.startswith("MISSRec")
+    assert {p["kind"] for p in data["pretraining"]} == {"missrec", "unisrec"}
+    pre_trained = runs[("pretrained", "MISSRec pre-trained transductive")]
+    assert pre_trained["pretrained_checkpoint"].endswith(".pth")
+
+
+def test_results_md_and_ranks(quick_run):
+    root, _ = quick_run
+    text = (root / "results" / "results.md").read_text()
+    for name in ROWS:
+        assert f"| {name} | 1 | " in text
+    assert "Table 1" in text and "Table 2" in text and "python -m missrec_recbole.bench --quick" in text
+    assert "## Cost" in text and "## Quality target" in text
+    ranks = np.load(root / "results" / "ranks.npz")
+    data = json.loads((root / "results" / "results.json").read_text())
+    for run in data["runs"]:
+        assert len(ranks[f"{run['key']}|rank"]) == (20 if run["table"] == "pretrained" else 40)
+
+
+def test_second_invocation_runs_nothing(quick_run):
+    root, _ = quick_run
+    before = (root / "results" / "results.json").read_text()
+    again = bench.main(bench_args(root))
+    assert again["launched"] == 0 and again["counts"] == {"skipped": 6}
+    assert json.loads(before)["runs"] == json.loads((root / "results" / "results.json").read_text())["runs"]
+
+
+def test_ranks_follow_the_pessimistic_tie_rule(quick_run):
+    """RecBole's reported test metrics equal those of ranks = #items scoring >= the target, for every
+    model, and the inductive MISSRec (tied items) puts tied targets after their ties."""
+    root, _ = quick_run
+    data = json.loads((root / "results" / "results.json").read_text())
+    for run in data["runs"]:
+        assert run["ranks_vs_metrics"] < 1e-4, run["row"]
+
+
+def test_user_split(quick_run):
+    root, _ = quick_run
+    source, halves = root / "data" / "Tiny", root / "work" / "datasets"
+    users = set(dataset_users(source, "Tiny"))
+    pre, held = set(dataset_users(halves / "Tiny-pre", "Tiny-pre")), set(dataset_users(halves / "Tiny-eval", "Tiny-eval"))
+    assert not pre & held and pre | held == users and len(pre) == len(held)
+    for suffix in ("feat1CLS", "feat3CLS", "item2index"):
+        original = (source / f"Tiny.{suffix}").read_bytes()
+        assert (halves / "Tiny-pre" / f"Tiny-pre.{suffix}").read_bytes() == original
+        assert (halves / "Tiny-eval" / f"Tiny-eval.{suffix}").read_bytes() == original
+    for split in ("train", "valid", "test"):
+        rows = (source / f"Tiny.{split}.inter").read_text().splitlines()[1:]
+        pre_rows = (halves / "Tiny-pre" / f"Tiny-pre.{split}.inter").read_text().splitlines()[1:]
+        eval_rows = (halves / "Tiny-eval" / f"Tiny-eval.{split}.inter").read_text().splitlines()[1:]
+        assert sorted(pre_rows + eval_rows) == sorted(rows)
+    mapped = [line.split("\t")[1] for h in ("pre", "eval")
+              for line in (halves / f"Tiny-{h}" / f"Tiny-{h}.user2index").read_text().splitlines()]
+    assert sorted(mapped, key=int) == [str(u) for u in range(40)]
+
+
+def test_split_is_seeded(tmp_path):
+    write_dataset(tmp_path / "data", "Tiny", n_users=30)
+    a = split_users("Tiny", tmp_path / "data", tmp_path / "a", seed=1)
+    b = split_users("Tiny", tmp_path / "data", tmp_path / "b", seed=1)
+    c = split_users("Tiny", tmp_path / "data", tmp_path / "c", seed=2)
+    users = {name: dataset_users(tmp_path / name / "Tiny-pre", "Tiny-pre") for name in "abc"}
+    assert users["a"] == users["b"] != users["c"] and a["users"] == {"pre": 15, "eval": 15}
+    assert split_users("Tiny", tmp_path / "data", tmp_path / "a", seed=1)["reused"]
+    assert b["reused"] is False and c["reused"] is False
+
+
+class ConstantScores(torch.nn.Module):
+    """Stand-in model: every item gets the same score (all targets tie with every item)."""
+
+    def __init__(self, n_items):
+        super().__init__()
+        self.n_items = n_items
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def full_sort_predict(self, interaction):
+        return torch.zeros(len(interaction), self.n_items) + self.weight
+
+
+def test_sasrec_and_missrec_trainers_share_the_tie_rule(tmp_path):
+    from recbole.data import create_dataset, data_preparation
+
+    from missrec_recbole.quick_start import build_config, prepare_data
+    from missrec_recbole.trainer import MISSRecTrainer
+    from tests.conftest import tiny_overrides
+
+    write_dataset(tmp_path, "Tiny", n_items=80)
+    overrides = tiny_overrides(data_path=str(tmp_path), checkpoint_dir=str(tmp_path / "saved"), topk=[10, 50])
+    ranks = {}
+    for name, config, loaders, trainer_class in (
+            ("sasrec", bench.sasrec_config("Tiny", config_dict=overrides), None, bench.tie_rule_trainer()),
+            ("missrec", build_config("Tiny", config_dict=overrides), prepare_data, MISSRecTrainer)):
+        if loaders is None:
+            _, _, test_data = data_preparation(config, create_dataset(config))
+        else:
+            _, _, _, test_data = loaders(config)
+        model = ConstantScores(test_data._dataset.item_num)
+        trainer = bench.recording(trainer_class)(config, model)
+        result = trainer.evaluate(test_data, load_best_model=False)
+        # all items tie: every target ranks last (after all > 50 items), not wherever torch.topk puts it
+        assert result["recall@10"] == 0 and result["recall@50"] == 0 and result["ndcg@50"] == 0
+        ranks[name] = trainer.cases["rank"]
+        assert (ranks[name] == test_data._dataset.item_num - 1).all()  # internal id 0 is padding
+    assert (ranks["sasrec"] == ranks["missrec"]).all()
+
+
+def test_metrics_from_ranks():
+    out = bench.metrics_from_ranks([1, 3, 11, 60])
+    assert out["recall@10"] == 0.5 and out["recall@50"] == 0.75
+    assert out["ndcg@10"] == pytest.approx((1 + 1 / np.log2(4)) / 4)
+
+
+def test_quick_defaults_and_unavailable_kind(monkeypatch, tmp_path):
+    args, overrides, pretrain = bench.parse_args(["--quick"])
+    assert args.dataset == "Demo-D" and args.seed_list == [2020] and overrides == bench.QUICK_SETTINGS
+    assert pretrain == bench.QUICK_PRETRAIN
+    args, _, _ = bench.parse_args(["-d", "X", "--seeds", "3", "--epochs=4"])
+    assert args.seed_list == [2020, 2021, 2022]
+
+    def unavailable():
+        raise bench.Unavailable("UniSRec not available: test")
+
+    monkeypatch.setitem(bench.RUN_KINDS, "unisrec", bench.RunKind("UniSRec", None, None, unavailable))
+    tiny_with_ties(tmp_path / "data")
+    out = bench.main(bench_args(tmp_path, "--rows=UniSRec scratch inductive", "--tables=full"))
+    assert out["launched"] == 0 and out["counts"] == {"unavailable": 1}
+    text = (tmp_path / "results" / "results.md").read_text()
+    assert "| UniSRec scratch inductive | 0 | unavailable: UniSRec not available: test |" in text
