@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import hashlib
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -355,6 +357,7 @@ def write_json(path: Path, data) -> None:
     atomic_write(path, lambda h: h.write(json.dumps(data, indent=1, default=float).encode("utf-8")))
 
 
+@functools.lru_cache(maxsize=None)
 def fingerprint(folder: Path, name: str) -> str:
     """Content hash of a dataset's files (inter, features, maps)."""
     digest = hashlib.sha256()
@@ -436,6 +439,7 @@ class Suite:
     results: Results
     log_dir: Path
     launched: int = 0
+    progress: object = print  # receives each epoch line of the running training's log
 
     def dataset_of(self, table: str) -> tuple[str, Path]:
         if table == "pretrained":
@@ -473,7 +477,8 @@ def launch(suite: Suite, spec: dict, label: str) -> tuple[dict, dict | None]:
         command = [sys.executable, "-m", "missrec_recbole.bench", "_worker", str(spec_file), str(out_file)]
         with open(log, "w", encoding="utf-8") as handle:
             output = None if suite.args.verbose else handle
-            code = subprocess.run(command, cwd=suite.args.work_dir, env=env, stdout=output, stderr=output).returncode
+            process = subprocess.Popen(command, cwd=suite.args.work_dir, env=env, stdout=output, stderr=output)
+            code = follow(process, log, suite.progress)
         if code != 0 or not out_file.is_file():
             tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
             raise RuntimeError(f"exit code {code}; log {log}:\n" + "\n".join(tail))
@@ -484,16 +489,48 @@ def launch(suite: Suite, spec: dict, label: str) -> tuple[dict, dict | None]:
     return record, cases
 
 
+def _check(kind: str) -> None:
+    if RUN_KINDS[kind].check is not None:
+        RUN_KINDS[kind].check()
+
+
+def pretrain_key(suite: Suite, kind: str) -> str:
+    """Pre-training is done once per model kind, settings and data, with the first seed."""
+    inputs = _hash_inputs(suite, kind, suite.split["pre"], suite.split_path,
+                          {**suite.overrides, **suite.pretrain_overrides}, seed=suite.args.seed_list[0])
+    return f"pretrain|{kind}|{config_hash(inputs)}"
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def follow(process, log: Path, progress, every: float = 2.0) -> int:
+    """Wait for ``process``, passing each new RecBole epoch line of its log to ``progress``; returns its exit code."""
+    position = 0
+    while True:
+        code = process.poll()
+        with open(log, "rb") as handle:
+            handle.seek(position)
+            data = handle.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        position += len(complete)
+        for line in ANSI.sub("", complete.decode("utf-8", errors="replace")).splitlines():
+            if " epoch " in line and ("training" in line or "evaluating" in line):
+                progress(line.split("INFO", 1)[-1].strip())
+        if code is not None:
+            return code
+        time.sleep(every)
+
+
 def ensure_pretrained(suite: Suite, kind: str) -> str:
     """Checkpoint of ``kind`` pre-trained on the pre-training half (trained once, then reused)."""
     dataset, data_path = suite.split["pre"], suite.split_path
     settings = {**suite.overrides, **suite.pretrain_overrides}
-    key_inputs = _hash_inputs(suite, kind, dataset, data_path, settings, seed=suite.args.seed_list[0])
-    key = f"pretrain|{kind}|{config_hash(key_inputs)}"
+    key = pretrain_key(suite, kind)
     done = suite.results.find("pretraining", key)
     if done and Path(done["checkpoint"]).is_file():
         return done["checkpoint"]
-    RUN_KINDS[kind].check and RUN_KINDS[kind].check()
+    _check(kind)
     say(f"pre-training {RUN_KINDS[kind].label} on {dataset} (log: {suite.log_dir})")
     spec = _spec(suite, "pretrain", kind, dataset, data_path, suite.args.seed_list[0], settings, mode="inductive")
     spec["config_dict"]["checkpoint_dir"] = str(suite.args.work_dir / "saved" / key.replace("|", "-"))
@@ -509,10 +546,7 @@ def run_row(suite: Suite, row: Row, seed: int) -> str:
     """Train/evaluate one row for one seed unless results.json has it; returns ok|skipped|unavailable|failed."""
     dataset, data_path = suite.dataset_of(row.table)
     settings = {**(SASREC_SETTINGS if row.kind == "sasrec" else {}), **suite.overrides}
-    pre_key = None
-    if row.pretrained:
-        pre_key = config_hash(_hash_inputs(suite, row.kind, suite.split["pre"], suite.split_path,
-                                           {**suite.overrides, **suite.pretrain_overrides}))
+    pre_key = pretrain_key(suite, row.kind) if row.pretrained else None
     digest = config_hash(_hash_inputs(suite, row.kind, dataset, data_path, settings, mode=row.mode,
                                       pretrained=pre_key))
     key = f"{row.table}|{row.name}|{seed}|{digest}"
@@ -523,7 +557,7 @@ def run_row(suite: Suite, row: Row, seed: int) -> str:
             "date": now(), "command": suite.args.command, "machine": suite.results.data["machine"],
             "code": suite.results.data["code"]}
     try:
-        RUN_KINDS[row.kind].check and RUN_KINDS[row.kind].check()
+        _check(row.kind)
         checkpoint = ensure_pretrained(suite, row.kind) if row.pretrained else None
         spec = _spec(suite, "finetune", row.kind, dataset, data_path, seed, settings, row.mode, checkpoint)
         record, cases = launch(suite, spec, f"{row.table}-{row.name}-{seed}")
@@ -563,6 +597,8 @@ def run_suite(suite: Suite, rows) -> dict:
     bar = tqdm(plan, desc="bench", unit="run", file=sys.stderr, disable=suite.args.no_progress)
     for row, seed in bar:
         bar.set_postfix_str(f"{row.table}: {row.name}, seed {seed}")
+        suite.progress = lambda line, row=row, seed=seed: bar.set_postfix_str(
+            f"{row.table}: {row.name}, seed {seed}: {line}")
         start = time.time()
         status = run_row(suite, row, seed)
         counts[status] = counts.get(status, 0) + 1
@@ -743,8 +779,9 @@ def longtail_series(data: dict, ranks: Results, table: str, n_buckets: int = 5):
         return np.array([mean_hits[bucket == b].mean() if counts[b] else np.nan for b in range(len(labels))])
 
     base = recall(per_row["SASRec"])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        relative = {row: recall(hits) / base for row, hits in per_row.items() if row != "SASRec"}
+    with np.errstate(divide="ignore", invalid="ignore"):  # SASRec at 0 in a bucket: no ratio (nan)
+        relative = {row: np.where(base > 0, recall(hits) / base, np.nan) for row, hits in per_row.items()
+                    if row != "SASRec"}
     return labels, counts, relative
 
 
@@ -761,7 +798,7 @@ def plot_longtail(data: dict, ranks: Results, path: Path) -> str:
     series = {t: s for t, s in series.items() if s is not None}
     if not series:
         return "longtail.png skipped: no SASRec run with per-case ranks yet"
-    fig, axes = plt.subplots(1, len(series), figsize=(7 * len(series), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(series), figsize=(7 * len(series), 6), squeeze=False)
     for ax, (table, (labels, counts, relative)) in zip(axes[0], series.items()):
         x = np.arange(len(labels))
         ax.bar(x, counts, color="#d9d9d9", label="test cases")
@@ -778,7 +815,7 @@ def plot_longtail(data: dict, ranks: Results, path: Path) -> str:
             right.set_yscale("log")
         right.set_ylabel("Recall@10 relative to SASRec")
         if relative:
-            right.legend(fontsize=7, loc="upper right")
+            right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     fig.tight_layout()
     atomic_write(path, lambda h: fig.savefig(h, format="png", dpi=110))
     plt.close(fig)

@@ -125,6 +125,7 @@ def split_users(name: str, data_path, out_path, seed: int = 2020, pre_ratio: flo
             info["rows"][half] = _write_half(folder, name, names[half], set(half_users), tmp_dir)
             marker = {**key, "half": half, "users": info["users"], "rows": info["rows"][half]}
             (tmp_dir / MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
+            os.chmod(tmp_dir, 0o755)  # mkdtemp creates 0o700
             final = out_path / names[half]
             if final.exists():
                 shutil.rmtree(final)
