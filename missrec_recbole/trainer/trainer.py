@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import time
@@ -16,6 +17,7 @@ from missrec_recbole.trainer import distributed
 from missrec_recbole.trainer.checkpoint import CheckpointError, read_checkpoint, save_pretrained
 
 RESUME_FORMAT = "missrec-recbole-resume/1"
+_RUN_NUMBER = itertools.count()  # tells apart runs of one process started within the same second
 
 
 def rng_state(train_data) -> dict:
@@ -79,13 +81,21 @@ class MISSRecTrainer(Trainer):
         self.optimizer = self._build_optimizer(params=trainable)
         self.logger.info(set_color("Trainable parameters", "blue") + f": {sum(p.numel() for p in trainable)}")
         self.tie_rule = config["tie_rule"]
-        name = f"MISSRec-{config['dataset']}-{config['mode']}-{get_local_time()}-{os.getpid()}.pth"
+        name = f"{self.run_name}-{get_local_time()}-{os.getpid()}-{next(_RUN_NUMBER)}.pth"
         self.saved_model_file = distributed.broadcast(os.path.join(self.checkpoint_dir, name))
         self.interest_refresh_seconds = []
         self.logger.info(f"Resume checkpoint (rewritten every epoch): {self.resume_file}")
 
+    @property
+    def run_name(self) -> str:
+        """``<model>-<dataset>-<mode>``: the prefix of every file this trainer writes."""
+        return f"{self.config['model']}-{self.config['dataset']}-{self.config['mode']}"
+
     def refresh_interests(self, epoch_idx) -> None:
-        """DPC-KNN on rank 0, broadcast to the others: every rank uses the identical map."""
+        """DPC-KNN on rank 0, broadcast to the others: every rank uses the identical map.
+        Models without interests (baselines trained with this trainer) skip it."""
+        if not hasattr(self.model, "refresh_interests"):
+            return
         start = time.time()
         info = self.model.refresh_interests() if distributed.is_main() else None
         if distributed.active():
@@ -159,7 +169,7 @@ class MISSRecTrainer(Trainer):
         return interaction, scores, positive_u, positive_i
 
     def pretrain_checkpoint_path(self, epoch: int) -> str:
-        name = f"MISSRec-{self.config['dataset']}-{self.config['mode']}-epoch{epoch}.pth"
+        name = f"{self.run_name}-epoch{epoch}.pth"
         return os.path.join(self.checkpoint_dir, name)
 
     def pretrain(self, train_data, verbose=True, show_progress=False) -> list[str]:
