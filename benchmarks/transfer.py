@@ -60,15 +60,16 @@ def main(argv=None) -> int:
     ap.add_argument("--pretrain", nargs="+", default=["Demo-A", "Demo-B"])
     ap.add_argument("--target", default="Demo-C")
     ap.add_argument("--pretrain_epochs", type=int, default=10)
+    ap.add_argument("--checkpoint", help="use this pre-trained checkpoint instead of pre-training")
     ap.add_argument("--seeds", type=int, nargs="+", default=[2023, 2024, 2025])
     ap.add_argument("--data_path", default=str(ROOT / "dataset"))
     ap.add_argument("--out", default=None)
     args, rest = ap.parse_known_args(argv)
     overrides = {"data_path": args.data_path, "state": "WARNING", **parse_overrides(rest)}
     start = time.time()
-    checkpoint = pretrain(args.pretrain, [str(PROPS / "demo-pretrain.yaml")],
-                          {**overrides, "epochs": args.pretrain_epochs, "save_step": args.pretrain_epochs})[-1]
-    pretrain_s = time.time() - start
+    checkpoint = args.checkpoint or pretrain(args.pretrain, [str(PROPS / "demo-pretrain.yaml")], {
+        **overrides, "epochs": args.pretrain_epochs, "save_step": args.pretrain_epochs})[-1]
+    pretrain_s = None if args.checkpoint else round(time.time() - start)
     files = [str(PROPS / "demo-finetune.yaml")]
     runs: dict[str, list] = {}
     for seed in args.seeds:
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"transfer_{args.target}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "pretrain": args.pretrain, "target": args.target,
-                               "pretrain_epochs": args.pretrain_epochs, "pretrain_seconds": round(pretrain_s),
+                               "pretrain_epochs": args.pretrain_epochs, "pretrain_seconds": pretrain_s, "checkpoint": checkpoint,
                                "seeds": args.seeds, "overrides": {k: v for k, v in overrides.items() if k != "data_path"},
                                "table": table,
                                "runs": {row: [{k: r[k] for k in ("valid", "test", "best_epoch", "epochs")} for r in results]
