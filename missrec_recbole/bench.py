@@ -267,6 +267,17 @@ def _unisrec_runner():
                       "missrec_recbole.baselines (the baseline has not landed yet)")
 
 
+def _unisrec_config(spec) -> dict:
+    """run_unisrec takes no config files: their keys go into its config dict (which still wins)."""
+    import yaml
+
+    merged = {}
+    for path in spec["config_files"]:
+        with open(path, encoding="utf-8") as handle:
+            merged.update(yaml.safe_load(handle) or {})
+    return {**merged, **spec["config_dict"]}
+
+
 def run_unisrec(spec):
     runner = _unisrec_runner()
     module = sys.modules[runner.__module__]
@@ -274,14 +285,13 @@ def run_unisrec(spec):
     if trainer_class is not None:  # run_unisrec takes no trainer class: record through the one it uses
         module.BaselineTrainer = recording(trainer_class)
     result = runner(spec["dataset"], stage="finetune", mode=spec["mode"], pretrained=spec["pretrained"],
-                               config_dict=spec["config_dict"], data_path=spec["config_dict"]["data_path"])
+                    config_dict=_unisrec_config(spec))
     return result, RecordingTrainer.last if trainer_class is not None else None
 
 
 def pretrain_unisrec(spec) -> str:
-    result = _unisrec_runner()(spec["dataset"], stage="pretrain", mode="inductive", config_dict=spec["config_dict"],
-                               data_path=spec["config_dict"]["data_path"])
-    return result["checkpoints"][-1] if isinstance(result, dict) else result[-1]
+    result = _unisrec_runner()(spec["dataset"], stage="pretrain", mode="inductive", config_dict=_unisrec_config(spec))
+    return result["checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -599,13 +609,12 @@ def run_suite(suite: Suite, rows) -> dict:
         bar.set_postfix_str(f"{row.table}: {row.name}, seed {seed}")
         suite.progress = lambda line, row=row, seed=seed: bar.set_postfix_str(
             f"{row.table}: {row.name}, seed {seed}: {line}")
-        start = time.time()
         status = run_row(suite, row, seed)
         counts[status] = counts.get(status, 0) + 1
         if status == "ok":
             run = suite.results.data["runs"][-1]
             say(f"{row.table} / {row.name} / seed {seed}: test NDCG@10 {run['test']['ndcg@10']:.4f}, "
-                f"{run['epochs']} epochs, {time.time() - start:.0f}s")
+                f"{run['epochs']} epochs, {run['wall_seconds']:.0f}s")
         elif status == "unavailable":
             say(f"{row.table} / {row.name} / seed {seed}: {suite.results.data['runs'][-1]['message']}")
     bar.close()

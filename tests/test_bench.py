@@ -3,6 +3,7 @@ the user split, and the tie rule shared by SASRec's and MISSRec's evaluation."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -77,6 +78,8 @@ def test_results_md_and_ranks(quick_run):
         assert f"| {name} | 1 | " in text
     assert "Table 1" in text and "Table 2" in text and "python -m missrec_recbole.bench --quick" in text
     assert "## Cost" in text and "## Quality target" in text
+    plotted = (root / "results" / "longtail.png").is_file()
+    assert plotted == (importlib.util.find_spec("matplotlib") is not None)
     ranks = np.load(root / "results" / "ranks.npz")
     data = json.loads((root / "results" / "results.json").read_text())
     for run in data["runs"]:
