@@ -468,10 +468,18 @@ def _spec(suite: Suite, action: str, kind: str, dataset: str, data_path: Path, s
             "show_progress": suite.args.verbose}
 
 
+def _file_hashes(paths) -> dict:
+    return {Path(f).name: hashlib.sha256(Path(f).read_bytes()).hexdigest()[:12] for f in paths}
+
+
 def _hash_inputs(suite: Suite, kind: str, dataset: str, data_path: Path, settings: dict, **extra) -> dict:
-    files = {Path(f).name: hashlib.sha256(Path(f).read_bytes()).hexdigest()[:12] for f in suite.args.config_files}
-    return {"bench": BENCH_VERSION, "kind": kind, "dataset": dataset,
-            "data": fingerprint(data_path / dataset, dataset), "settings": settings, "config_files": files, **extra}
+    """What identifies a run besides its seed: data content, props/*.yaml and extra YAML contents, overrides.
+    (The code version is recorded per run, not hashed.)"""
+    from missrec_recbole.quick_start import PROPS
+
+    return {"bench": BENCH_VERSION, "kind": kind, "dataset": dataset, "data": fingerprint(data_path / dataset, dataset),
+            "settings": settings, "props": _file_hashes(sorted(PROPS.glob("*.yaml"))),
+            "config_files": _file_hashes(suite.args.config_files), **extra}
 
 
 def launch(suite: Suite, spec: dict, label: str) -> tuple[dict, dict | None]:
