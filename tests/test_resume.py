@@ -20,8 +20,9 @@ from missrec_recbole.trainer import CheckpointError, MISSRecTrainer, read_checkp
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _trainer(tiny_config, epochs, stage="finetune"):
-    extra = dict(mode="inductive", loss_candidates="batch") if stage == "pretrain" else {}
+def _trainer(tiny_config, epochs, stage="finetune", **extra):
+    if stage == "pretrain":
+        extra.update(mode="inductive", loss_candidates="batch")
     config = tiny_config(stage=stage, epochs=epochs, stopping_step=100, **extra)
     init_seed(config["seed"], config["reproducibility"])
     dataset = MISSRecDataset(config)
@@ -35,16 +36,19 @@ def _params(trainer):
     return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
 
 
-def test_two_plus_two_epochs_equal_four(tiny_config):
-    straight, train, valid, test = _trainer(tiny_config, 4)
+@pytest.mark.parametrize("dpc_mode", ["exact", "approx"])
+def test_two_plus_two_epochs_equal_four(tiny_config, dpc_mode):
+    straight, train, valid, test = _trainer(tiny_config, 4, dpc_mode=dpc_mode)
     straight.fit(train, valid, saved=True)
     expected, expected_result = _params(straight), straight.evaluate(test, load_best_model=True)
 
-    first, train, valid, _ = _trainer(tiny_config, 2)
+    first, train, valid, _ = _trainer(tiny_config, 2, dpc_mode=dpc_mode)
     first.fit(train, valid, saved=True)
     assert read_checkpoint(first.resume_file)["next_epoch"] == 2
+    if dpc_mode == "approx":
+        assert int(read_checkpoint(first.resume_file)["other_parameter"]["dpc_refreshes"]) == 2
 
-    resumed, train, valid, test = _trainer(tiny_config, 4)
+    resumed, train, valid, test = _trainer(tiny_config, 4, dpc_mode=dpc_mode)
     resumed.resume(first.resume_file, train)
     resumed.fit(train, valid, saved=True)
     assert sorted(resumed.train_loss_dict) == [0, 1, 2, 3]
@@ -94,3 +98,18 @@ def test_sigkill_during_pretraining_then_resume(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     final = Path(out.stdout.strip().splitlines()[-1])
     assert final.name == "MISSRec-Demo-A-inductive-epoch2.pth" and read_checkpoint(final)["epoch"] == 2
+
+
+def test_resume_restores_the_warm_start_quantizer(tiny_config):
+    """Approximate DPC-KNN warm-starts from the previous refresh's IVF centroids: they travel with the map."""
+    trainer, train, valid, _ = _trainer(tiny_config, 2, dpc_mode="approx")
+    trainer.fit(train, valid, saved=True)
+    before = trainer.model._dpc_state
+    assert before is not None and before.centroids is not None and before.refreshes == 2
+
+    fresh, train, _, _ = _trainer(tiny_config, 4, dpc_mode="approx")
+    assert fresh.model._dpc_state is None
+    fresh.resume(trainer.resume_file, train)
+    after = fresh.model._dpc_state
+    assert after.refreshes == before.refreshes
+    assert (after.centroids == before.centroids).all()

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
-from missrec_recbole.interests import dpc_knn, n_interests
+from missrec_recbole.interests import DPCKNNState, dpc_knn, n_interests
 from missrec_recbole.interests.assign import nearest_center
 
 MODALITY_INDEX = {"text": 0, "image": 1}
@@ -112,7 +112,7 @@ class MISSRec(SequentialRecommender):
         self.dpc_warm_start = config["dpc_warm_start"] is not False
         if self.dpc_mode not in ("auto", "exact", "approx"):
             raise ValueError(f"config `dpc_mode`: {self.dpc_mode!r} must be auto, exact or approx")
-        self._dpc_state = None  # approximate-mode IVF quantizer of the last refresh (not checkpointed)
+        self._dpc_state = None  # approximate-mode IVF quantizer of the last refresh (see other_parameter)
         self.length_buckets = config["length_buckets"]
         if config["mode"] not in ("inductive", "transductive"):
             raise ValueError(f"config `mode`: {config['mode']!r} must be inductive or transductive")
@@ -194,15 +194,26 @@ class MISSRec(SequentialRecommender):
         self.item_interest = torch.zeros(0, dtype=torch.long)
 
     def other_parameter(self):
-        """The interest map goes into RecBole's checkpoints, so a reloaded best model uses its own map."""
+        """The interest map goes into RecBole's checkpoints, so a reloaded best model uses its own map;
+        so does the approximate mode's warm-start quantizer, so a resumed run refreshes exactly as an
+        uninterrupted one."""
+        state = self._dpc_state
+        centroids = None if state is None else state.centroids
         return {"center_item": self.center_item, "center_modality": self.center_modality,
-                "item_interest": self.item_interest}
+                "item_interest": self.item_interest,
+                "dpc_centroids": torch.zeros(0) if centroids is None else torch.from_numpy(centroids),
+                "dpc_refreshes": torch.tensor(0 if state is None else state.refreshes)}
 
     def load_other_parameter(self, para):
         if para:
             device = self.position_embedding.weight.device
             for key in ("center_item", "center_modality", "item_interest"):
                 setattr(self, key, para[key].to(device))
+            if "dpc_refreshes" in para:  # absent in checkpoints written before it was saved
+                centroids = para["dpc_centroids"].cpu().numpy()
+                refreshes = int(para["dpc_refreshes"])
+                self._dpc_state = DPCKNNState(centroids=centroids if centroids.size else None,
+                                              refreshes=refreshes) if refreshes else None
 
     @property
     def has_interest_map(self) -> bool:
@@ -215,8 +226,8 @@ class MISSRec(SequentialRecommender):
         K = ceil(interest_ratio * N) for N tokens. Uses the current adapters without dropout.
         ``dpc_mode`` / ``dpc_exact_max_tokens`` choose exact or approximate DPC-KNN, ``faiss_threads``
         its threads. With ``dpc_warm_start`` the approximate mode starts its IVF quantizer from the
-        previous refresh's (kept in memory only): a fixed seed still gives the same interests for
-        the same sequence of refreshes, but a run resumed from a checkpoint starts cold.
+        previous refresh's (saved with the interest map, so a resumed run continues from it too): a
+        fixed seed gives the same interests for the same sequence of refreshes.
         Returns a small summary (tokens, interests, mode) for logging.
         """
         was_training = self.training
