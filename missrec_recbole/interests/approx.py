@@ -115,10 +115,11 @@ class ApproxParams:
 def approx_params(n: int, k: int, **overrides) -> ApproxParams:
     """Defaults chosen from N (and k); any field can be overridden by keyword.
 
-    * ``nlist = round(2 * sqrt(N))`` (at most N // 32, at least 1): cells of ~sqrt(N)/2 tokens;
-      with ``spill = 2`` a token is compared with ~2 * 2 * sqrt(N)/2 others, and the coarse
-      assignment costs N * nlist -- the two balance.
-    * ``n_cand = max(2k, k + 8)`` (at most N - 1); ``spill = 2``, ``spread_weight = 0.5``,
+    * ``nlist = round(2 * sqrt(N))`` (at most N // 32, at least 1): cells of ~sqrt(N)/2 tokens
+      (more after splits); with ``spill = 3`` a token is compared with ~3 * 3 * sqrt(N)/2 others
+      (it and its partners each sit in 3 cells), and the coarse assignment costs N * nlist -- the
+      two are of the same order.
+    * ``n_cand = max(2k, k + 8)`` (at most N - 1); ``spill = 3``, ``spread_weight = 0.5``,
       ``nprobe = 4``, ``nprobe_wide = 32``.
     * k-means on ``min(N, 32 * nlist)`` sampled tokens, 10 iterations (3 when warm-started).
     """
