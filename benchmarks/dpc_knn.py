@@ -170,8 +170,8 @@ def knn_recall(x, knn, n_queries: int, seed: int) -> float:
     m = min(n - 1, k + 16)
     best_v = torch.full((qs.size, 0), float("inf"))
     best_i = torch.empty((qs.size, 0), dtype=torch.long)
-    for s in range(0, n, 65536):
-        xb = torch.from_numpy(x[s : s + 65536])
+    for s in range(0, n, 16384):  # [queries x 16384] blocks: small next to the run it checks
+        xb = torch.from_numpy(x[s : s + 16384])
         dd = qn[:, None] + (xb * xb).sum(1)[None, :] - 2.0 * (xq @ xb.T)
         cols = torch.arange(s, s + xb.shape[0])
         dd[torch.from_numpy(qs)[:, None] == cols[None, :]] = float("inf")
