@@ -31,7 +31,10 @@ next refresh cold (no state), warm (``state=`` from the first run: coarse quanti
 3 Lloyd iterations) and reused as-is (0 iterations).
 
 Data: a Gaussian mixture with ``0.02 * N`` clusters of log-normal sizes and varying spread,
-rows L2-normalised like CLIP embeddings.  ``OPENBLAS_CORETYPE`` (FAISS's bundled OpenBLAS picks
+rows L2-normalised like CLIP embeddings (:func:`clustered`): ``hier`` (clusters grouped in
+categories, as real item embeddings are; every row above) and, with ``--flat-sizes``, ``flat``
+(independent cluster directions, all clusters nearly equidistant: the hard case for any IVF).
+``OPENBLAS_CORETYPE`` (FAISS's bundled OpenBLAS picks
 slow generic kernels on recent CPUs) is set for the child processes only, from /proc/cpuinfo;
 the smallest size is also run in exact mode without it to show the gain.
 
