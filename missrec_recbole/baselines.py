@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 from missrec_recbole.model import UniSRec
@@ -15,34 +14,16 @@ from missrec_recbole.quick_start import finetune, pretrain
 from missrec_recbole.trainer import MISSRecTrainer
 
 
-class BaselineTrainer(MISSRecTrainer):
-    """MISSRecTrainer for models without interests: skips the interest refresh and names its files
-    after the model (``UniSRec-...``), so they never overwrite MISSRec's checkpoints in the same folder."""
-
-    def __init__(self, config, model):
-        super().__init__(config, model)
-        self.saved_model_file = self._named(self.saved_model_file)
-
-    def _named(self, path: str) -> str:
-        folder, name = os.path.split(path)
-        return os.path.join(folder, name.replace("MISSRec-", f"{self.config['model']}-", 1))
-
-    def refresh_interests(self, epoch_idx) -> None:
-        if hasattr(self.model, "refresh_interests"):
-            super().refresh_interests(epoch_idx)
-
-    def pretrain_checkpoint_path(self, epoch: int) -> str:
-        return self._named(super().pretrain_checkpoint_path(epoch))
-
-
-def run_unisrec(dataset, *, stage: str, mode: str, pretrained=None, config_dict=None, data_path=None) -> dict:
+def run_unisrec(dataset, *, stage: str, mode: str, pretrained=None, config_dict=None, data_path=None,
+                trainer_class=MISSRecTrainer) -> dict:
     """Pre-train or fine-tune the UniSRec baseline (props/UniSRec.yaml < props/<stage>.yaml < ``config_dict``).
 
     ``dataset``: a name, or for ``stage="pretrain"`` a list of names (merged, as MISSRec pre-training).
     ``mode``: ``inductive`` (text only) or ``transductive`` (text + item ID embedding).
     ``pretrained``: a checkpoint written by the pretrain stage (fine-tuning; the item set may differ).
     Adaptor-only fine-tuning is ``config_dict={"adapters_only": True}``; by default it is on exactly
-    when ``pretrained`` is given (props/finetune.yaml).
+    when ``pretrained`` is given (props/finetune.yaml). ``trainer_class``: MISSRecTrainer or a subclass (it
+    skips the interest refresh for models without interests and names files after the model).
 
     Returns, for ``finetune``: model, stage, dataset, mode, pretrained, best_valid_score, valid, test
     (metric -> value), epochs, best_epoch (0-based), seconds_per_epoch, interest_refresh_seconds (None),
@@ -57,11 +38,11 @@ def run_unisrec(dataset, *, stage: str, mode: str, pretrained=None, config_dict=
             raise ValueError("run_unisrec: `pretrained` is for stage='finetune'")
         datasets = [dataset] if isinstance(dataset, str) else list(dataset)
         start = time.time()
-        checkpoints = pretrain(datasets, config_dict=config_dict, model_class=UniSRec, trainer_class=BaselineTrainer)
+        checkpoints = pretrain(datasets, config_dict=config_dict, model_class=UniSRec, trainer_class=trainer_class)
         return {"model": "UniSRec", "stage": stage, "dataset": "+".join(datasets), "mode": mode,
                 "checkpoints": checkpoints, "checkpoint": checkpoints[-1], "seconds": time.time() - start}
     if stage != "finetune":
         raise ValueError(f"run_unisrec: stage {stage!r} must be pretrain or finetune")
     result = finetune(dataset, pretrained=pretrained, config_dict=config_dict, model_class=UniSRec,
-                      trainer_class=BaselineTrainer)
+                      trainer_class=trainer_class)
     return {"model": "UniSRec", "stage": stage, **result, "interest_refresh_seconds": None}

@@ -252,21 +252,6 @@ def pretrain_missrec(spec) -> str:
     return quick_start.pretrain([spec["dataset"]], **_quick_start_kwargs(spec))[-1]
 
 
-def _unisrec_runner():
-    """The UniSRec baseline's ``run_unisrec`` function, or :class:`Unavailable` saying why not."""
-    import importlib
-
-    for module in ("missrec_recbole.model.unisrec", "missrec_recbole.baselines"):
-        try:
-            runner = getattr(importlib.import_module(module), "run_unisrec", None)
-        except ImportError:
-            continue
-        if runner is not None:
-            return runner
-    raise Unavailable("UniSRec not available: no run_unisrec() in missrec_recbole.model.unisrec or "
-                      "missrec_recbole.baselines (the baseline has not landed yet)")
-
-
 def _unisrec_config(spec) -> dict:
     """run_unisrec takes no config files: their keys go into its config dict (which still wins)."""
     import yaml
@@ -279,19 +264,18 @@ def _unisrec_config(spec) -> dict:
 
 
 def run_unisrec(spec):
-    runner = _unisrec_runner()
-    module = sys.modules[runner.__module__]
-    trainer_class = getattr(module, "BaselineTrainer", None)
-    if trainer_class is not None:  # run_unisrec takes no trainer class: record through the one it uses
-        module.BaselineTrainer = recording(trainer_class)
-    result = runner(spec["dataset"], stage="finetune", mode=spec["mode"], pretrained=spec["pretrained"],
-                    config_dict=_unisrec_config(spec))
-    return result, RecordingTrainer.last if trainer_class is not None else None
+    from missrec_recbole.baselines import run_unisrec as unisrec
+    from missrec_recbole.trainer import MISSRecTrainer
+
+    result = unisrec(spec["dataset"], stage="finetune", mode=spec["mode"], pretrained=spec["pretrained"],
+                     config_dict=_unisrec_config(spec), trainer_class=recording(MISSRecTrainer))
+    return result, RecordingTrainer.last
 
 
 def pretrain_unisrec(spec) -> str:
-    result = _unisrec_runner()(spec["dataset"], stage="pretrain", mode="inductive", config_dict=_unisrec_config(spec))
-    return result["checkpoint"]
+    from missrec_recbole.baselines import run_unisrec as unisrec
+
+    return unisrec(spec["dataset"], stage="pretrain", mode="inductive", config_dict=_unisrec_config(spec))["checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -306,7 +290,7 @@ class RunKind:
 
 RUN_KINDS = {
     "sasrec": RunKind("SASRec", run_sasrec),
-    "unisrec": RunKind("UniSRec", run_unisrec, pretrain_unisrec, _unisrec_runner),
+    "unisrec": RunKind("UniSRec", run_unisrec, pretrain_unisrec),
     "missrec": RunKind("MISSRec", run_missrec, pretrain_missrec),
 }
 
