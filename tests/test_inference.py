@@ -329,7 +329,7 @@ def _check_export(rec, folder, mode):
     manifest = json.loads(manifest_path.read_text())
     assert manifest["modalities"] == ["text", "image"] and manifest["dim"] == 32
     assert manifest["item_ids"] == rec.item_ids and manifest["mode"] == mode
-    assert manifest["fusion"]["beta"] == pytest.approx(float(rec.model.fusion_beta))
+    assert manifest["fusion"]["beta"] == pytest.approx(rec.model.fusion_beta.item())
     assert manifest["temperature"] == pytest.approx(0.07)
     vectors = np.load(folder / "vectors_text.npy")
     assert vectors.shape == (rec.n_items, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
