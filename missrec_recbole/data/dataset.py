@@ -9,6 +9,10 @@ with one message naming the file, not with a shape error in the middle of traini
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,3 +180,21 @@ class MISSRecDataset(SequentialDataset):
     def __str__(self):
         missing = ", ".join(f"{m} missing {int((~self.present[m][1:]).sum())}" for m in self.modalities)
         return f"{super().__str__()}\nModalities: {missing} of {self.item_num - 1} items"
+
+
+@contextlib.contextmanager
+def atomic_directory(target):
+    """Yield an empty temp folder beside ``target``; when the block succeeds it replaces ``target``
+    whole (an older ``target`` is removed), otherwise it is deleted: never a half-written dataset."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0o700
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

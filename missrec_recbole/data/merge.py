@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from missrec_recbole.data.dataset import REQUIRED_COLUMNS, validate_dataset
+from missrec_recbole.data.dataset import REQUIRED_COLUMNS, atomic_directory, validate_dataset
 
 SPLITS = ("train", "valid", "test")
 
@@ -44,9 +42,7 @@ def merge_datasets(names, data_path, out_name: str, out_path, config) -> Path:
     The result is written to a temp folder and renamed, so it is never half-written.
     """
     out_dir = Path(out_path) / out_name
-    Path(out_path).mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".tmp-{out_name}-", dir=out_path))
-    try:
+    with atomic_directory(out_dir) as tmp_dir:
         item_offset = user_offset = 0
         splits = {split: [] for split in SPLITS}
         features = {m: [] for m in config["modalities"]}
@@ -75,12 +71,6 @@ def merge_datasets(names, data_path, out_name: str, out_path, config) -> Path:
             np.concatenate(parts).astype("<f4").tofile(tmp_dir / f"{out_name}.{config[f'{m}_suffix']}")
         pd.concat(item_maps).to_csv(tmp_dir / f"{out_name}.item2index", sep="\t", index=False, header=False)
         pd.concat(user_maps).to_csv(tmp_dir / f"{out_name}.user2index", sep="\t", index=False, header=False)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return out_dir
 
 

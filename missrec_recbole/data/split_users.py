@@ -24,12 +24,11 @@ import argparse
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from missrec_recbole.data.dataset import tab_rows
+from missrec_recbole.data.dataset import atomic_directory, tab_rows
 
 SPLITS = ("train", "valid", "test")
 MARKER = ".split.json"
@@ -120,19 +119,10 @@ def split_users(name: str, data_path, out_path, seed: int = 2020, pre_ratio: flo
     halves = dict(zip(HALVES, draw_split(users, seed, pre_ratio)))
     info = {**key, "users": {h: len(u) for h, u in halves.items()}, "rows": {}}
     for half, half_users in halves.items():
-        tmp_dir = Path(tempfile.mkdtemp(prefix=f".tmp-{names[half]}-", dir=out_path))
-        try:
+        with atomic_directory(out_path / names[half]) as tmp_dir:
             info["rows"][half] = _write_half(folder, name, names[half], set(half_users), tmp_dir)
             marker = {**key, "half": half, "users": info["users"], "rows": info["rows"][half]}
             (tmp_dir / MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
-            os.chmod(tmp_dir, 0o755)  # mkdtemp creates 0o700
-            final = out_path / names[half]
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp_dir, final)
-        except BaseException:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-            raise
     return {**names, **info, "reused": False}
 
 
