@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import resource
-import socket
 import subprocess
 import sys
 import time
@@ -124,18 +123,12 @@ def worker(data_path: str, name: str, epochs: int, out: str, overrides: str) -> 
 
 
 # ----------------------------------------------------------------------------- driver
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def run(nproc: int, threads: int, data_path: Path, name: str, epochs: int, out: Path, overrides: dict) -> dict:
     args = [str(Path(__file__).resolve()), "--worker", str(data_path), name, str(epochs), str(out),
             json.dumps(overrides)]
-    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run",
-                                                    f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-                                                    f"--master_port={_free_port()}"]
+    from missrec_recbole.trainer import distributed
+
+    launcher = [sys.executable] if nproc == 1 else distributed.torchrun_command(nproc)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
     subprocess.run(launcher + args, env=env, check=True)

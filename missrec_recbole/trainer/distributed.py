@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
+import sys
 
 import torch
 import torch.distributed as dist
@@ -102,3 +104,13 @@ def main_first(action):
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def torchrun_command(nproc: int) -> list[str]:
+    """``python -m torch.distributed.run`` for ``nproc`` local processes on a free loopback port
+    (append the script and its arguments)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+            f"--master_port={port}"]
