@@ -32,7 +32,9 @@ Any ``--key=value`` is a config override for every run; ``--pretrain.key=value``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import fcntl
 import functools
 import hashlib
 import json
@@ -392,26 +394,48 @@ def now() -> str:
 
 
 class Results:
-    """``results.json`` + ``ranks.npz`` in ``out_dir``, rewritten atomically after every change."""
+    """``results.json`` + ``ranks.npz`` in ``out_dir``, rewritten atomically after every change.
+
+    Every read-modify-write re-reads both files under a lock on ``out_dir/.lock``, so several bench invocations
+    may share one ``out_dir`` (e.g. ``--tables pretrained`` and ``--tables full`` side by side, one core each):
+    each adds its own records and keeps the others'.
+    """
 
     def __init__(self, out_dir: Path, header: dict):
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / "results.json"
+        self.header = header
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._load()
+
+    def _load(self) -> None:
         data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
-        self.data = {**header, "pretraining": data.get("pretraining", []), "runs": data.get("runs", [])}
+        self.data = {**self.header, "pretraining": data.get("pretraining", []), "runs": data.get("runs", [])}
         ranks_file = self.out_dir / "ranks.npz"
         self.ranks = dict(np.load(ranks_file)) if ranks_file.is_file() else {}
 
+    @contextlib.contextmanager
+    def _locked(self):
+        with open(self.out_dir / ".lock", "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                self._load()
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def find(self, section: str, key: str):
-        return next((r for r in self.data[section] if r["key"] == key and r["status"] == "ok"), None)
+        with self._locked():
+            return next((r for r in self.data[section] if r["key"] == key and r["status"] == "ok"), None)
 
     def put(self, section: str, record: dict, cases=None) -> None:
-        self.data[section] = [r for r in self.data[section] if r["key"] != record["key"]] + [record]
-        if cases is not None:
-            self.ranks.update({f"{record['key']}|{k}": v for k, v in cases.items()})
-            atomic_write(self.out_dir / "ranks.npz", lambda h: np.savez_compressed(h, **self.ranks))
-        self.data["updated"] = now()
-        write_json(self.path, self.data)
+        with self._locked():
+            self.data[section] = [r for r in self.data[section] if r["key"] != record["key"]] + [record]
+            if cases is not None:
+                self.ranks.update({f"{record['key']}|{k}": v for k, v in cases.items()})
+                atomic_write(self.out_dir / "ranks.npz", lambda h: np.savez_compressed(h, **self.ranks))
+            self.data["updated"] = now()
+            write_json(self.path, self.data)
 
     def cases(self, key: str):
         if f"{key}|rank" not in self.ranks:
@@ -720,7 +744,7 @@ def results_markdown(data: dict) -> str:
              *[f"Command: `{c}`  " for c in commands], f"Date: {dates[0]} to {dates[-1]}  ",
              *["Machine: " + ", ".join(f"{k} {v}" for k, v in json.loads(m).items()) + "  " for m in sorted(machines)],
              "Code: git " + ", ".join(sorted({str(r.get("code")) for r in shown} or {str(data["code"])})) + "  ",
-             f"Seeds: {data['seeds']}; user split seed {data['split']['seed']} "
+             f"Seeds: {sorted({r['seed'] for r in shown}) or data['seeds']}; user split seed {data['split']['seed']} "
              f"({data['split']['users']['pre']} pre-training / {data['split']['users']['eval']} evaluation users)",
              "", data["protocol"], ""]
     for table, rows in groups.items():

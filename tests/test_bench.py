@@ -195,3 +195,31 @@ def test_quick_defaults_and_unavailable_kind(monkeypatch, tmp_path):
     assert out["launched"] == 0 and out["counts"] == {"unavailable": 1}
     text = (tmp_path / "results" / "results.md").read_text()
     assert "| UniSRec scratch inductive | 0 | unavailable: UniSRec not available: test |" in text
+
+
+def _put_records(out_dir, writer, count, start):
+    start.wait()  # both processes write at the same time
+    results = bench.Results(out_dir, {"writer": writer})
+    for i in range(count):
+        key = f"{writer}|{i}"
+        results.put("runs", {"key": key, "status": "ok"}, {"item": np.array([writer]), "rank": np.array([i])})
+
+
+def test_concurrent_invocations_share_results(tmp_path):
+    """Two bench invocations writing one out_dir at the same time keep each other's runs and ranks."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(2)
+    writers = [context.Process(target=_put_records, args=(tmp_path, w, 40, start)) for w in (1, 2)]
+    for process in writers:
+        process.start()
+    for process in writers:
+        process.join(120)
+        assert process.exitcode == 0
+    results = bench.Results(tmp_path, {})
+    keys = {r["key"] for r in results.data["runs"]}
+    assert keys == {f"{w}|{i}" for w in (1, 2) for i in range(40)}
+    assert results.find("runs", "2|39") == {"key": "2|39", "status": "ok"}
+    assert {k.rsplit("|", 1)[0] for k in results.ranks} == keys
+    assert {k: list(v) for k, v in results.cases("1|3").items()} == {"item": [1], "rank": [3]}
