@@ -223,3 +223,27 @@ def test_concurrent_invocations_share_results(tmp_path):
     assert results.find("runs", "2|39") == {"key": "2|39", "status": "ok"}
     assert {k.rsplit("|", 1)[0] for k in results.ranks} == keys
     assert {k: list(v) for k, v in results.cases("1|3").items()} == {"item": [1], "rank": [3]}
+
+
+def _tune_module():
+    spec = importlib.util.spec_from_file_location("tune", bench.PACKAGE_ROOT / "benchmarks" / "tune.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tune_reads_validation_of_one_row_only(tmp_path):
+    tune = _tune_module()
+    run = {"table": "full", "row": "MISSRec scratch transductive", "status": "ok", "seed": 2020, "best_epoch": 4,
+           "epochs": 9, "train_seconds_per_epoch": 2.0, "valid": {"ndcg@10": 0.2}, "test": {"ndcg@10": 0.9},
+           "date": "2026-11-01"}
+    runs = [run, {**run, "date": "2026-11-02", "valid": {"ndcg@10": 0.3}}, {**run, "seed": 2021},
+            {**run, "table": "pretrained"}, {**run, "row": "SASRec"}, {**run, "status": "failed"}]
+    (tmp_path / "results.json").write_text(json.dumps({"runs": runs}))
+    found = tune.valid_runs(tmp_path / "results.json", "MISSRec scratch transductive", [2020])
+    assert found == [{"seed": 2020, "valid": {"ndcg@10": 0.3}, "best_epoch": 4, "epochs": 9,
+                      "train_seconds_per_epoch": 2.0}]  # the latest run; no test metrics
+    assert tune.parse_candidate("interest_ratio=0.1") == ("interest_ratio", 0.1)
+    assert tune.parse_candidate("item_fusion=stack") == ("item_fusion", "stack")
+    with pytest.raises(Exception, match="key=value"):
+        tune.parse_candidate("interest_ratio")

@@ -1,0 +1,136 @@
+"""One-at-a-time hyper-parameter check on *validation* metrics, for one row of the benchmark suite.
+
+Each candidate is one ``key=value`` change from the defaults in ``props/``. It is run by the benchmark
+suite itself (``python -m missrec_recbole.bench ... --tables full --rows ROW --seeds N``: same split,
+schedule, early stopping and tie rule as the published table), in its own ``--out_dir`` and
+``--work_dir``, ``--jobs`` runs at a time with one thread each. The summary shows validation metrics
+only (the epoch chosen on valid NDCG@10): test metrics stay in each run's results.json, so choosing a
+setting from this table does not look at the test split.
+
+    OMP_NUM_THREADS=1 python benchmarks/tune.py -d Scientific-mm --data_path=../shared/datasets \\
+        --row "MISSRec scratch transductive" --jobs 2 \\
+        interest_ratio=0.1 interest_ratio=0.02 item_fusion=stack hidden_dropout_prob=0.3
+
+The baseline (no change) is taken from ``--baseline`` (default ``results/<dataset>/results.json``) when it
+holds the row for the same seeds; otherwise it is run as a candidate too. Output:
+``results/<dataset>/tuning/<row>/tuning.json`` and a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+FIRST_SEED = 2020
+VALID = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
+
+
+def parse_candidate(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"candidate {text!r}: expected key=value, e.g. interest_ratio=0.1")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in text)
+
+
+def valid_runs(results_file: Path, row: str, seeds) -> list[dict]:
+    """The row's ok runs for ``seeds`` (latest per seed), validation part only."""
+    if not results_file.is_file():
+        return []
+    runs = {}
+    for run in json.loads(results_file.read_text(encoding="utf-8"))["runs"]:
+        if run["row"] == row and run["table"] == "full" and run["status"] == "ok" and run["seed"] in seeds:
+            if run["seed"] not in runs or run["date"] > runs[run["seed"]]["date"]:
+                runs[run["seed"]] = run
+    return [{"seed": r["seed"], "valid": r["valid"], "best_epoch": r.get("best_epoch"), "epochs": r.get("epochs"),
+             "train_seconds_per_epoch": r.get("train_seconds_per_epoch")} for r in runs.values()]
+
+
+def run_candidate(args, name: str, overrides: dict) -> tuple[str, int]:
+    out_dir, work_dir = args.out / slug(name), ROOT / "saved" / "tune" / args.dataset / slug(name)
+    command = [sys.executable, "-m", "missrec_recbole.bench", "-d", args.dataset, "--data_path", str(args.data_path),
+               "--tables", "full", "--rows", args.row, "--seeds", str(args.seeds), "--out_dir", str(out_dir),
+               "--work_dir", str(work_dir), "--no_progress",
+               *[f"--{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items()]]
+    work_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    with open(work_dir / "tune.log", "w", encoding="utf-8") as log:
+        code = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    print(f"[tune {time.strftime('%H:%M:%S')}] {name}: exit {code} (log {work_dir / 'tune.log'})", flush=True)
+    return name, code
+
+
+def mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-d", "--dataset", required=True)
+    ap.add_argument("--data_path", type=Path, required=True)
+    ap.add_argument("--row", default="MISSRec scratch transductive", help="a row name of the full-data table")
+    ap.add_argument("--seeds", type=int, default=1, help="seeds 2020, 2021, ... per candidate")
+    ap.add_argument("--jobs", type=int, default=2, help="candidates run at the same time (one thread each)")
+    ap.add_argument("--baseline", type=Path, help="results.json holding the unchanged row (default: results/<d>/)")
+    ap.add_argument("--out", type=Path, help="default: results/<dataset>/tuning/<row>/")
+    ap.add_argument("--fixed", action="append", type=parse_candidate, default=[], metavar="key=value",
+                    help="a setting for every run, the baseline included (which is then always run)")
+    ap.add_argument("candidates", nargs="+", type=parse_candidate, metavar="key=value")
+    args = ap.parse_args(argv)
+    args.data_path = args.data_path.resolve()
+    args.out = (args.out or ROOT / "results" / args.dataset / "tuning" / slug(args.row)).resolve()
+    seeds = [FIRST_SEED + i for i in range(args.seeds)]
+    baseline_file = args.baseline or ROOT / "results" / args.dataset / "results.json"
+
+    fixed = dict(args.fixed)
+    plan = {f"{k}={v}": {**fixed, k: v} for k, v in args.candidates}
+    baseline = [] if fixed else valid_runs(baseline_file, args.row, seeds)
+    if len(baseline) < len(seeds):
+        plan = {"defaults": fixed, **plan}
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        codes = dict(pool.map(lambda item: run_candidate(args, *item), plan.items()))
+
+    summary = {"dataset": args.dataset, "row": args.row, "seeds": seeds, "fixed": fixed, "date": time.strftime("%Y-%m-%d %H:%M"),
+               "metric": "valid, at the epoch chosen on valid NDCG@10", "candidates": {}}
+    if "defaults" not in plan:
+        summary["candidates"]["defaults"] = {"overrides": {}, "source": str(baseline_file), "runs": baseline}
+    for name, overrides in plan.items():
+        runs = valid_runs(args.out / slug(name) / "results.json", args.row, seeds)
+        summary["candidates"][name] = {"overrides": overrides, "exit_code": codes[name], "runs": runs}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "tuning.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+
+    reference = mean([r["valid"]["ndcg@10"] for r in summary["candidates"]["defaults"]["runs"]])
+    print(f"{args.row} on {args.dataset}, seeds {seeds}: validation only")
+    print("| candidate | valid NDCG@10 | vs defaults | valid Recall@10 | valid NDCG@50 | best epoch | s/epoch |")
+    print("|---|---|---|---|---|---|---|")
+    for name, entry in summary["candidates"].items():
+        runs = entry["runs"]
+        if not runs:
+            print(f"| {name} | failed (exit {entry.get('exit_code')}) | | | | | |")
+            continue
+        ndcg = mean([r["valid"]["ndcg@10"] for r in runs])
+        gain = f"{ndcg / reference - 1:+.1%}" if reference else "-"
+        seconds = mean([r["train_seconds_per_epoch"] for r in runs])
+        print(f"| {name} | {ndcg:.4f} | {gain} | {mean([r['valid']['recall@10'] for r in runs]):.4f} | "
+              f"{mean([r['valid']['ndcg@50'] for r in runs]):.4f} | {mean([r['best_epoch'] for r in runs]):.0f} | "
+              f"{'-' if seconds is None else f'{seconds:.1f}'} |")
+    print(f"written: {args.out / 'tuning.json'}")
+    return 0 if all(code == 0 for code in codes.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
