@@ -9,12 +9,17 @@ pre-training defaults (props/pretrain.yaml) for a few epochs:
 * ``torchrun --nproc_per_node=2`` with 1 thread per process (the same 2 cores), the global
   batch ``train_batch_size`` split between the processes.
 
+``--memory_chunk_rows 0 512`` measures each value of that option (activations recomputed in the
+backward pass, at most that many sequences at a time); ``--processes 1`` runs only the first setting.
+
 Each process reports the seconds of every training epoch, split into the interest refresh
 (DPC-KNN over all item tokens, rank 0) and the optimisation steps, and its peak RSS. Throughput =
 training sequences / seconds of optimisation steps. Output: a table and
 ``benchmarks/results/pretrain_scaling.json``.
 
     python benchmarks/pretrain_scaling.py [--items-per-domain 24000] [--epochs 2] [--quick]
+    python benchmarks/pretrain_scaling.py --processes 1 --threads 1 --memory_chunk_rows 0 512 \
+        --out benchmarks/results/pretrain_memory.json
 """
 
 from __future__ import annotations
@@ -152,9 +157,11 @@ def run(nproc: int, threads: int, data_path: Path, name: str, epochs: int, out: 
 
 
 def table(rows) -> str:
-    lines = ["processes | threads | items | seq/epoch | seq/s (steps) | refresh s/epoch | epoch s | peak RSS MB (total)"]
+    lines = ["processes | threads | memory_chunk_rows | items | seq/epoch | seq/s (steps) | refresh s/epoch | epoch s | "
+             "peak RSS MB (total)"]
     for r in rows:
-        lines.append(f"{r['processes']} | {r['threads_per_process']} | {r['items']} | {r['sequences_per_epoch']} | "
+        lines.append(f"{r['processes']} | {r['threads_per_process']} | {r.get('memory_chunk_rows', 0)} | {r['items']} | "
+                     f"{r['sequences_per_epoch']} | "
                      f"{r['sequences_per_s']} | {r['refresh_s']} | {r['epoch_s']} | "
                      f"{r['peak_rss_mb_per_process']} ({r['peak_rss_mb_total']})")
     return "\n".join(lines)
@@ -169,6 +176,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="threads of the single process (2 processes: 1 each)")
     ap.add_argument("--cache", default=str(ROOT / "saved" / "bench-data"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pretrain_scaling.json"))
+    ap.add_argument("--processes", type=int, nargs="+", default=[1, 2], choices=[1, 2])
+    ap.add_argument("--memory_chunk_rows", type=int, nargs="+", default=[0],
+                    help="values of the memory_chunk_rows option to measure (0: activations of the whole batch kept)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run of the script)")
     ap.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -186,10 +196,13 @@ def main(argv=None) -> int:
     scratch = Path(args.cache) / "runs"
     scratch.mkdir(parents=True, exist_ok=True)
     rows = []
-    for nproc, threads in ((1, args.threads), (2, 1)):
-        row = run(nproc, threads, data_path, name, args.epochs, scratch / f"p{nproc}", overrides)
-        rows.append(row)
-        print(table([row]).splitlines()[1], flush=True)
+    for nproc in args.processes:
+        for chunk in args.memory_chunk_rows:
+            threads = args.threads if nproc == 1 else 1
+            row = {**run(nproc, threads, data_path, name, args.epochs, scratch / f"p{nproc}",
+                         {**overrides, "memory_chunk_rows": chunk}), "memory_chunk_rows": chunk}
+            rows.append(row)
+            print(table([row]).splitlines()[1], flush=True)
     result = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), "cpus": os.cpu_count(),
               "domains": len(DOMAINS), "items_per_domain": args.items_per_domain,
               "users_per_domain": args.users_per_domain, "dim": args.dim, "epochs": args.epochs,

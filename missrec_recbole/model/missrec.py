@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
@@ -114,6 +115,7 @@ class MISSRec(SequentialRecommender):
             raise ValueError(f"config `dpc_mode`: {self.dpc_mode!r} must be auto, exact or approx")
         self._dpc_state = None  # approximate-mode IVF quantizer of the last refresh (see other_parameter)
         self.length_buckets = config["length_buckets"]
+        self.memory_chunk_rows = config["memory_chunk_rows"] or 0
         if config["mode"] not in ("inductive", "transductive"):
             raise ValueError(f"config `mode`: {config['mode']!r} must be inductive or transductive")
         if self.item_fusion not in ("add", "stack"):
@@ -383,6 +385,23 @@ class MISSRec(SequentialRecommender):
         n_buckets = max(1, min(self.length_buckets, len(order) // 16))
         return torch.tensor_split(order, n_buckets)
 
+    def _row_groups(self, item_seq_len):
+        """Length buckets; while training with ``memory_chunk_rows``, cut into chunks of at most that many rows."""
+        groups = self._length_buckets(item_seq_len)
+        if self._recompute_activations():
+            groups = [chunk for rows in groups for chunk in torch.split(rows, self.memory_chunk_rows)]
+        return groups
+
+    def _recompute_activations(self) -> bool:
+        return self.memory_chunk_rows > 0 and self.training and torch.is_grad_enabled()
+
+    def _forward_rows(self, item_seq, item_seq_len):
+        """``_forward_dense``; with ``memory_chunk_rows`` its activations are not kept but recomputed in the
+        backward pass (``torch.utils.checkpoint``, same dropout masks), so a batch holds one chunk's at a time."""
+        if self._recompute_activations():
+            return checkpoint(self._forward_dense, item_seq, item_seq_len, use_reentrant=False)
+        return self._forward_dense(item_seq, item_seq_len)
+
     def forward(self, item_seq, item_seq_len, return_diversity=False):
         """Sequence representation s_u [B, d]; with ``return_diversity`` also L_reg (pair-weighted mean).
 
@@ -391,9 +410,9 @@ class MISSRec(SequentialRecommender):
         """
         seq_output = item_seq.new_zeros(len(item_seq), self.hidden_size, dtype=torch.float)
         similarity_sum, pairs = seq_output.new_zeros(()), 0
-        for rows in self._length_buckets(item_seq_len):
+        for rows in self._row_groups(item_seq_len):
             width = int(item_seq_len[rows].max())
-            output, memory, mask = self._forward_dense(item_seq[rows, :width], item_seq_len[rows])
+            output, memory, mask = self._forward_rows(item_seq[rows, :width], item_seq_len[rows])
             seq_output = seq_output.index_put((rows,), output)
             if return_diversity:
                 bucket_sum, bucket_pairs = self.interest_similarity(memory, mask)
