@@ -618,7 +618,7 @@ def say(message: str) -> None:
 def run_suite(suite: Suite, rows) -> dict:
     from tqdm import tqdm
 
-    plan = [(row, seed) for seed in suite.args.seed_list for row in rows]
+    plan = [(row, seed) for seed in suite.args.run_seeds for row in rows]
     counts = {}
     bar = tqdm(plan, desc="bench", unit="run", file=sys.stderr, disable=suite.args.no_progress)
     for row, seed in bar:
@@ -867,6 +867,8 @@ def parse_args(argv):
     parser.add_argument("--data_path", help="folder containing <dataset>/ (default: the repo's dataset/)")
     parser.add_argument("--quick", action="store_true", help="demo data, tiny model, 2 epochs, 1 seed")
     parser.add_argument("--seeds", type=int, help="number of seeds, 2020, 2021, ... (default 3; --quick: 1)")
+    parser.add_argument("--only_seeds", help="comma-separated subset of those seeds to run now (pre-training still uses "
+                                             "the first seed), e.g. to run seeds side by side in two invocations")
     parser.add_argument("--tables", default=",".join(TABLES), help="comma-separated subset of: pretrained,full")
     parser.add_argument("--models", default=",".join(RUN_KINDS), help="comma-separated subset of: "
                                                                        + ",".join(RUN_KINDS))
@@ -896,6 +898,11 @@ def parse_args(argv):
     if not args.dataset:
         parser.error("give -d DATASET (or --quick)")
     args.seed_list = [FIRST_SEED + i for i in range(args.seeds or (1 if args.quick else 3))]
+    args.run_seeds = args.seed_list
+    if args.only_seeds:
+        args.run_seeds = [int(seed) for seed in args.only_seeds.split(",")]
+        if set(args.run_seeds) - set(args.seed_list):
+            parser.error(f"--only_seeds: {sorted(set(args.run_seeds) - set(args.seed_list))} not in {args.seed_list}")
     args.data_path = Path(args.data_path or DEFAULT_DATA_PATH).resolve()
     args.out_dir = Path(args.out_dir or Path("results") / args.dataset).resolve()
     args.work_dir = Path(args.work_dir or Path("saved") / "bench" / args.dataset).resolve()
@@ -950,7 +957,7 @@ def main(argv=None) -> dict:
     counts = {}
     if not args.report:
         rows = [r for r in suite_rows(args.tables) if r.kind in args.models and (args.rows is None or r.name in args.rows)]
-        say(f"{len(rows)} rows x {len(args.seed_list)} seeds on {args.dataset}; results: {args.out_dir}; "
+        say(f"{len(rows)} rows x {len(args.run_seeds)} seeds on {args.dataset}; results: {args.out_dir}; "
             f"logs: {suite.log_dir}")
         counts = run_suite(suite, rows)
     for message in write_report(suite.results.data, suite.results, args.out_dir):

@@ -247,3 +247,10 @@ def test_tune_reads_validation_of_one_row_only(tmp_path):
     assert tune.parse_candidate("item_fusion=stack") == ("item_fusion", "stack")
     with pytest.raises(Exception, match="key=value"):
         tune.parse_candidate("interest_ratio")
+
+
+def test_only_seeds_runs_a_subset_and_keeps_the_pretraining_seed():
+    args, _, _ = bench.parse_args(["-d", "Scientific-mm", "--seeds", "3", "--only_seeds", "2022"])
+    assert args.seed_list == [2020, 2021, 2022] and args.run_seeds == [2022]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["-d", "Scientific-mm", "--seeds", "2", "--only_seeds", "2022"])
