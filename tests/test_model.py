@@ -202,3 +202,9 @@ def test_memory_chunks_change_nothing_without_dropout(built):
     _assert_same(whole, _loss_and_grads(model, batch))
     model.eval()
     assert len(model._row_groups(batch["item_length"])) == len(model._length_buckets(batch["item_length"]))
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "big"])
+def test_memory_chunk_rows_is_checked(built, bad):
+    with pytest.raises(ValueError, match="memory_chunk_rows"):
+        built(memory_chunk_rows=bad)

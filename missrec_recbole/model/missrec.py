@@ -116,6 +116,9 @@ class MISSRec(SequentialRecommender):
         self._dpc_state = None  # approximate-mode IVF quantizer of the last refresh (see other_parameter)
         self.length_buckets = config["length_buckets"]
         self.memory_chunk_rows = config["memory_chunk_rows"] or 0
+        if not isinstance(self.memory_chunk_rows, int) or self.memory_chunk_rows < 0:
+            raise ValueError(f"config `memory_chunk_rows`: {self.memory_chunk_rows!r} must be 0 (off) or a number of "
+                             "sequences whose activations are recomputed together in the backward pass")
         if config["mode"] not in ("inductive", "transductive"):
             raise ValueError(f"config `mode`: {config['mode']!r} must be inductive or transductive")
         if self.item_fusion not in ("add", "stack"):
