@@ -20,6 +20,9 @@ Fixes:
    as plain types (and are written atomically), so ``weights_only=True`` stays on.
 5. ``sine.py:25`` turns on ``torch.autograd.set_detect_anomaly(True)`` globally on import
    (about a third of CPU time per batch) -> switch it off again.
+6. ``ensure_dir`` (utils.py:51-52) checks ``os.path.exists`` and then calls ``os.makedirs``: when
+   torchrun's processes start in a fresh folder, two of them create ``./log`` (logger.py:77) at once
+   and one dies with FileExistsError -> ``os.makedirs(exist_ok=True)`` in every module that imported it.
 """
 
 from __future__ import annotations
@@ -159,6 +162,23 @@ def disable_anomaly_detection() -> None:
     torch.autograd.set_detect_anomaly(False)
 
 
+_ENSURE_DIR_USERS = ("recbole.utils.utils", "recbole.utils", "recbole.utils.logger", "recbole.trainer.trainer",
+                     "recbole.data.dataset.dataset", "recbole.data.utils")
+
+
+def ensure_dir(dir_path) -> None:
+    """Fix 6: create ``dir_path`` (and parents) unless it exists, safe when processes race to create it."""
+    os.makedirs(dir_path, exist_ok=True)
+
+
+def patch_ensure_dir() -> None:
+    """Fix 6: RecBole's modules imported ``ensure_dir`` by name, so each module's reference is replaced."""
+    import importlib
+
+    for name in _ENSURE_DIR_USERS:
+        setattr(importlib.import_module(name), "ensure_dir", ensure_dir)
+
+
 def apply() -> None:
     """Apply all fixes (idempotent)."""
     global _applied
@@ -168,13 +188,16 @@ def apply() -> None:
     from recbole.data.dataset import Dataset, SequentialDataset
     from recbole.trainer import Trainer
 
+    from recbole.utils import utils as recbole_utils
+
     ORIGINALS.update(fill_nan=Dataset._fill_nan, remap=Dataset._remap, save_checkpoint=Trainer._save_checkpoint,
-                     benchmark_presets=SequentialDataset._benchmark_presets)
+                     benchmark_presets=SequentialDataset._benchmark_presets, ensure_dir=recbole_utils.ensure_dir)
     Dataset._fill_nan = fill_nan
     Dataset._remap = remap
     SequentialDataset._benchmark_presets = benchmark_presets
     Trainer._save_checkpoint = save_checkpoint
     disable_anomaly_detection()
+    patch_ensure_dir()
     # The one chained fillna left (dataset.py:501, token_seq columns) only matters for empty
     # sequences, which validate_dataset rejects; RecBole's non-writable-array warning is harmless.
     warnings.filterwarnings("ignore", category=pd.errors.ChainedAssignmentError, module=r"recbole\.")

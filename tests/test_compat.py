@@ -1,5 +1,6 @@
 """Each RecBole 1.2.1 workaround: the failure without it, and that the package's fix removes it."""
 
+import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -120,3 +121,19 @@ def test_benchmark_presets_lengths_per_row():
     fixed = dataset()
     compat.benchmark_presets(fixed)
     assert fixed.inter_feat["item_length"].tolist() == [2, 1, 3]
+
+
+def test_ensure_dir_tolerates_a_concurrent_creator(tmp_path, monkeypatch):
+    """Fix 6: another process creates the folder between RecBole's exists-check and makedirs."""
+    import importlib
+
+    existing = tmp_path / "log"
+    existing.mkdir()
+    monkeypatch.setattr(os.path, "exists", lambda path: False)  # the check ran before the other process
+    with pytest.raises(FileExistsError):
+        compat.ORIGINALS["ensure_dir"](str(existing))
+    for name in compat._ENSURE_DIR_USERS:
+        importlib.import_module(name).ensure_dir(str(existing))  # no error
+    monkeypatch.undo()
+    compat.ensure_dir(str(tmp_path / "a" / "b"))
+    assert (tmp_path / "a" / "b").is_dir()
