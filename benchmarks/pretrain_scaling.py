@@ -197,8 +197,8 @@ def main(argv=None) -> int:
     scratch.mkdir(parents=True, exist_ok=True)
     rows = []
     for nproc in args.processes:
+        threads = args.threads if nproc == 1 else 1
         for chunk in args.memory_chunk_rows:
-            threads = args.threads if nproc == 1 else 1
             row = {**run(nproc, threads, data_path, name, args.epochs, scratch / f"p{nproc}",
                          {**overrides, "memory_chunk_rows": chunk}), "memory_chunk_rows": chunk}
             rows.append(row)

@@ -30,8 +30,10 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-FIRST_SEED = 2020
-VALID = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
+if str(ROOT) not in sys.path:  # run as a script from a clone
+    sys.path.insert(0, str(ROOT))
+
+from missrec_recbole.bench import FIRST_SEED, file_safe  # noqa: E402
 
 
 def parse_candidate(text: str) -> tuple[str, object]:
@@ -42,7 +44,7 @@ def parse_candidate(text: str) -> tuple[str, object]:
 
 
 def slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in text)
+    return file_safe(text, keep="-_.=")
 
 
 def valid_runs(results_file: Path, row: str, seeds) -> list[dict]:

@@ -490,11 +490,15 @@ def _hash_inputs(suite: Suite, kind: str, dataset: str, data_path: Path, setting
             "config_files": _file_hashes(suite.args.config_files), **extra}
 
 
+def file_safe(text: str, keep: str = "-_.") -> str:
+    """``text`` as a file name: characters other than letters, digits and ``keep`` become ``_``."""
+    return "".join(c if c.isalnum() or c in keep else "_" for c in text)
+
+
 def launch(suite: Suite, spec: dict, label: str) -> tuple[dict, dict | None]:
     """Run ``spec`` in a fresh ``python -m missrec_recbole.bench _worker`` process: (record, per-case ranks)."""
     suite.launched += 1
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
-    log = suite.log_dir / f"{safe}.log"
+    log = suite.log_dir / f"{file_safe(label)}.log"
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_file.write_text(json.dumps(spec), encoding="utf-8")

@@ -187,7 +187,6 @@ def apply() -> None:
     restore_numpy_aliases()
     from recbole.data.dataset import Dataset, SequentialDataset
     from recbole.trainer import Trainer
-
     from recbole.utils import utils as recbole_utils
 
     ORIGINALS.update(fill_nan=Dataset._fill_nan, remap=Dataset._remap, save_checkpoint=Trainer._save_checkpoint,
