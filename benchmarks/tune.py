@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a clone
     sys.path.insert(0, str(ROOT))
 
-from missrec_recbole.bench import FIRST_SEED, file_safe  # noqa: E402
+from missrec_recbole.bench import FIRST_SEED, file_safe, stop, terminate_on_sigterm  # noqa: E402
 
 
 def parse_candidate(text: str) -> tuple[str, object]:
@@ -60,16 +61,42 @@ def valid_runs(results_file: Path, row: str, seeds) -> list[dict]:
              "train_seconds_per_epoch": r.get("train_seconds_per_epoch")} for r in runs.values()]
 
 
-def run_candidate(args, name: str, overrides: dict) -> tuple[str, int]:
-    out_dir, work_dir = args.out / slug(name), ROOT / "saved" / "tune" / args.dataset / slug(name)
-    command = [sys.executable, "-m", "missrec_recbole.bench", "-d", args.dataset, "--data_path", str(args.data_path),
-               "--tables", "full", "--rows", args.row, "--seeds", str(args.seeds), "--out_dir", str(out_dir),
-               "--work_dir", str(work_dir), "--no_progress",
-               *[f"--{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items()]]
+class Children:
+    """The bench invocations a sweep has started, so an interrupted sweep can stop them all."""
+
+    def __init__(self):
+        self.lock, self.stopping, self.running = threading.Lock(), False, []
+
+    def start(self, command, **popen_args):
+        """The started process, or None once the sweep is stopping."""
+        with self.lock:
+            if self.stopping:
+                return None
+            self.running.append(subprocess.Popen(command, **popen_args))
+            return self.running[-1]
+
+    def stop_all(self):
+        with self.lock:
+            self.stopping = True
+        for process in self.running:
+            stop(process, grace=30)  # each bench stops its own training worker on SIGTERM
+
+
+def bench_command(args, overrides: dict, out_dir: Path, work_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "missrec_recbole.bench", "-d", args.dataset, "--data_path", str(args.data_path),
+            "--tables", "full", "--rows", args.row, "--seeds", str(args.seeds), "--out_dir", str(out_dir),
+            "--work_dir", str(work_dir), "--no_progress",
+            *[f"--{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items()]]
+
+
+def run_candidate(args, children: Children, name: str, overrides: dict) -> tuple[str, int | None]:
+    out_dir, work_dir = args.out / slug(name), args.work_dir / slug(name)
     work_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with open(work_dir / "tune.log", "w", encoding="utf-8") as log:
-        code = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        process = children.start(bench_command(args, overrides, out_dir, work_dir), cwd=ROOT, env=env, stdout=log,
+                                 stderr=subprocess.STDOUT)
+        code = None if process is None else process.wait()
     print(f"[tune {time.strftime('%H:%M:%S')}] {name}: exit {code} (log {work_dir / 'tune.log'})", flush=True)
     return name, code
 
@@ -88,12 +115,14 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="candidates run at the same time (one thread each)")
     ap.add_argument("--baseline", type=Path, help="results.json holding the unchanged row (default: results/<d>/)")
     ap.add_argument("--out", type=Path, help="default: results/<dataset>/tuning/<row>/")
+    ap.add_argument("--work_dir", type=Path, help="checkpoints and logs; default: saved/tune/<dataset>/")
     ap.add_argument("--fixed", action="append", type=parse_candidate, default=[], metavar="key=value",
                     help="a setting for every run, the baseline included (which is then always run)")
     ap.add_argument("candidates", nargs="+", type=parse_candidate, metavar="key=value")
     args = ap.parse_args(argv)
     args.data_path = args.data_path.resolve()
     args.out = (args.out or ROOT / "results" / args.dataset / "tuning" / slug(args.row)).resolve()
+    args.work_dir = (args.work_dir or ROOT / "saved" / "tune" / args.dataset).resolve()
     seeds = [FIRST_SEED + i for i in range(args.seeds)]
     baseline_file = args.baseline or ROOT / "results" / args.dataset / "results.json"
 
@@ -102,8 +131,13 @@ def main(argv=None) -> int:
     baseline = [] if fixed else valid_runs(baseline_file, args.row, seeds)
     if len(baseline) < len(seeds):
         plan = {"defaults": fixed, **plan}
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        codes = dict(pool.map(lambda item: run_candidate(args, *item), plan.items()))
+    children = Children()
+    with terminate_on_sigterm(), ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        try:
+            codes = dict(pool.map(lambda item: run_candidate(args, children, *item), plan.items()))
+        except BaseException:  # Ctrl-C or SIGTERM: no bench (or its worker) keeps running
+            children.stop_all()
+            raise
 
     summary = {"dataset": args.dataset, "row": args.row, "seeds": seeds, "fixed": fixed, "date": time.strftime("%Y-%m-%d %H:%M"),
                "metric": "valid, at the epoch chosen on valid NDCG@10", "candidates": {}}

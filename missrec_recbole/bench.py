@@ -42,6 +42,7 @@ import os
 import platform
 import re
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -504,11 +505,15 @@ def launch(suite: Suite, spec: dict, label: str) -> tuple[dict, dict | None]:
         spec_file.write_text(json.dumps(spec), encoding="utf-8")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
                                                                            os.environ.get("PYTHONPATH")]))}
-        command = [sys.executable, "-m", "missrec_recbole.bench", "_worker", str(spec_file), str(out_file)]
         with open(log, "w", encoding="utf-8") as handle:
             output = None if suite.args.verbose else handle
-            process = subprocess.Popen(command, cwd=suite.args.work_dir, env=env, stdout=output, stderr=output)
-            code = follow(process, log, suite.progress)
+            process = subprocess.Popen(worker_command(spec_file, out_file), cwd=suite.args.work_dir, env=env,
+                                       stdout=output, stderr=output)
+            try:
+                code = follow(process, log, suite.progress)
+            except BaseException:  # Ctrl-C, SIGTERM (see terminate_on_sigterm), a progress error: no orphan
+                stop(process)
+                raise
         if code != 0 or not out_file.is_file():
             tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
             raise RuntimeError(f"exit code {code}; log {log}:\n" + "\n".join(tail))
@@ -532,6 +537,34 @@ def pretrain_key(suite: Suite, kind: str) -> str:
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def worker_command(spec_file: Path, out_file: Path) -> list[str]:
+    return [sys.executable, "-m", "missrec_recbole.bench", "_worker", str(spec_file), str(out_file)]
+
+
+def stop(process, grace: float = 10.0) -> None:
+    """Terminate ``process`` (kill it if it is still running after ``grace`` seconds) and reap it."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def terminate_on_sigterm():
+    """Turn SIGTERM into SystemExit while the suite runs, so ``launch`` stops its worker before exiting.
+
+    Ctrl-C in a terminal reaches the whole process group, but ``kill PID`` (a scheduler, ``timeout``, a
+    tuning sweep) reaches only this process and would otherwise leave the training worker running."""
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def follow(process, log: Path, progress, every: float = 2.0) -> int:
@@ -963,7 +996,8 @@ def main(argv=None) -> dict:
         rows = [r for r in suite_rows(args.tables) if r.kind in args.models and (args.rows is None or r.name in args.rows)]
         say(f"{len(rows)} rows x {len(args.run_seeds)} seeds on {args.dataset}; results: {args.out_dir}; "
             f"logs: {suite.log_dir}")
-        counts = run_suite(suite, rows)
+        with terminate_on_sigterm():
+            counts = run_suite(suite, rows)
     for message in write_report(suite.results.data, suite.results, args.out_dir):
         say(message)
     say(f"done in {time.time() - start:.0f}s: " + ", ".join(f"{n} {s}" for s, n in counts.items())

@@ -3,8 +3,11 @@ the user split, and the tie rule shared by SASRec's and MISSRec's evaluation."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -225,6 +228,43 @@ def test_concurrent_invocations_share_results(tmp_path):
     assert {k: list(v) for k, v in results.cases("1|3").items()} == {"item": [1], "rank": [3]}
 
 
+def _launch_a_sleeping_worker(tmp_path):
+    """A bench parent (SIGTERM handling as in ``main``) whose worker writes its pid and sleeps."""
+    import types
+
+    pid_file = tmp_path / "worker.pid"
+    bench.worker_command = lambda spec, out: [
+        sys.executable, "-c", f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"]
+    suite = types.SimpleNamespace(launched=0, log_dir=tmp_path, progress=lambda line: None,
+                                  args=types.SimpleNamespace(verbose=False, work_dir=tmp_path))
+    with bench.terminate_on_sigterm():
+        bench.launch(suite, {}, "sleeper")
+
+
+def test_sigterm_to_the_parent_stops_its_worker(tmp_path):
+    """``kill PID`` of a bench invocation must not leave its training worker running."""
+    import multiprocessing
+    import signal
+    import time
+
+    parent = multiprocessing.get_context("spawn").Process(target=_launch_a_sleeping_worker, args=(tmp_path,))
+    parent.start()
+    pid_file = tmp_path / "worker.pid"
+    deadline = time.time() + 60
+    while not (pid_file.is_file() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    worker_pid = int(pid_file.read_text())
+    os.kill(parent.pid, signal.SIGTERM)
+    parent.join(60)
+    try:
+        assert parent.exitcode == 128 + signal.SIGTERM
+        with pytest.raises(ProcessLookupError):  # stopped and reaped by the parent, not orphaned
+            os.kill(worker_pid, 0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker_pid, signal.SIGKILL)
+
+
 def _tune_module():
     spec = importlib.util.spec_from_file_location("tune", bench.PACKAGE_ROOT / "benchmarks" / "tune.py")
     module = importlib.util.module_from_spec(spec)
@@ -247,6 +287,41 @@ def test_tune_reads_validation_of_one_row_only(tmp_path):
     assert tune.parse_candidate("item_fusion=stack") == ("item_fusion", "stack")
     with pytest.raises(Exception, match="key=value"):
         tune.parse_candidate("interest_ratio")
+
+
+def _sweep_of_sleeping_benches(tmp_path):
+    """tune.py, SIGTERM handling as in its ``main``, whose bench invocations write their pid and sleep."""
+    tune = _tune_module()
+    tune.bench_command = lambda args, overrides, out_dir, work_dir: [
+        sys.executable, "-c", f"import os, time; open({str(work_dir / 'pid')!r}, 'w').write(str(os.getpid())); "
+                              "time.sleep(120)"]
+    tune.main(["-d", "Tiny", f"--data_path={tmp_path}", f"--out={tmp_path / 'out'}", f"--work_dir={tmp_path / 'work'}",
+               f"--baseline={tmp_path / 'none.json'}", "--jobs=2", "dpc_k=3", "dpc_k=4", "dpc_k=5"])
+
+
+def test_sigterm_to_a_sweep_stops_its_benches_and_starts_no_more(tmp_path):
+    import multiprocessing
+    import signal
+    import time
+
+    sweep = multiprocessing.get_context("spawn").Process(target=_sweep_of_sleeping_benches, args=(tmp_path,))
+    sweep.start()
+    deadline = time.time() + 60
+    while len([f for f in tmp_path.glob("work/*/pid") if f.read_text()]) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    pids = [int(f.read_text()) for f in tmp_path.glob("work/*/pid")]
+    os.kill(sweep.pid, signal.SIGTERM)
+    sweep.join(90)
+    try:
+        assert len(pids) == 2 and sweep.exitcode == 128 + signal.SIGTERM
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+        assert len(list(tmp_path.glob("work/*/pid"))) == 2  # the two waiting candidates never started
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_only_seeds_runs_a_subset_and_keeps_the_pretraining_seed():
