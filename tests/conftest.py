@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny hand-made datasets in RecBole atomic format, and configs for them."""
+"""Shared fixtures: tiny hand-made datasets in RecBole atomic format, configs for them, gradient comparisons."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import missrec_recbole  # noqa: F401  (applies the RecBole compatibility fixes)
 
@@ -66,3 +67,19 @@ def tiny_config(tiny_dataset, tmp_path):
         return build_config("Tiny", stage, config_dict=overrides)
 
     return make
+
+
+def loss_and_grads(model, batch, seed=3):
+    """Loss (summed parts) and parameter gradients of one training step on ``batch``, seeded."""
+    model.zero_grad()
+    torch.manual_seed(seed)
+    loss = sum(model.calculate_loss(batch))
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_same_loss_and_grads(first, second):
+    (loss_a, grads_a), (loss_b, grads_b) = first, second
+    assert torch.allclose(loss_a, loss_b, atol=1e-6) and grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        assert torch.allclose(grads_a[name], grads_b[name], atol=1e-6, rtol=1e-4), name

@@ -6,6 +6,7 @@ import torch
 from missrec_recbole.data import MISSRecDataset
 from missrec_recbole.model import MISSRec
 from missrec_recbole.model.missrec import distinct_per_row
+from tests.conftest import assert_same_loss_and_grads, loss_and_grads
 
 
 @pytest.fixture
@@ -158,21 +159,6 @@ def test_length_buckets_give_the_same_result(built):
     assert torch.allclose(dense, bucketed, atol=1e-5) and torch.allclose(dense_reg, bucketed_reg, atol=1e-6)
 
 
-def _loss_and_grads(model, batch, seed=3):
-    model.zero_grad()
-    torch.manual_seed(seed)
-    loss = sum(model.calculate_loss(batch))
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-def _assert_same(first, second):
-    (loss_a, grads_a), (loss_b, grads_b) = first, second
-    assert torch.allclose(loss_a, loss_b, atol=1e-6) and grads_a.keys() == grads_b.keys()
-    for name in grads_a:
-        assert torch.allclose(grads_a[name], grads_b[name], atol=1e-6, rtol=1e-4), name
-
-
 def test_memory_chunks_replay_dropout_in_the_backward_pass(built, monkeypatch):
     """memory_chunk_rows recomputes activations in backward (torch.utils.checkpoint) with the same
     dropout masks: loss and gradients equal those of the same chunks with activations kept."""
@@ -183,11 +169,11 @@ def test_memory_chunks_replay_dropout_in_the_backward_pass(built, monkeypatch):
     model.train()
     batch = _batch(train)
     assert len(model._row_groups(batch["item_length"])) > len(model._length_buckets(batch["item_length"]))
-    recomputed = _loss_and_grads(model, batch)
+    recomputed = loss_and_grads(model, batch)
     monkeypatch.setattr(module, "checkpoint", lambda function, *args, **kwargs: function(*args))
-    kept = _loss_and_grads(model, batch)
+    kept = loss_and_grads(model, batch)
     assert recomputed[1]["adapters.text.weight"].abs().sum() > 0
-    _assert_same(recomputed, kept)
+    assert_same_loss_and_grads(recomputed, kept)
 
 
 def test_memory_chunks_change_nothing_without_dropout(built):
@@ -197,9 +183,9 @@ def test_memory_chunks_change_nothing_without_dropout(built):
     model.refresh_interests()
     model.train()
     batch = _batch(train)
-    whole = _loss_and_grads(model, batch)
+    whole = loss_and_grads(model, batch)
     model.memory_chunk_rows = 5
-    _assert_same(whole, _loss_and_grads(model, batch))
+    assert_same_loss_and_grads(whole, loss_and_grads(model, batch))
     model.eval()
     assert len(model._row_groups(batch["item_length"])) == len(model._length_buckets(batch["item_length"]))
 

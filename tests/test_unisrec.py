@@ -10,7 +10,7 @@ from missrec_recbole.data import MISSRecDataset
 from missrec_recbole.model import UniSRec
 from missrec_recbole.quick_start import build_config
 from missrec_recbole.trainer import CheckpointError, read_checkpoint
-from tests.conftest import tiny_overrides, write_dataset
+from tests.conftest import assert_same_loss_and_grads, loss_and_grads, tiny_overrides, write_dataset
 
 
 @pytest.fixture
@@ -162,6 +162,35 @@ def test_augmented_view_differs_and_keeps_lengths_valid(built):
         features = F.normalize(model.augmented_view(batch["item_id_list"], batch["item_length"]), dim=-1)
     assert torch.isfinite(view).all() and ((plain * view).sum(-1) < 1 - 1e-4).any()
     assert ((plain * features).sum(-1) < 1 - 1e-4).all()
+
+
+def test_memory_chunks_replay_dropout_and_match_the_whole_batch(built, monkeypatch):
+    """memory_chunk_rows (as in MISSRec): the Transformer's activations are recomputed in backward per chunk with
+    the same dropout masks (= the same chunks with activations kept); without dropout = the whole batch."""
+    from missrec_recbole.model import missrec as module
+
+    model, train, _ = built(stage="pretrain", mode="transductive", memory_chunk_rows=5)
+    model.train()
+    batch = _batch(train)
+    assert len(model._row_groups(batch["item_length"])) > len(model._length_buckets(batch["item_length"]))
+    calls, checkpoint = [], module.checkpoint
+    with monkeypatch.context() as patch:
+        patch.setattr(module, "checkpoint", lambda *args, **kwargs: calls.append(1) or checkpoint(*args, **kwargs))
+        recomputed = loss_and_grads(model, batch)
+    assert len(calls) >= len(model._row_groups(batch["item_length"]))  # each chunk of the sequences and their views
+    with monkeypatch.context() as patch:
+        patch.setattr(module, "checkpoint", lambda function, *args, **kwargs: function(*args))
+        assert_same_loss_and_grads(recomputed, loss_and_grads(model, batch))
+    assert recomputed[1]["trm_encoder.layer.0.multi_head_attention.query.weight"].abs().sum() > 0
+
+    no_dropout = {"hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0, "adaptor_dropout_prob": 0.0}
+    model, _, _ = built(stage="pretrain", mode="transductive", memory_chunk_rows=5, **no_dropout)
+    model.train()
+    chunked = loss_and_grads(model, batch)
+    model.memory_chunk_rows = 0
+    assert_same_loss_and_grads(chunked, loss_and_grads(model, batch))
+    with pytest.raises(ValueError, match="memory_chunk_rows"):
+        built(memory_chunk_rows=-1)
 
 
 def test_loss_decreases_on_demo_data(tmp_path):

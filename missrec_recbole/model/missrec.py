@@ -79,6 +79,15 @@ def distinct_per_row(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return distinct, distinct >= 0
 
 
+def memory_chunk_rows(config) -> int:
+    """The checked ``memory_chunk_rows`` option: 0 (off) or the rows whose activations are recomputed together."""
+    rows = config["memory_chunk_rows"] or 0
+    if not isinstance(rows, int) or rows < 0:
+        raise ValueError(f"config `memory_chunk_rows`: {rows!r} must be 0 (off) or a number of "
+                         "sequences whose activations are recomputed together in the backward pass")
+    return rows
+
+
 def left_align(values: torch.Tensor, keep: torch.Tensor, fill=0) -> tuple[torch.Tensor, torch.Tensor]:
     """Move the kept entries of each row to the front (order preserved); returns (values, lengths)."""
     order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
@@ -115,10 +124,7 @@ class MISSRec(SequentialRecommender):
             raise ValueError(f"config `dpc_mode`: {self.dpc_mode!r} must be auto, exact or approx")
         self._dpc_state = None  # approximate-mode IVF quantizer of the last refresh (see other_parameter)
         self.length_buckets = config["length_buckets"]
-        self.memory_chunk_rows = config["memory_chunk_rows"] or 0
-        if not isinstance(self.memory_chunk_rows, int) or self.memory_chunk_rows < 0:
-            raise ValueError(f"config `memory_chunk_rows`: {self.memory_chunk_rows!r} must be 0 (off) or a number of "
-                             "sequences whose activations are recomputed together in the backward pass")
+        self.memory_chunk_rows = memory_chunk_rows(config)
         if config["mode"] not in ("inductive", "transductive"):
             raise ValueError(f"config `mode`: {config['mode']!r} must be inductive or transductive")
         if self.item_fusion not in ("add", "stack"):
@@ -398,12 +404,13 @@ class MISSRec(SequentialRecommender):
     def _recompute_activations(self) -> bool:
         return self.memory_chunk_rows > 0 and self.training and torch.is_grad_enabled()
 
-    def _forward_rows(self, item_seq, item_seq_len):
-        """``_forward_dense``; with ``memory_chunk_rows`` its activations are not kept but recomputed in the
-        backward pass (``torch.utils.checkpoint``, same dropout masks), so a batch holds one chunk's at a time."""
+    def _run_rows(self, function, *inputs):
+        """``function(*inputs)`` for one row group; with ``memory_chunk_rows`` its activations are not kept but
+        recomputed in the backward pass (``torch.utils.checkpoint``, same dropout masks), so a batch holds one
+        chunk's at a time."""
         if self._recompute_activations():
-            return checkpoint(self._forward_dense, item_seq, item_seq_len, use_reentrant=False)
-        return self._forward_dense(item_seq, item_seq_len)
+            return checkpoint(function, *inputs, use_reentrant=False)
+        return function(*inputs)
 
     def forward(self, item_seq, item_seq_len, return_diversity=False):
         """Sequence representation s_u [B, d]; with ``return_diversity`` also L_reg (pair-weighted mean).
@@ -415,7 +422,7 @@ class MISSRec(SequentialRecommender):
         similarity_sum, pairs = seq_output.new_zeros(()), 0
         for rows in self._row_groups(item_seq_len):
             width = int(item_seq_len[rows].max())
-            output, memory, mask = self._forward_rows(item_seq[rows, :width], item_seq_len[rows])
+            output, memory, mask = self._run_rows(self._forward_dense, item_seq[rows, :width], item_seq_len[rows])
             seq_output = seq_output.index_put((rows,), output)
             if return_diversity:
                 bucket_sum, bucket_pairs = self.interest_similarity(memory, mask)

@@ -30,7 +30,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import TransformerEncoder
 from recbole.utils import InputType
 
-from missrec_recbole.model.missrec import MISSRec, use_fast_dropout
+from missrec_recbole.model.missrec import MISSRec, memory_chunk_rows, use_fast_dropout
 
 
 class MoEAdaptor(nn.Module):
@@ -90,6 +90,7 @@ class UniSRec(SequentialRecommender):
         self.item_drop_coefficient = config["item_drop_coefficient"]
         self.loss_candidates = config["loss_candidates"]
         self.length_buckets = config["length_buckets"] or 1
+        self.memory_chunk_rows = memory_chunk_rows(config)
 
         # frozen features in RecBole's internal item order (row 0 = padding); not saved (dataset-specific)
         self.register_buffer("text_features", dataset.features["text"], persistent=False)
@@ -113,10 +114,14 @@ class UniSRec(SequentialRecommender):
         self._item_cache = None
 
     # Shared with MISSRec: RecBole's weight init; item drop (>= 1 item kept, order kept, left-aligned);
-    # trainable-parameter count; weights without the ID embedding (what a checkpoint transfers).
+    # length buckets and memory chunks (activations recomputed in backward); trainable-parameter count;
+    # weights without the ID embedding (what a checkpoint transfers).
     _init_weights = MISSRec._init_weights
     _item_drop = MISSRec._item_drop
     _length_buckets = MISSRec._length_buckets
+    _row_groups = MISSRec._row_groups
+    _recompute_activations = MISSRec._recompute_activations
+    _run_rows = MISSRec._run_rows
     trainable_parameters = MISSRec.trainable_parameters
     transferable_state_dict = MISSRec.transferable_state_dict
 
@@ -165,11 +170,12 @@ class UniSRec(SequentialRecommender):
 
         Rows are processed in ``length_buckets`` groups of similar length, each cut to its longest
         sequence: the same result as one padded block (padding is at the end and masked, rows are
-        independent), much cheaper on short real histories.
+        independent), much cheaper on short real histories. ``memory_chunk_rows``: see MISSRec.
         """
         output = item_reps.new_zeros(len(item_seq), self.hidden_size)
-        for rows in self._length_buckets(item_seq_len):
-            output = output.index_put((rows,), self._encode_block(item_seq[rows], item_seq_len[rows], item_reps[rows]))
+        for rows in self._row_groups(item_seq_len):
+            block = self._run_rows(self._encode_block, item_seq[rows], item_seq_len[rows], item_reps[rows])
+            output = output.index_put((rows,), block)
         return output
 
     def _encode_block(self, item_seq, item_seq_len, item_reps):
