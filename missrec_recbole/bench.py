@@ -23,7 +23,7 @@ step of the real one), hidden size 32, 2 epochs (pre-training 2), one seed.
 
 Outputs in ``--out_dir`` (default ``results/<dataset>/``): ``results.json`` (every run, rewritten
 atomically after each one; runs with the same table, row, seed and config hash are skipped on the next
-invocation), ``ranks.npz`` (per run: target item index and pessimistic rank of every test case),
+invocation, and by a concurrent invocation sharing ``--out_dir`` while one is running), ``ranks.npz`` (per run: target item index and pessimistic rank of every test case),
 ``results.md`` (mean ± std over seeds) and ``longtail.png`` (needs matplotlib: ``pip install -e .[plot]``).
 Checkpoints, split datasets and per-run logs go to ``--work_dir`` (default ``saved/bench/<dataset>/``).
 Any ``--key=value`` is a config override for every run; ``--pretrain.key=value`` for pre-training only.
@@ -438,6 +438,25 @@ class Results:
             self.data["updated"] = now()
             write_json(self.path, self.data)
 
+    @contextlib.contextmanager
+    def claim(self, key: str, wait: bool):
+        """Hold ``key`` while this invocation computes it, so another one sharing ``out_dir`` does not start it too.
+
+        A lock on ``out_dir/.claims/<hash of key>`` (released by the OS if the process dies: no stale claims).
+        Yields True once held; False at once when another invocation holds it and ``wait`` is False."""
+        folder = self.out_dir / ".claims"
+        folder.mkdir(exist_ok=True)
+        with open(folder / hashlib.sha256(key.encode()).hexdigest()[:20], "a+b") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def cases(self, key: str):
         if f"{key}|rank" not in self.ranks:
             return None
@@ -587,12 +606,17 @@ def follow(process, log: Path, progress, every: float = 2.0) -> int:
 
 def ensure_pretrained(suite: Suite, kind: str) -> str:
     """Checkpoint of ``kind`` pre-trained on the pre-training half (trained once, then reused)."""
-    dataset, data_path = suite.split["pre"], suite.split_path
     settings = {**suite.overrides, **suite.pretrain_overrides}
     key = pretrain_key(suite, kind)
-    done = suite.results.find("pretraining", key)
-    if done and Path(done["checkpoint"]).is_file():
-        return done["checkpoint"]
+    with suite.results.claim(key, wait=True):  # another invocation pre-training it: wait for its checkpoint
+        done = suite.results.find("pretraining", key)
+        if done and Path(done["checkpoint"]).is_file():
+            return done["checkpoint"]
+        return _pretrain(suite, kind, key, settings)
+
+
+def _pretrain(suite: Suite, kind: str, key: str, settings: dict) -> str:
+    dataset, data_path = suite.split["pre"], suite.split_path
     _check(kind)
     say(f"pre-training {RUN_KINDS[kind].label} on {dataset} (log: {suite.log_dir})")
     spec = _spec(suite, "pretrain", kind, dataset, data_path, suite.args.seed_list[0], settings, mode="inductive")
@@ -606,7 +630,8 @@ def ensure_pretrained(suite: Suite, kind: str) -> str:
 
 
 def run_row(suite: Suite, row: Row, seed: int) -> str:
-    """Train/evaluate one row for one seed unless results.json has it; returns ok|skipped|unavailable|failed."""
+    """Train/evaluate one row for one seed unless results.json has it or another invocation is running it;
+    returns ok|skipped|busy|unavailable|failed."""
     dataset, data_path = suite.dataset_of(row.table)
     settings = {**(SASREC_SETTINGS if row.kind == "sasrec" else {}), **suite.overrides}
     pre_key = pretrain_key(suite, row.kind) if row.pretrained else None
@@ -619,6 +644,16 @@ def run_row(suite: Suite, row: Row, seed: int) -> str:
             "pretrained": row.pretrained, "dataset": dataset, "seed": seed, "config_hash": digest,
             "date": now(), "command": suite.args.command, "machine": suite.results.data["machine"],
             "code": suite.results.data["code"]}
+    with suite.results.claim(key, wait=False) as mine:
+        if not mine:
+            return "busy"
+        if suite.results.find("runs", key):  # finished by another invocation a moment ago
+            return "skipped"
+        return _train_row(suite, row, base, settings, data_path)
+
+
+def _train_row(suite: Suite, row: Row, base: dict, settings: dict, data_path: Path) -> str:
+    seed, dataset = base["seed"], base["dataset"]
     try:
         _check(row.kind)
         checkpoint = ensure_pretrained(suite, row.kind) if row.pretrained else None
@@ -668,6 +703,8 @@ def run_suite(suite: Suite, rows) -> dict:
             run = suite.results.data["runs"][-1]
             say(f"{row.table} / {row.name} / seed {seed}: test NDCG@10 {run['test']['ndcg@10']:.4f}, "
                 f"{run['epochs']} epochs, {run['wall_seconds']:.0f}s")
+        elif status == "busy":
+            say(f"{row.table} / {row.name} / seed {seed}: another invocation is running it; not started here")
         elif status == "unavailable":
             say(f"{row.table} / {row.name} / seed {seed}: {suite.results.data['runs'][-1]['message']}")
     bar.close()

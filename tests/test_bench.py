@@ -265,6 +265,50 @@ def test_sigterm_to_the_parent_stops_its_worker(tmp_path):
             os.kill(worker_pid, signal.SIGKILL)
 
 
+def test_a_run_in_progress_elsewhere_is_not_started_twice(monkeypatch, tmp_path):
+    """A second invocation sharing out_dir, started while the first trains a run, leaves that run alone."""
+    tiny_with_ties(tmp_path / "data")
+    args = bench_args(tmp_path, "--rows=SASRec", "--tables=full")
+    real_launch, second = bench.launch, []
+
+    def launch_after_a_second_invocation(*launch_args):
+        second.append(bench.main(args))  # starts while this invocation holds the run
+        return real_launch(*launch_args)
+
+    monkeypatch.setattr(bench, "launch", launch_after_a_second_invocation)
+    first = bench.main(args)
+    assert second[0]["counts"] == {"busy": 1} and second[0]["launched"] == 0
+    assert first["counts"] == {"ok": 1} and first["launched"] == 1
+    monkeypatch.setattr(bench, "launch", real_launch)
+    assert bench.main(args)["counts"] == {"skipped": 1}
+
+
+def test_pretraining_in_progress_elsewhere_is_waited_for(monkeypatch, tmp_path):
+    """ensure_pretrained waits for another invocation's pre-training and reuses its checkpoint."""
+    import threading
+
+    tiny_with_ties(tmp_path / "data")
+    suite = bench.make_suite(*bench.parse_args(bench_args(tmp_path)))
+    key, checkpoint = bench.pretrain_key(suite, "missrec"), tmp_path / "other.pth"
+    holding, release = threading.Event(), threading.Event()
+
+    def other_invocation():
+        with bench.Results(suite.results.out_dir, {}).claim(key, wait=True):
+            holding.set()
+            release.wait(30)
+            checkpoint.write_bytes(b"weights")
+            bench.Results(suite.results.out_dir, {}).put("pretraining", {"key": key, "status": "ok",
+                                                                          "checkpoint": str(checkpoint)})
+
+    monkeypatch.setattr(bench, "launch", lambda *a: pytest.fail("pre-trained a second time"))
+    other = threading.Thread(target=other_invocation)
+    other.start()
+    holding.wait(30)
+    threading.Timer(0.5, release.set).start()
+    assert bench.ensure_pretrained(suite, "missrec") == str(checkpoint)
+    other.join()
+
+
 def _tune_module():
     spec = importlib.util.spec_from_file_location("tune", bench.PACKAGE_ROOT / "benchmarks" / "tune.py")
     module = importlib.util.module_from_spec(spec)
