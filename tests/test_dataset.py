@@ -108,3 +108,23 @@ def test_scientific_mm_loads():
     raw = np.fromfile(SHARED / "Scientific-mm" / "Scientific-mm.feat3CLS", dtype=np.float32).reshape(-1, 512)
     internal = dataset.field2token_id["item_id"]["100"]
     assert np.array_equal(dataset.features["image"][internal].numpy(), raw[100])
+
+
+def test_atomic_directory_replaces_whole_or_not_at_all(tmp_path):
+    from missrec_recbole.data.dataset import atomic_directory
+
+    target = tmp_path / "D"
+    (target / "images").mkdir(parents=True)
+    (target / "images" / "a.jpg").write_bytes(b"x")
+    (target / "D.feat1CLS").write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="interrupted"), atomic_directory(target) as tmp:
+        (tmp / "D.feat1CLS").write_bytes(b"half")
+        raise RuntimeError("interrupted")
+    assert (target / "D.feat1CLS").read_bytes() == b"old" and (target / "images" / "a.jpg").is_file()
+    with atomic_directory(target, keep_subfolders=True) as tmp:
+        (tmp / "D.feat3CLS").write_bytes(b"new")
+    assert sorted(p.name for p in target.iterdir()) == ["D.feat3CLS", "images"]  # stale files gone, images kept
+    with atomic_directory(target) as tmp:
+        (tmp / "D.inter").write_bytes(b"")
+    assert [p.name for p in target.iterdir()] == ["D.inter"]
+    assert [p.name for p in tmp_path.iterdir()] == ["D"]  # no temp folders left

@@ -41,11 +41,8 @@ import gzip
 import html
 import io
 import json
-import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -55,7 +52,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from missrec_recbole.data.dataset import REQUIRED_COLUMNS, DatasetFormatError
+from missrec_recbole.data.dataset import REQUIRED_COLUMNS, DatasetFormatError, atomic_directory
 
 __all__ = ["RawDataError", "ConversionStats", "convert_amazon", "clean_text", "item_text", "image_url",
            "read_json_lines"]
@@ -442,24 +439,8 @@ def convert_amazon(reviews, meta, out_dir, name: str | None = None, kcore: int =
     stats.interactions = int(sum(stats.sequence_lengths))
     stats.items_with_image_url = sum(1 for iid in item_ids if iid in urls)
 
-    parent = out_dir.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=parent))
-    old = None
-    try:
+    with atomic_directory(out_dir.resolve(), keep_subfolders=True) as tmp:  # keeps downloaded images etc.
         stats.train_rows = _write_outputs(tmp, name, user_ids, item_ids, sequences, texts, urls, max_len)
-        os.chmod(tmp, 0o755)
-        if out_dir.is_dir():
-            old = Path(tempfile.mkdtemp(prefix=f".tmp-old-{name}-", dir=parent))
-            os.replace(out_dir, old / "data")
-            for sub in (old / "data").iterdir():  # keep downloaded images etc.
-                if sub.is_dir():
-                    os.replace(sub, tmp / sub.name)
-        os.replace(tmp, out_dir)
-    finally:
-        for folder in (tmp, old):
-            if folder is not None and folder.exists():
-                shutil.rmtree(folder, ignore_errors=True)
     return stats
 
 

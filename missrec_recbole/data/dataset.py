@@ -183,18 +183,26 @@ class MISSRecDataset(SequentialDataset):
 
 
 @contextlib.contextmanager
-def atomic_directory(target):
-    """Yield an empty temp folder beside ``target``; when the block succeeds it replaces ``target``
-    whole (an older ``target`` is removed), otherwise it is deleted: never a half-written dataset."""
+def atomic_directory(target, keep_subfolders: bool = False):
+    """Yield an empty temp folder beside ``target``; when the block succeeds it replaces ``target`` whole,
+    otherwise it is deleted: never a half-written dataset. The old ``target`` is moved aside before the
+    rename and removed after it, so ``target`` is missing only between two renames. ``keep_subfolders``
+    carries the old target's sub-folders (e.g. downloaded images) into the new one."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    old = None
     try:
         yield tmp
         os.chmod(tmp, 0o755)  # mkdtemp creates 0o700
         if target.exists():
-            shutil.rmtree(target)
+            old = Path(tempfile.mkdtemp(prefix=f".tmp-old-{target.name}-", dir=target.parent))
+            os.replace(target, old / target.name)
+            for sub in (old / target.name).iterdir() if keep_subfolders else ():
+                if sub.is_dir() and not (tmp / sub.name).exists():
+                    os.replace(sub, tmp / sub.name)
         os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    finally:
+        for folder in (tmp, old):
+            if folder is not None and folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
