@@ -23,8 +23,9 @@ step of the real one), hidden size 32, 2 epochs (pre-training 2), one seed.
 
 Outputs in ``--out_dir`` (default ``results/<dataset>/``): ``results.json`` (every run, rewritten
 atomically after each one; runs with the same table, row, seed and config hash are skipped on the next
-invocation, and by a concurrent invocation sharing ``--out_dir`` while one is running), ``ranks.npz`` (per run: target item index and pessimistic rank of every test case),
-``results.md`` (mean ± std over seeds) and ``longtail.png`` (needs matplotlib: ``pip install -e .[plot]``).
+invocation, and by a concurrent invocation sharing ``--out_dir`` while one is running), ``ranks.npz``
+(per run: target item index and pessimistic rank of every test case), ``results.md`` (mean ± std over
+seeds) and ``longtail.png`` (needs matplotlib: ``pip install -e .[plot]``).
 Checkpoints, split datasets and per-run logs go to ``--work_dir`` (default ``saved/bench/<dataset>/``).
 Any ``--key=value`` is a config override for every run; ``--pretrain.key=value`` for pre-training only.
 """
