@@ -106,6 +106,43 @@ def mean(values):
     return sum(values) / len(values) if values else None
 
 
+def summarise(args, seeds, fixed, plan, codes, baseline, baseline_file) -> dict:
+    """This sweep's candidates, plus those of earlier sweeps of the row with the same fixed settings (their runs
+    for ``seeds`` re-read), so a second round adds to ``tuning.json`` instead of replacing it."""
+    summary = {"dataset": args.dataset, "row": args.row, "seeds": seeds, "fixed": fixed,
+               "date": time.strftime("%Y-%m-%d %H:%M"), "metric": "valid, at the epoch chosen on valid NDCG@10",
+               "candidates": {}}
+    if "defaults" not in plan:
+        summary["candidates"]["defaults"] = {"overrides": {}, "source": str(baseline_file), "runs": baseline}
+    earlier_file = args.out / "tuning.json"
+    earlier = json.loads(earlier_file.read_text(encoding="utf-8")) if earlier_file.is_file() else {}
+    earlier = earlier.get("candidates", {}) if earlier.get("fixed") == fixed else {}
+    entries = {name: entry for name, entry in earlier.items() if name != "defaults"}
+    entries.update({name: {"overrides": overrides, "exit_code": codes[name]} for name, overrides in plan.items()})
+    for name, entry in entries.items():
+        summary["candidates"][name] = {**entry, "runs": valid_runs(args.out / slug(name) / "results.json",
+                                                                   args.row, seeds)}
+    return summary
+
+
+def print_table(summary: dict) -> None:
+    reference = mean([r["valid"]["ndcg@10"] for r in summary["candidates"]["defaults"]["runs"]])
+    print(f"{summary['row']} on {summary['dataset']}, seeds {summary['seeds']}: validation only")
+    print("| candidate | seeds run | valid NDCG@10 | vs defaults | valid Recall@10 | valid NDCG@50 | best epoch | s/epoch |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, entry in summary["candidates"].items():
+        runs = entry["runs"]
+        if not runs:
+            print(f"| {name} | 0 | failed (exit {entry.get('exit_code')}) | | | | | |")
+            continue
+        ndcg = mean([r["valid"]["ndcg@10"] for r in runs])
+        gain = f"{ndcg / reference - 1:+.1%}" if reference else "-"
+        seconds = mean([r["train_seconds_per_epoch"] for r in runs])
+        print(f"| {name} | {len(runs)} | {ndcg:.4f} | {gain} | {mean([r['valid']['recall@10'] for r in runs]):.4f} | "
+              f"{mean([r['valid']['ndcg@50'] for r in runs]):.4f} | {mean([r['best_epoch'] for r in runs]):.0f} | "
+              f"{'-' if seconds is None else f'{seconds:.1f}'} |")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-d", "--dataset", required=True)
@@ -139,31 +176,10 @@ def main(argv=None) -> int:
             children.stop_all()
             raise
 
-    summary = {"dataset": args.dataset, "row": args.row, "seeds": seeds, "fixed": fixed, "date": time.strftime("%Y-%m-%d %H:%M"),
-               "metric": "valid, at the epoch chosen on valid NDCG@10", "candidates": {}}
-    if "defaults" not in plan:
-        summary["candidates"]["defaults"] = {"overrides": {}, "source": str(baseline_file), "runs": baseline}
-    for name, overrides in plan.items():
-        runs = valid_runs(args.out / slug(name) / "results.json", args.row, seeds)
-        summary["candidates"][name] = {"overrides": overrides, "exit_code": codes[name], "runs": runs}
+    summary = summarise(args, seeds, fixed, plan, codes, baseline, baseline_file)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tuning.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-
-    reference = mean([r["valid"]["ndcg@10"] for r in summary["candidates"]["defaults"]["runs"]])
-    print(f"{args.row} on {args.dataset}, seeds {seeds}: validation only")
-    print("| candidate | valid NDCG@10 | vs defaults | valid Recall@10 | valid NDCG@50 | best epoch | s/epoch |")
-    print("|---|---|---|---|---|---|---|")
-    for name, entry in summary["candidates"].items():
-        runs = entry["runs"]
-        if not runs:
-            print(f"| {name} | failed (exit {entry.get('exit_code')}) | | | | | |")
-            continue
-        ndcg = mean([r["valid"]["ndcg@10"] for r in runs])
-        gain = f"{ndcg / reference - 1:+.1%}" if reference else "-"
-        seconds = mean([r["train_seconds_per_epoch"] for r in runs])
-        print(f"| {name} | {ndcg:.4f} | {gain} | {mean([r['valid']['recall@10'] for r in runs]):.4f} | "
-              f"{mean([r['valid']['ndcg@50'] for r in runs]):.4f} | {mean([r['best_epoch'] for r in runs]):.0f} | "
-              f"{'-' if seconds is None else f'{seconds:.1f}'} |")
+    print_table(summary)
     print(f"written: {args.out / 'tuning.json'}")
     return 0 if all(code == 0 for code in codes.values()) else 1
 

@@ -368,6 +368,32 @@ def test_sigterm_to_a_sweep_stops_its_benches_and_starts_no_more(tmp_path):
                 os.kill(pid, signal.SIGKILL)
 
 
+def test_a_second_tuning_round_adds_to_the_first(tmp_path):
+    import types
+
+    tune = _tune_module()
+    row = "MISSRec scratch transductive"
+    run = {"table": "full", "row": row, "status": "ok", "seed": 2020, "date": "2026-11-01", "best_epoch": 3,
+           "valid": {"ndcg@10": 0.1, "recall@10": 0.2, "ndcg@50": 0.3}, "train_seconds_per_epoch": 1.0}
+    for name in ("dpc_k=3", "dpc_k=4"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"runs": [run]}))
+    args = types.SimpleNamespace(dataset="Tiny", row=row, out=tmp_path)
+    baseline = [{"seed": 2020, "valid": run["valid"], "best_epoch": 3, "train_seconds_per_epoch": 1.0}]
+
+    def sweep(plan, fixed=None):
+        summary = tune.summarise(args, [2020], fixed or {}, plan, dict.fromkeys(plan, 0), baseline, tmp_path / "b")
+        (tmp_path / "tuning.json").write_text(json.dumps(summary))
+        return summary["candidates"]
+
+    sweep({"dpc_k=3": {"dpc_k": 3}})
+    second = sweep({"dpc_k=4": {"dpc_k": 4}})
+    assert list(second) == ["defaults", "dpc_k=3", "dpc_k=4"] and second["dpc_k=3"]["overrides"] == {"dpc_k": 3}
+    assert len(second["dpc_k=3"]["runs"]) == 1 and second["defaults"]["runs"] == baseline
+    other_fixed = sweep({"defaults": {"lr": 1}, "dpc_k=4": {"dpc_k": 4, "lr": 1}}, fixed={"lr": 1})
+    assert list(other_fixed) == ["defaults", "dpc_k=4"]  # earlier rounds had other fixed settings
+
+
 def test_only_seeds_runs_a_subset_and_keeps_the_pretraining_seed():
     args, _, _ = bench.parse_args(["-d", "Scientific-mm", "--seeds", "3", "--only_seeds", "2022"])
     assert args.seed_list == [2020, 2021, 2022] and args.run_seeds == [2022]
