@@ -152,14 +152,14 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="candidates run at the same time (one thread each)")
     ap.add_argument("--baseline", type=Path, help="results.json holding the unchanged row (default: results/<d>/)")
     ap.add_argument("--out", type=Path, help="default: results/<dataset>/tuning/<row>/")
-    ap.add_argument("--work_dir", type=Path, help="checkpoints and logs; default: saved/tune/<dataset>/")
+    ap.add_argument("--work_dir", type=Path, help="checkpoints and logs; default: saved/tune/<dataset>/<row>/")
     ap.add_argument("--fixed", action="append", type=parse_candidate, default=[], metavar="key=value",
                     help="a setting for every run, the baseline included (which is then always run)")
     ap.add_argument("candidates", nargs="+", type=parse_candidate, metavar="key=value")
     args = ap.parse_args(argv)
     args.data_path = args.data_path.resolve()
     args.out = (args.out or ROOT / "results" / args.dataset / "tuning" / slug(args.row)).resolve()
-    args.work_dir = (args.work_dir or ROOT / "saved" / "tune" / args.dataset).resolve()
+    args.work_dir = (args.work_dir or ROOT / "saved" / "tune" / args.dataset / slug(args.row)).resolve()
     seeds = [FIRST_SEED + i for i in range(args.seeds)]
     baseline_file = args.baseline or ROOT / "results" / args.dataset / "results.json"
 
