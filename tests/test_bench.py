@@ -368,7 +368,7 @@ def test_sigterm_to_a_sweep_stops_its_benches_and_starts_no_more(tmp_path):
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_a_second_tuning_round_adds_to_the_first(tmp_path):
+def test_a_second_tuning_round_adds_to_the_first(tmp_path, capsys):
     import types
 
     tune = _tune_module()
@@ -392,6 +392,11 @@ def test_a_second_tuning_round_adds_to_the_first(tmp_path):
     assert len(second["dpc_k=3"]["runs"]) == 1 and second["defaults"]["runs"] == baseline
     other_fixed = sweep({"defaults": {"lr": 1}, "dpc_k=4": {"dpc_k": 4, "lr": 1}}, fixed={"lr": 1})
     assert list(other_fixed) == ["defaults", "dpc_k=4"]  # earlier rounds had other fixed settings
+
+    defaults = [{**baseline[0], "seed": 2021, "valid": {**run["valid"], "ndcg@10": 0.2}}, *baseline]
+    tune.print_table({"row": row, "dataset": "Tiny", "seeds": [2020, 2021], "candidates": {
+        "defaults": {"runs": defaults}, "dpc_k=3": second["dpc_k=3"]}})
+    assert "| dpc_k=3 | 1 | 0.1000 | +0.0% |" in capsys.readouterr().out  # against seed 2020's defaults only
 
 
 def test_only_seeds_runs_a_subset_and_keeps_the_pretraining_seed():
