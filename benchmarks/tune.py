@@ -13,7 +13,9 @@ setting from this table does not look at the test split.
 
 The baseline (no change) is taken from ``--baseline`` (default ``results/<dataset>/results.json``) when it
 holds the row for the same seeds; otherwise it is run as a candidate too. Output:
-``results/<dataset>/tuning/<row>/tuning.json`` and a table.
+``results/<dataset>/tuning/<row>/tuning.json`` and a table; a later sweep of the row adds its candidates to
+them, so a second round (or ``--seeds 3`` for the best candidates) keeps the first. Each candidate is
+compared with the defaults' runs of the seeds it ran.
 """
 
 from __future__ import annotations
