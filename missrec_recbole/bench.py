@@ -27,7 +27,10 @@ invocation, and by a concurrent invocation sharing ``--out_dir`` while one is ru
 (per run: target item index and pessimistic rank of every test case), ``results.md`` (mean ± std over
 seeds) and ``longtail.png`` (needs matplotlib: ``pip install -e .[plot]``).
 Checkpoints, split datasets and per-run logs go to ``--work_dir`` (default ``saved/bench/<dataset>/``).
-Any ``--key=value`` is a config override for every run; ``--pretrain.key=value`` for pre-training only.
+Any ``--key=value`` is a config override for every run; ``--pretrain.key=value`` for pre-training only,
+``--finetune.key=value`` for the table rows only (the pre-training, and its checkpoint, stay the same).
+``--pretrained_from DIR`` reuses the pre-trainings recorded in another out_dir (same settings) instead of
+pre-training again, e.g. to fine-tune the pre-trained rows with another setting into a separate out_dir.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -477,6 +480,8 @@ class Suite:
     split: dict
     results: Results
     log_dir: Path
+    finetune_overrides: dict = field(default_factory=dict)
+    pretrained_from: Results | None = None  # another out_dir whose pre-trainings may be reused
     launched: int = 0
     progress: object = print  # receives each epoch line of the running training's log
 
@@ -613,6 +618,10 @@ def ensure_pretrained(suite: Suite, kind: str) -> str:
         done = suite.results.find("pretraining", key)
         if done and Path(done["checkpoint"]).is_file():
             return done["checkpoint"]
+        reused = suite.pretrained_from.find("pretraining", key) if suite.pretrained_from else None
+        if reused and Path(reused["checkpoint"]).is_file():
+            suite.results.put("pretraining", {**reused, "reused_from": str(suite.pretrained_from.path)})
+            return reused["checkpoint"]
         return _pretrain(suite, kind, key, settings)
 
 
@@ -634,7 +643,7 @@ def run_row(suite: Suite, row: Row, seed: int) -> str:
     """Train/evaluate one row for one seed unless results.json has it or another invocation is running it;
     returns ok|skipped|busy|unavailable|failed."""
     dataset, data_path = suite.dataset_of(row.table)
-    settings = {**(SASREC_SETTINGS if row.kind == "sasrec" else {}), **suite.overrides}
+    settings = {**(SASREC_SETTINGS if row.kind == "sasrec" else {}), **suite.overrides, **suite.finetune_overrides}
     pre_key = pretrain_key(suite, row.kind) if row.pretrained else None
     digest = config_hash(_hash_inputs(suite, row.kind, dataset, data_path, settings, mode=row.mode,
                                       pretrained=pre_key))
@@ -643,7 +652,7 @@ def run_row(suite: Suite, row: Row, seed: int) -> str:
         return "skipped"
     base = {"key": key, "table": row.table, "row": row.name, "kind": row.kind, "mode": row.mode,
             "pretrained": row.pretrained, "dataset": dataset, "seed": seed, "config_hash": digest,
-            "date": now(), "command": suite.args.command, "machine": suite.results.data["machine"],
+            "settings": settings, "date": now(), "command": suite.args.command, "machine": suite.results.data["machine"],
             "code": suite.results.data["code"]}
     with suite.results.claim(key, wait=False) as mine:
         if not mine:
@@ -951,6 +960,7 @@ def parse_args(argv):
                                        "default: every row)")
     parser.add_argument("--split_seed", type=int, default=FIRST_SEED, help="seed of the user split")
     parser.add_argument("--config_files", default="", help="extra YAML files for every run")
+    parser.add_argument("--pretrained_from", help="an earlier out_dir whose pre-trainings (same settings) are reused")
     parser.add_argument("--out_dir", help="default: results/<dataset>/")
     parser.add_argument("--work_dir", help="split data, checkpoints, logs (default: saved/bench/<dataset>/)")
     parser.add_argument("--keep_models", action="store_true", help="keep each run's best model file")
@@ -966,7 +976,8 @@ def parse_args(argv):
     except ValueError as error:
         parser.error(str(error))
     pretrain_overrides = {k[len("pretrain."):]: v for k, v in overrides.items() if k.startswith("pretrain.")}
-    overrides = {k: v for k, v in overrides.items() if not k.startswith("pretrain.")}
+    args.finetune_overrides = {k[len("finetune."):]: v for k, v in overrides.items() if k.startswith("finetune.")}
+    overrides = {k: v for k, v in overrides.items() if not k.startswith(("pretrain.", "finetune."))}
     if args.quick:
         overrides, pretrain_overrides = {**QUICK_SETTINGS, **overrides}, {**QUICK_PRETRAIN, **pretrain_overrides}
     args.dataset = args.dataset or (QUICK_DATASET if args.quick else None)
@@ -982,6 +993,11 @@ def parse_args(argv):
     args.out_dir = Path(args.out_dir or Path("results") / args.dataset).resolve()
     args.work_dir = Path(args.work_dir or Path("saved") / "bench" / args.dataset).resolve()
     args.config_files = [str(Path(f).resolve()) for f in args.config_files.replace(",", " ").split()]
+    if args.pretrained_from:
+        args.pretrained_from = Path(args.pretrained_from).resolve()
+        if not (args.pretrained_from / "results.json").is_file():
+            parser.error(f"--pretrained_from: {args.pretrained_from / 'results.json'} does not exist; give the "
+                         "out_dir of an earlier bench invocation")
     args.command = "python -m missrec_recbole.bench " + " ".join(argv)
     if args.rows:
         args.rows = [name.strip() for name in args.rows.split(",")]
@@ -1015,9 +1031,11 @@ def make_suite(args, overrides, pretrain_overrides) -> Suite:
               "datasets_paths": {"pretrained": {"name": split["eval"], "path": str(split_path)},
                                  "full": {"name": args.dataset, "path": str(args.data_path)}},
               "settings": {"overrides": overrides, "pretrain_overrides": pretrain_overrides,
-                           "sasrec": SASREC_SETTINGS, "config_files": args.config_files}}
+                           "finetune_overrides": args.finetune_overrides, "sasrec": SASREC_SETTINGS,
+                           "config_files": args.config_files}}
+    pretrained_from = Results(args.pretrained_from, {}) if args.pretrained_from else None
     return Suite(args, overrides, pretrain_overrides, args.data_path, split_path, split,
-                 Results(args.out_dir, header), log_dir)
+                 Results(args.out_dir, header), log_dir, args.finetune_overrides, pretrained_from)
 
 
 def main(argv=None) -> dict:

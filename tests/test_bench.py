@@ -97,6 +97,23 @@ def test_second_invocation_runs_nothing(quick_run):
     assert json.loads(before)["runs"] == json.loads((root / "results" / "results.json").read_text())["runs"]
 
 
+def test_finetune_overrides_reuse_the_pretraining_of_another_out_dir(quick_run, tmp_path):
+    """--finetune.key=value changes the rows only; --pretrained_from reuses the recorded pre-training."""
+    root, _ = quick_run
+    row = "MISSRec pre-trained transductive"
+    out = bench.main(bench_args(root, f"--rows={row}", "--tables=pretrained", f"--out_dir={tmp_path}",
+                                f"--pretrained_from={root / 'results'}", "--finetune.temperature=0.1"))
+    assert out["counts"] == {"ok": 1} and out["launched"] == 1  # the fine-tuning only
+    first = json.loads((root / "results" / "results.json").read_text())
+    data = json.loads((tmp_path / "results.json").read_text())
+    [run], [earlier] = data["runs"], [r for r in first["runs"] if r["row"] == row]
+    assert run["settings"]["temperature"] == 0.1 and run["config_hash"] != earlier["config_hash"]
+    assert run["pretrained_checkpoint"] == earlier["pretrained_checkpoint"]
+    assert data["pretraining"][0]["reused_from"] == str(root / "results" / "results.json")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["-d", "Tiny", f"--pretrained_from={tmp_path / 'none'}"])
+
+
 def test_ranks_follow_the_pessimistic_tie_rule(quick_run):
     """RecBole's reported test metrics equal those of ranks = #items scoring >= the target, for every
     model, and the inductive MISSRec (tied items) puts tied targets after their ties."""
