@@ -668,7 +668,7 @@ def _train_row(suite: Suite, row: Row, base: dict, settings: dict, data_path: Pa
         _check(row.kind)
         checkpoint = ensure_pretrained(suite, row.kind) if row.pretrained else None
         spec = _spec(suite, "finetune", row.kind, dataset, data_path, seed, settings, row.mode, checkpoint)
-        record, cases = launch(suite, spec, f"{row.table}-{row.name}-{seed}")
+        record, cases = launch(suite, spec, f"{row.table}-{row.name}-{seed}-{base['config_hash']}")
     except Unavailable as error:
         suite.results.put("runs", {**base, "status": "unavailable", "message": str(error)})
         return "unavailable"

@@ -109,6 +109,7 @@ def test_finetune_overrides_reuse_the_pretraining_of_another_out_dir(quick_run, 
     [run], [earlier] = data["runs"], [r for r in first["runs"] if r["row"] == row]
     assert run["settings"]["temperature"] == 0.1 and run["config_hash"] != earlier["config_hash"]
     assert run["pretrained_checkpoint"] == earlier["pretrained_checkpoint"]
+    assert run["log"] != earlier["log"]  # same work_dir, other settings: the earlier run's log is kept
     assert data["pretraining"][0]["reused_from"] == str(root / "results" / "results.json")
     with pytest.raises(SystemExit):
         bench.parse_args(["-d", "Tiny", f"--pretrained_from={tmp_path / 'none'}"])
