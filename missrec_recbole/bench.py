@@ -652,8 +652,8 @@ def run_row(suite: Suite, row: Row, seed: int) -> str:
         return "skipped"
     base = {"key": key, "table": row.table, "row": row.name, "kind": row.kind, "mode": row.mode,
             "pretrained": row.pretrained, "dataset": dataset, "seed": seed, "config_hash": digest,
-            "settings": settings, "date": now(), "command": suite.args.command, "machine": suite.results.data["machine"],
-            "code": suite.results.data["code"]}
+            "settings": settings, "date": now(), "command": suite.args.command,
+            "machine": suite.results.data["machine"], "code": suite.results.data["code"]}
     with suite.results.claim(key, wait=False) as mine:
         if not mine:
             return "busy"
