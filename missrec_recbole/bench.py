@@ -51,7 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -480,10 +480,13 @@ class Suite:
     split: dict
     results: Results
     log_dir: Path
-    finetune_overrides: dict = field(default_factory=dict)
     pretrained_from: Results | None = None  # another out_dir whose pre-trainings may be reused
     launched: int = 0
     progress: object = print  # receives each epoch line of the running training's log
+
+    @property
+    def pretrain_settings(self) -> dict:
+        return {**self.overrides, **self.pretrain_overrides}
 
     def dataset_of(self, table: str) -> tuple[str, Path]:
         if table == "pretrained":
@@ -557,7 +560,7 @@ def _check(kind: str) -> None:
 def pretrain_key(suite: Suite, kind: str) -> str:
     """Pre-training is done once per model kind, settings and data, with the first seed."""
     inputs = _hash_inputs(suite, kind, suite.split["pre"], suite.split_path,
-                          {**suite.overrides, **suite.pretrain_overrides}, seed=suite.args.seed_list[0])
+                          suite.pretrain_settings, seed=suite.args.seed_list[0])
     return f"pretrain|{kind}|{config_hash(inputs)}"
 
 
@@ -612,21 +615,27 @@ def follow(process, log: Path, progress, every: float = 2.0) -> int:
 
 def ensure_pretrained(suite: Suite, kind: str) -> str:
     """Checkpoint of ``kind`` pre-trained on the pre-training half (trained once, then reused)."""
-    settings = {**suite.overrides, **suite.pretrain_overrides}
     key = pretrain_key(suite, kind)
     with suite.results.claim(key, wait=True):  # another invocation pre-training it: wait for its checkpoint
-        done = suite.results.find("pretraining", key)
-        if done and Path(done["checkpoint"]).is_file():
+        done = _recorded_pretraining(suite.results, key)
+        if done:
             return done["checkpoint"]
-        reused = suite.pretrained_from.find("pretraining", key) if suite.pretrained_from else None
-        if reused and Path(reused["checkpoint"]).is_file():
+        reused = _recorded_pretraining(suite.pretrained_from, key)
+        if reused:
             suite.results.put("pretraining", {**reused, "reused_from": str(suite.pretrained_from.path)})
             return reused["checkpoint"]
-        return _pretrain(suite, kind, key, settings)
+        return _pretrain(suite, kind, key)
 
 
-def _pretrain(suite: Suite, kind: str, key: str, settings: dict) -> str:
+def _recorded_pretraining(results: Results | None, key: str) -> dict | None:
+    """The pre-training ``key`` recorded in ``results`` if its checkpoint is still on disk."""
+    done = results.find("pretraining", key) if results else None
+    return done if done and Path(done["checkpoint"]).is_file() else None
+
+
+def _pretrain(suite: Suite, kind: str, key: str) -> str:
     dataset, data_path = suite.split["pre"], suite.split_path
+    settings = suite.pretrain_settings
     _check(kind)
     say(f"pre-training {RUN_KINDS[kind].label} on {dataset} (log: {suite.log_dir})")
     spec = _spec(suite, "pretrain", kind, dataset, data_path, suite.args.seed_list[0], settings, mode="inductive")
@@ -643,7 +652,8 @@ def run_row(suite: Suite, row: Row, seed: int) -> str:
     """Train/evaluate one row for one seed unless results.json has it or another invocation is running it;
     returns ok|skipped|busy|unavailable|failed."""
     dataset, data_path = suite.dataset_of(row.table)
-    settings = {**(SASREC_SETTINGS if row.kind == "sasrec" else {}), **suite.overrides, **suite.finetune_overrides}
+    settings = {**(SASREC_SETTINGS if row.kind == "sasrec" else {}), **suite.overrides,
+                **suite.args.finetune_overrides}
     pre_key = pretrain_key(suite, row.kind) if row.pretrained else None
     digest = config_hash(_hash_inputs(suite, row.kind, dataset, data_path, settings, mode=row.mode,
                                       pretrained=pre_key))
@@ -1035,7 +1045,7 @@ def make_suite(args, overrides, pretrain_overrides) -> Suite:
                            "config_files": args.config_files}}
     pretrained_from = Results(args.pretrained_from, {}) if args.pretrained_from else None
     return Suite(args, overrides, pretrain_overrides, args.data_path, split_path, split,
-                 Results(args.out_dir, header), log_dir, args.finetune_overrides, pretrained_from)
+                 Results(args.out_dir, header), log_dir, pretrained_from)
 
 
 def main(argv=None) -> dict:
