@@ -246,13 +246,49 @@ def test_concurrent_invocations_share_results(tmp_path):
     assert {k: list(v) for k, v in results.cases("1|3").items()} == {"item": [1], "rank": [3]}
 
 
+def _sleeper(pid_file):
+    """Stand-in for a training process: writes its pid to ``pid_file`` and sleeps."""
+    return [sys.executable, "-c", f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+                                  "time.sleep(120)"]
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _terminated_once_sleeping(target, tmp_path, pid_files: str, count: int):
+    """Spawn ``target(tmp_path)``, wait until ``count`` sleepers wrote their ``pid_files`` (a glob under tmp_path),
+    send it SIGTERM and yield (its exit code, the sleepers' pids); sleepers left alive are killed afterwards."""
+    import multiprocessing
+    import signal
+    import time
+
+    process = multiprocessing.get_context("spawn").Process(target=target, args=(tmp_path,))
+    process.start()
+    deadline = time.time() + 60
+    while len([f for f in tmp_path.glob(pid_files) if f.read_text()]) < count and time.time() < deadline:
+        time.sleep(0.1)
+    pids = [int(f.read_text()) for f in tmp_path.glob(pid_files)]
+    os.kill(process.pid, signal.SIGTERM)
+    process.join(90)
+    try:
+        yield process.exitcode, pids
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def _launch_a_sleeping_worker(tmp_path):
     """A bench parent (SIGTERM handling as in ``main``) whose worker writes its pid and sleeps."""
     import types
 
-    pid_file = tmp_path / "worker.pid"
-    bench.worker_command = lambda spec, out: [
-        sys.executable, "-c", f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"]
+    bench.worker_command = lambda spec, out: _sleeper(tmp_path / "worker.pid")
     suite = types.SimpleNamespace(launched=0, log_dir=tmp_path, progress=lambda line: None,
                                   args=types.SimpleNamespace(verbose=False, work_dir=tmp_path))
     with bench.terminate_on_sigterm():
@@ -261,26 +297,11 @@ def _launch_a_sleeping_worker(tmp_path):
 
 def test_sigterm_to_the_parent_stops_its_worker(tmp_path):
     """``kill PID`` of a bench invocation must not leave its training worker running."""
-    import multiprocessing
     import signal
-    import time
 
-    parent = multiprocessing.get_context("spawn").Process(target=_launch_a_sleeping_worker, args=(tmp_path,))
-    parent.start()
-    pid_file = tmp_path / "worker.pid"
-    deadline = time.time() + 60
-    while not (pid_file.is_file() and pid_file.read_text()) and time.time() < deadline:
-        time.sleep(0.1)
-    worker_pid = int(pid_file.read_text())
-    os.kill(parent.pid, signal.SIGTERM)
-    parent.join(60)
-    try:
-        assert parent.exitcode == 128 + signal.SIGTERM
-        with pytest.raises(ProcessLookupError):  # stopped and reaped by the parent, not orphaned
-            os.kill(worker_pid, 0)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(worker_pid, signal.SIGKILL)
+    with _terminated_once_sleeping(_launch_a_sleeping_worker, tmp_path, "worker.pid", 1) as (exitcode, pids):
+        assert len(pids) == 1 and exitcode == 128 + signal.SIGTERM
+        assert not _alive(pids[0])  # stopped and reaped by the parent, not orphaned
 
 
 def test_a_run_in_progress_elsewhere_is_not_started_twice(monkeypatch, tmp_path):
@@ -354,36 +375,18 @@ def test_tune_reads_validation_of_one_row_only(tmp_path):
 def _sweep_of_sleeping_benches(tmp_path):
     """tune.py, SIGTERM handling as in its ``main``, whose bench invocations write their pid and sleep."""
     tune = _tune_module()
-    tune.bench_command = lambda args, overrides, out_dir, work_dir: [
-        sys.executable, "-c", f"import os, time; open({str(work_dir / 'pid')!r}, 'w').write(str(os.getpid())); "
-                              "time.sleep(120)"]
+    tune.bench_command = lambda args, overrides, out_dir, work_dir: _sleeper(work_dir / "pid")
     tune.main(["-d", "Tiny", f"--data_path={tmp_path}", f"--out={tmp_path / 'out'}", f"--work_dir={tmp_path / 'work'}",
                f"--baseline={tmp_path / 'none.json'}", "--jobs=2", "dpc_k=3", "dpc_k=4", "dpc_k=5"])
 
 
 def test_sigterm_to_a_sweep_stops_its_benches_and_starts_no_more(tmp_path):
-    import multiprocessing
     import signal
-    import time
 
-    sweep = multiprocessing.get_context("spawn").Process(target=_sweep_of_sleeping_benches, args=(tmp_path,))
-    sweep.start()
-    deadline = time.time() + 60
-    while len([f for f in tmp_path.glob("work/*/pid") if f.read_text()]) < 2 and time.time() < deadline:
-        time.sleep(0.1)
-    pids = [int(f.read_text()) for f in tmp_path.glob("work/*/pid")]
-    os.kill(sweep.pid, signal.SIGTERM)
-    sweep.join(90)
-    try:
-        assert len(pids) == 2 and sweep.exitcode == 128 + signal.SIGTERM
-        for pid in pids:
-            with pytest.raises(ProcessLookupError):
-                os.kill(pid, 0)
+    with _terminated_once_sleeping(_sweep_of_sleeping_benches, tmp_path, "work/*/pid", 2) as (exitcode, pids):
+        assert len(pids) == 2 and exitcode == 128 + signal.SIGTERM
+        assert not any(_alive(pid) for pid in pids)
         assert len(list(tmp_path.glob("work/*/pid"))) == 2  # the two waiting candidates never started
-    finally:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_second_tuning_round_adds_to_the_first(tmp_path, capsys):
