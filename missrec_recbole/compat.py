@@ -23,6 +23,9 @@ Fixes:
 6. ``ensure_dir`` (utils.py:51-52) checks ``os.path.exists`` and then calls ``os.makedirs``: when
    torchrun's processes start in a fresh folder, two of them create ``./log`` (logger.py:77) at once
    and one dies with FileExistsError -> ``os.makedirs(exist_ok=True)`` in every module that imported it.
+7. the last chained ``df[field].fillna(value="", inplace=True)`` (dataset.py:501, ``Dataset._load_feat``)
+   is a no-op under pandas 3 too: an empty ``token_seq`` cell stays NaN and crashes with ``'float' object
+   has no attribute 'split'`` -> :func:`load_feat` fills the column by assignment.
 """
 
 from __future__ import annotations
@@ -99,6 +102,65 @@ def benchmark_presets(self) -> None:
             setattr(self, f"{field}_list_field", field + list_suffix)
     self.set_field_property(self.item_list_length_field, FeatureType.TOKEN, FeatureSource.INTERACTION, 1)
     self.inter_feat[self.item_list_length_field] = self.inter_feat[self.item_id_list_field].map(len)
+
+
+def load_feat(self, filepath, source):
+    """Fix 7: ``Dataset._load_feat`` (RecBole 1.2.1, unchanged but for the NaN fill of sequence fields)."""
+    from recbole.utils import FeatureSource, FeatureType, set_color
+
+    self.logger.debug(set_color(f"Loading feature from [{filepath}] (source: [{source}]).", "green"))
+    load_col, unload_col = self._get_load_and_unload_col(source)
+    if load_col == set():
+        return None
+    field_separator = self.config["field_separator"]
+    columns, usecols, dtype = [], [], {}
+    encoding = self.config["encoding"]
+    with open(filepath, "r", encoding=encoding) as f:
+        head = f.readline()[:-1]
+    for field_type in head.split(field_separator):
+        field, ftype = field_type.split(":")
+        try:
+            ftype = FeatureType(ftype)
+        except ValueError:
+            raise ValueError(f"Type {ftype} from field {field} is not supported.")
+        if load_col is not None and field not in load_col:
+            continue
+        if unload_col is not None and field in unload_col:
+            continue
+        if isinstance(source, FeatureSource) or source != "link":
+            self.field2source[field] = source
+            self.field2type[field] = ftype
+            if not ftype.value.endswith("seq"):
+                self.field2seqlen[field] = 1
+            if "float" in ftype.value:
+                self.field2bucketnum[field] = 2
+        columns.append(field)
+        usecols.append(field_type)
+        dtype[field_type] = np.float64 if ftype == FeatureType.FLOAT else str
+    if len(columns) == 0:
+        self.logger.warning(f"No columns has been loaded from [{source}]")
+        return None
+    df = pd.read_csv(filepath, delimiter=field_separator, usecols=usecols, dtype=dtype, encoding=encoding,
+                     engine="python")
+    df.columns = columns
+    seq_separator = self.config["seq_separator"]
+    for field in columns:
+        ftype = self.field2type[field]
+        if not ftype.value.endswith("seq"):
+            continue
+        df[field] = df[field].fillna(value="")  # the fix: RecBole's chained inplace fillna is a no-op
+        if ftype == FeatureType.TOKEN_SEQ:
+            df[field] = [np.array(list(filter(None, _.split(seq_separator)))) for _ in df[field].values]
+        elif ftype == FeatureType.FLOAT_SEQ:
+            df[field] = [np.array(list(map(float, filter(None, _.split(seq_separator))))) for _ in df[field].values]
+        max_seq_len = max(map(len, df[field].values))
+        if self.config["seq_len"] and field in self.config["seq_len"]:
+            seq_len = self.config["seq_len"][field]
+            df[field] = [seq[:seq_len] if len(seq) > seq_len else seq for seq in df[field].values]
+            self.field2seqlen[field] = min(seq_len, max_seq_len)
+        else:
+            self.field2seqlen[field] = max_seq_len
+    return df
 
 
 def plain(value):
@@ -190,15 +252,16 @@ def apply() -> None:
     from recbole.utils import utils as recbole_utils
 
     ORIGINALS.update(fill_nan=Dataset._fill_nan, remap=Dataset._remap, save_checkpoint=Trainer._save_checkpoint,
-                     benchmark_presets=SequentialDataset._benchmark_presets, ensure_dir=recbole_utils.ensure_dir)
+                     benchmark_presets=SequentialDataset._benchmark_presets, ensure_dir=recbole_utils.ensure_dir,
+                     load_feat=Dataset._load_feat)
     Dataset._fill_nan = fill_nan
+    Dataset._load_feat = load_feat
     Dataset._remap = remap
     SequentialDataset._benchmark_presets = benchmark_presets
     Trainer._save_checkpoint = save_checkpoint
     disable_anomaly_detection()
     patch_ensure_dir()
-    # The one chained fillna left (dataset.py:501, token_seq columns) only matters for empty
-    # sequences, which validate_dataset rejects; RecBole's non-writable-array warning is harmless.
+    # RecBole's non-writable-array warning is harmless.
     warnings.filterwarnings("ignore", category=pd.errors.ChainedAssignmentError, module=r"recbole\.")
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     # trainer.py:235 builds torch.cuda.amp.GradScaler every epoch (disabled on CPU); torch >= 2.4 warns.

@@ -137,3 +137,25 @@ def test_ensure_dir_tolerates_a_concurrent_creator(tmp_path, monkeypatch):
     monkeypatch.undo()
     compat.ensure_dir(str(tmp_path / "a" / "b"))
     assert (tmp_path / "a" / "b").is_dir()
+
+
+def _feat_loader(tmp_path):
+    """A fake dataset whose ``_load_feat`` reads an .inter file with an empty ``token_seq`` cell."""
+    path = tmp_path / "x.inter"
+    path.write_text("user_id:token\titem_id_list:token_seq\titem_id:token\n1\t3 4\t5\n2\t\t6\n")
+    config = {"field_separator": "\t", "seq_separator": " ", "encoding": "utf-8", "seq_len": None}
+    fake = SimpleNamespace(config=config, field2source={}, field2type={}, field2seqlen={}, field2bucketnum={},
+                           logger=SimpleNamespace(warning=lambda *a: None, debug=lambda *a: None),
+                           _get_load_and_unload_col=lambda source: (None, None))
+    return fake, str(path)
+
+
+def test_load_feat_fills_empty_sequences(tmp_path):
+    broken, path = _feat_loader(tmp_path)
+    with pytest.raises(AttributeError, match="'float' object has no attribute 'split'"):
+        compat.ORIGINALS["load_feat"](broken, path, "inter")  # pandas 3: the chained inplace fillna did nothing
+    fixed, path = _feat_loader(tmp_path)
+    frame = compat.load_feat(fixed, path, "inter")
+    assert [list(seq) for seq in frame["item_id_list"]] == [["3", "4"], []]
+    assert fixed.field2seqlen["item_id_list"] == 2
+    assert Dataset._load_feat is compat.load_feat
