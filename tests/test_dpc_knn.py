@@ -34,7 +34,8 @@ def ref_sqdist(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def ref_dpc(d2: np.ndarray, n_centers: int, k: int):
+def ref_dpc(d2: np.ndarray, n_centers: int, k: int, log_space: bool = True):
+    """The definitions; ``log_space=False`` ranks by exp() as before (degenerates once exp underflows)."""
     n = d2.shape[0]
     k = min(k, n - 1)
     n_centers = min(n_centers, n)
@@ -44,21 +45,24 @@ def ref_dpc(d2: np.ndarray, n_centers: int, k: int):
     nd = d2.copy()
     np.fill_diagonal(nd, np.inf)  # exclude the point itself (not its duplicates)
     knn_d2 = np.ascontiguousarray(np.sort(nd, axis=1)[:, :k])
-    rho = np.exp(-(knn_d2.sum(axis=1) / k))
+    log_rho = -(knn_d2.sum(axis=1) / k)
+    rho = np.exp(log_rho)
+    dens = log_rho if log_space else rho
     idx = np.arange(n)
     # j denser than i  <=>  rho_j > rho_i or (rho_j == rho_i and j < i)
-    denser = (rho[None, :] > rho[:, None]) | ((rho[None, :] == rho[:, None]) & (idx[None, :] < idx[:, None]))
+    denser = (dens[None, :] > dens[:, None]) | ((dens[None, :] == dens[:, None]) & (idx[None, :] < idx[:, None]))
     has = denser.any(axis=1)
     delta2 = np.where(has, np.where(denser, d2, np.inf).min(axis=1), d2.max(axis=1))
     assert has.sum() == n - 1
     delta = np.sqrt(delta2)
-    score = rho * delta
+    with np.errstate(divide="ignore"):
+        score = log_rho + np.log(delta) if log_space else rho * delta
     centers = np.array(sorted(range(n), key=lambda i: (-score[i], i))[:n_centers])
     assignment = np.argmin(d2[:, centers], axis=1)  # first minimum = earlier center
     # local peaks w.r.t. the kNN lists ordered by (distance, index)
     knn = np.lexsort((np.broadcast_to(idx, (n, n)), nd), axis=1)[:, :k]
     n_peaks = int((~denser[idx[:, None], knn].any(axis=1)).sum())
-    return dict(rho=rho, delta=delta, centers=centers, assignment=assignment, n_peaks=n_peaks)
+    return dict(rho=rho, log_rho=log_rho, delta=delta, centers=centers, assignment=assignment, n_peaks=n_peaks)
 
 
 def check_equal(res: DPCKNNResult, ref: dict, exact_peaks: bool = True):
@@ -507,3 +511,33 @@ def test_model_warm_start_off_and_deterministic(tiny_config):
         assert model._dpc_state is None
         runs.append(model.item_interest.clone())
     assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("mode", ["exact", "approx"])
+def test_density_never_underflows(mode):
+    """Unit-scale tokens x 24: exp(-mean squared kNN distance) is 0 for every token, so ranking by it
+    degenerates to index order; ranking by its log keeps the real density peaks."""
+    x = np.random.default_rng(5).standard_normal((600, 8)) * 24.0
+    d2 = ref_sqdist(x)
+    res = dpc_knn(x, 12, k=5, mode=mode)
+    old = ref_dpc(d2, 12, 5, log_space=False)
+    assert np.all(old["rho"] == 0) and old["centers"].tolist()[:3] == [0, 1, 2]  # the silent fallback
+    ref = ref_dpc(d2, 12, 5)
+    assert np.all(np.isfinite(res.log_rho)) and np.ptp(res.log_rho) > 0
+    if mode == "exact":
+        np.testing.assert_allclose(res.log_rho, ref["log_rho"], rtol=1e-9)
+        np.testing.assert_array_equal(res.centers, ref["centers"])
+    else:
+        assert np.intersect1d(res.centers, ref["centers"]).size >= 10  # approximate kNN on noise
+    assert res.centers.tolist() != list(range(12))
+
+
+@pytest.mark.parametrize("mode", ["exact", "approx"])
+def test_log_density_keeps_the_centers_where_exp_does_not_underflow(mode):
+    x = np.random.default_rng(5).standard_normal((600, 8))
+    res = dpc_knn(x, 12, k=5, mode=mode)
+    assert np.all(res.rho > 0)
+    by_exp = np.lexsort((np.arange(len(x)), -(res.rho * res.delta)))[:12]
+    np.testing.assert_array_equal(res.centers, by_exp)
+    if mode == "exact":
+        np.testing.assert_array_equal(res.centers, ref_dpc(ref_sqdist(x), 12, 5, log_space=False)["centers"])

@@ -63,6 +63,8 @@ import faiss
 import numpy as np
 import torch
 
+from missrec_recbole.interests.density import density_order, log_density, top_centers
+
 __all__ = ["ApproxParams", "DPCKNNState", "approx_params", "approx_dpc"]
 
 _EL_BUDGET = 1 << 22  # elements per [rows x cols] score block (16 MiB in float32)
@@ -732,7 +734,7 @@ def approx_dpc(x: np.ndarray, n_centers: int, k: int, p: ApproxParams, state: DP
 def _approx_dpc(x, n_centers, k, p, state, workers):
     """Approximate DPC-KNN on a C-contiguous, finite float32 array x [N, d] (N >= 2, 1 <= k < N).
 
-    Returns (rho, delta, centers, assignment, n_peaks, knn [N, k], timings, state).
+    Returns (log rho, delta, centers, assignment, n_peaks, knn [N, k], timings, state).
     """
     n, d = x.shape
     dt = _gemm_dtype(p.gemm)
@@ -774,10 +776,8 @@ def _approx_dpc(x, n_centers, k, p, state, workers):
 
     # 2. density
     t0 = time.perf_counter()
-    rho = np.exp(-(nd2[:, :k].sum(axis=1, dtype=np.float64) / k))
-    order = np.lexsort((np.arange(n), -rho))
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n)
+    log_rho = log_density(nd2, k)
+    order, rank = density_order(log_rho)
     t["density_s"] = time.perf_counter() - t0
 
     # 3. delta
@@ -815,8 +815,7 @@ def _approx_dpc(x, n_centers, k, p, state, workers):
 
     # 4. centers and assignment
     t0 = time.perf_counter()
-    score = rho * delta
-    centers = np.lexsort((np.arange(n), -score))[:n_centers].astype(np.int64)
+    centers = top_centers(log_rho, delta, n_centers)
     n_centers = centers.size
     pos = np.full(n, -1, dtype=np.int64)
     pos[centers] = np.arange(n_centers)
@@ -849,4 +848,4 @@ def _approx_dpc(x, n_centers, k, p, state, workers):
 
     new_state = DPCKNNState(centroids=cent, refreshes=(state.refreshes if state is not None else 0) + 1,
                             last={**info, **{key: round(v, 3) for key, v in t.items()}})
-    return rho, delta, centers, assignment, n_peaks, nbr[:, :k].astype(np.int64), t, new_state, info
+    return log_rho, delta, centers, assignment, n_peaks, nbr[:, :k].astype(np.int64), t, new_state, info

@@ -12,7 +12,8 @@ DESIGN.md section 3.  For tokens t_1..t_N (Euclidean distances, ``kNN(i)`` = the
 neighbours of i, excluding i itself but including duplicates of i at distance 0):
 
 * ``rho_i = exp(-(1/k) * sum_{j in kNN(i)} ||t_i - t_j||^2)``                   (local density)
-* *j is denser than i*  :=  ``rho_j > rho_i`` or (``rho_j == rho_i`` and ``j < i``).
+* *j is denser than i*  :=  ``rho_j > rho_i`` or (``rho_j == rho_i`` and ``j < i``), compared as
+  ``log rho`` (which never underflows, unlike ``exp`` once distances are large).
   This is a strict total order, so ties in rho are broken deterministically by index.
 * ``delta_i = min_{j denser than i} ||t_i - t_j||``; for the densest point (no denser j)
   ``delta_i = max_j ||t_i - t_j||``.
@@ -70,6 +71,7 @@ import numpy as np
 import torch
 
 from missrec_recbole.interests.approx import ApproxParams, DPCKNNState, approx_dpc, approx_params, torch_threads
+from missrec_recbole.interests.density import density_order, log_density, top_centers
 
 try:  # limits numpy's BLAS pool (used by the peak search) to n_threads as well
     from threadpoolctl import threadpool_limits as _threadpool_limits
@@ -94,7 +96,9 @@ class DPCKNNResult:
     """Output of :func:`dpc_knn`.
 
     Attributes:
-        rho: float64 [N] local density ``exp(-(1/k) * sum of squared kNN distances)``.
+        rho: float64 [N] local density ``exp(-(1/k) * sum of squared kNN distances)`` (may underflow to 0).
+        log_rho: float64 [N] its logarithm, ``-(1/k) * sum of squared kNN distances``: densities and
+            centers are ranked by it (never underflows; :mod:`missrec_recbole.interests.density`).
         delta: float64 [N] distance to the nearest denser point (maximal distance for the
             densest point).
         centers: int64 [K] token indices of the centers, by decreasing ``rho * delta``
@@ -126,6 +130,7 @@ class DPCKNNResult:
     timings: dict = field(default_factory=dict)
     state: DPCKNNState | None = None
     info: dict = field(default_factory=dict)
+    log_rho: np.ndarray | None = None
 
 
 def n_interests(n_tokens: int, interest_ratio: float) -> int:
@@ -483,7 +488,7 @@ def dpc_knn(
 
 def _trivial(n_centers: int, mode: str, state) -> DPCKNNResult:
     return DPCKNNResult(
-        rho=np.ones(1), delta=np.zeros(1), centers=np.zeros(1, dtype=np.int64),
+        rho=np.ones(1), log_rho=np.zeros(1), delta=np.zeros(1), centers=np.zeros(1, dtype=np.int64),
         assignment=np.zeros(1, dtype=np.int64), n_peaks=1, k=0, mode=mode,
         knn=np.zeros((1, 0), dtype=np.int64), state=state,
     )
@@ -501,10 +506,10 @@ def _approx(x: np.ndarray, n_centers: int, k: int, params: ApproxParams, state, 
     if n == 1:
         return _trivial(n_centers, "approx", state)
     prep = time.perf_counter() - t0
-    rho, delta, centers, assignment, n_peaks, knn, timings, new_state, info = approx_dpc(
+    log_rho, delta, centers, assignment, n_peaks, knn, timings, new_state, info = approx_dpc(
         x32, n_centers, k, params, state, workers)
     timings["knn_s"] += prep
-    return DPCKNNResult(rho=rho, delta=delta, centers=centers, assignment=assignment, n_peaks=n_peaks,
+    return DPCKNNResult(rho=np.exp(log_rho), log_rho=log_rho, delta=delta, centers=centers, assignment=assignment, n_peaks=n_peaks,
                         k=k, mode="approx", knn=knn, timings=timings, state=new_state, info=info)
 
 
@@ -526,12 +531,10 @@ def _exact(x: np.ndarray, n_centers: int, k: int, block_size: int, state) -> DPC
     )
     t["knn_s"] = time.perf_counter() - t0
 
-    # 2. density; strict total order "denser": larger rho, then smaller index
+    # 2. density; strict total order "denser": larger log rho, then smaller index
     t0 = time.perf_counter()
-    rho = np.exp(-(knn_d2.sum(axis=1) / k))
-    order = np.lexsort((np.arange(n), -rho))
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n)
+    log_rho = log_density(knn_d2, k)
+    order, rank = density_order(log_rho)
     t["density_s"] = time.perf_counter() - t0
 
     # 3. delta: first denser neighbour in the sorted kNN list, wide search for local peaks
@@ -550,12 +553,11 @@ def _exact(x: np.ndarray, n_centers: int, k: int, block_size: int, state) -> DPC
 
     # 4. centers and assignment
     t0 = time.perf_counter()
-    score = rho * delta
-    centers = np.lexsort((np.arange(n), -score))[:n_centers].astype(np.int64)
+    centers = top_centers(log_rho, delta, n_centers)
     assignment = _exact_assignment(data, centers, knn, knn_d2)
     t["assign_s"] = time.perf_counter() - t0
     return DPCKNNResult(
-        rho=rho, delta=delta, centers=centers, assignment=assignment,
+        rho=np.exp(log_rho), delta=delta, centers=centers, assignment=assignment, log_rho=log_rho,
         n_peaks=int(peaks.size), k=k, mode="exact", knn=knn, timings=t, state=state,
     )
 
