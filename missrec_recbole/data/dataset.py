@@ -10,6 +10,9 @@ with one message naming the file, not with a shape error in the middle of traini
 from __future__ import annotations
 
 import contextlib
+import csv
+import hashlib
+import io
 import os
 import shutil
 import tempfile
@@ -36,6 +39,8 @@ class DatasetFiles:
     folder: Path
     n_items: int
     features: dict[str, np.ndarray]
+    n_users: int = 0
+    fingerprint: str = ""  # hash of the contents of every file read (resume checks it)
 
 
 def _fail(path, problem: str, fix: str) -> None:
@@ -63,18 +68,67 @@ def read_feature_file(path: Path, dim: int, field: str) -> np.ndarray:
     return matrix
 
 
-def _read_inter(path: Path) -> pd.DataFrame:
+def read_text(path: Path) -> str:
+    """The whole file as text; a file that is not UTF-8 fails with a message naming it."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except UnicodeDecodeError as error:
+        _fail(path, f"is not UTF-8 text (undecodable byte at offset {error.start})",
+              "Save it as UTF-8, tab-separated.")
+
+
+def _check_field_counts(path: Path, lines: list[str], n_fields: int) -> None:
+    """Every non-blank line must have as many tab-separated fields as the header."""
+    for number, line in enumerate(lines, 1):
+        count = line.count("\t") + 1
+        if count != n_fields and line.strip():
+            _fail(path, f"line {number} has {count} tab-separated field(s), the header has {n_fields}",
+                  "Separate the fields with tabs (not spaces), one row per line; the file may be truncated.")
+
+
+def _read_inter(path: Path) -> tuple[pd.DataFrame, str]:
+    """The three required columns of an .inter file (as strings) and its text."""
     if not path.is_file():
         _fail(path, "interaction file not found",
               "A dataset needs NAME.train.inter, NAME.valid.inter and NAME.test.inter (see dataset/README.md).")
-    with open(path, encoding="utf-8") as handle:
-        header = handle.readline().rstrip("\n").split("\t")
+    text = read_text(path)
+    if not text.strip():
+        _fail(path, "is empty", "An .inter file needs the header line and at least one data line.")
+    lines = text.split("\n")
+    header = lines[0].rstrip("\r").split("\t")
     missing = [col for col in REQUIRED_COLUMNS if col not in header]
     if missing:
         _fail(path, f"malformed header {header!r}, missing {missing}",
               "The first line must be 'user_id:token<TAB>item_id_list:token_seq<TAB>item_id:token'.")
-    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, usecols=list(REQUIRED_COLUMNS))
-    return frame
+    _check_field_counts(path, lines, len(header))
+    try:
+        frame = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, keep_default_na=False,
+                            usecols=list(REQUIRED_COLUMNS), quoting=csv.QUOTE_NONE)
+    except (ValueError, pd.errors.ParserError) as error:  # e.g. NUL bytes
+        _fail(path, f"cannot be parsed as tab-separated text ({str(error).splitlines()[0]})", "Fix or regenerate it.")
+    if frame.empty:
+        _fail(path, "has a header but no data lines", "Every split (train, valid, test) needs at least one row.")
+    return frame, text
+
+
+def read_item2index(path: Path) -> dict[str, int]:
+    """``original id -> item index`` of a ``NAME.item2index`` file, checked: one ``id<TAB>index`` per
+    line, ids unique and non-empty, indices exactly 0..n-1."""
+    mapping = {}
+    for number, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2 or not parts[0].strip() or not parts[1].strip().isdigit():
+            _fail(path, f"line {number} is not 'original_id<TAB>index'", "Fix the file (one item per line).")
+        if parts[0] in mapping:
+            _fail(path, f"item id {parts[0]!r} is listed twice (line {number})", "List each item once.")
+        mapping[parts[0]] = int(parts[1])
+    if sorted(mapping.values()) != list(range(len(mapping))):
+        _fail(path, f"the indices of its {len(mapping)} items are not exactly 0..{len(mapping) - 1}",
+              "Number the items 0, 1, 2, ... (each index once).")
+    return mapping
 
 
 def _item_indices(path: Path, frame: pd.DataFrame, max_length: int) -> np.ndarray:
@@ -105,15 +159,11 @@ def tab_rows(path):
                 yield number, line.split("\t")
 
 
-def _count_lines(path: Path) -> int:
-    return sum(1 for _ in tab_rows(path))
-
-
 def validate_dataset(config) -> DatasetFiles:
     """Check every file MISSRec reads for dataset ``config['dataset']``; return the feature matrices.
 
-    Raises :class:`DatasetFormatError` naming the file for: a missing file, a malformed header,
-    a non-integer or out-of-range item index, a feature file whose size is not a multiple of the
+    Raises :class:`DatasetFormatError` naming the file for: a missing, empty, header-only or non-UTF-8
+    file, a malformed header or line, a malformed item2index, a non-integer or out-of-range item index, a feature file whose size is not a multiple of the
     configured dim, a row count that differs from the item count, NaN/inf features.
     """
     name = config["dataset"]
@@ -124,19 +174,31 @@ def validate_dataset(config) -> DatasetFiles:
                 for m in config["modalities"]}
     rows = {m: f.shape[0] for m, f in features.items()}
     item_map = folder / f"{name}.item2index"
-    n_items = _count_lines(item_map) if item_map.is_file() else max(rows.values())
+    digest = hashlib.sha256()
+    for m in sorted(features):
+        digest.update(memoryview(np.ascontiguousarray(features[m])).cast("B"))
+    if item_map.is_file():
+        n_items = len(read_item2index(item_map))
+        digest.update(read_text(item_map).encode())
+    else:
+        n_items = max(rows.values())
     for m, n in rows.items():
         if n != n_items:
             source = f"{item_map.name} lists {n_items} items" if item_map.is_file() else f"other features have {n_items}"
             _fail(feature_path(folder, name, config[f"{m}_suffix"]), f"has {n} rows but {source}",
                   "Every feature file needs exactly one row per item index.")
+    users = set()
     for split in config["benchmark_filename"]:
         path = folder / f"{name}.{split}.inter"
-        indices = _item_indices(path, _read_inter(path), config["MAX_ITEM_LIST_LENGTH"])
+        frame, text = _read_inter(path)
+        indices = _item_indices(path, frame, config["MAX_ITEM_LIST_LENGTH"])
         if indices.size and indices.max() >= n_items:
             _fail(path, f"item index {int(indices.max())} is out of range (the dataset has {n_items} items)",
                   "Fix the index or add the missing feature rows / item2index lines.")
-    return DatasetFiles(name=name, folder=folder, n_items=n_items, features=features)
+        users.update(frame["user_id:token"])
+        digest.update(text.encode())
+    return DatasetFiles(name=name, folder=folder, n_items=n_items, features=features, n_users=len(users),
+                        fingerprint=digest.hexdigest()[:16])
 
 
 def _modality_names(config) -> list[str]:

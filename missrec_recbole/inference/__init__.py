@@ -7,11 +7,11 @@ See :mod:`.predictor` (:class:`MISSRecPredictor`; new items join the model throu
 """
 
 from missrec_recbole.inference.errors import (CheckpointMismatchError, DuplicateItemError, EmptyHistoryError,
-                                              ExportError, FeatureDimError, FeatureError, InferenceError,
+                                              ExportError, FeatureDimError, FeatureError, InferenceError, ItemIdError,
                                               TransductiveModeError, UnknownItemError)
 from missrec_recbole.inference.export import ExportedIndex, export_predictor
 from missrec_recbole.inference.predictor import MISSRecPredictor
 
 __all__ = ["MISSRecPredictor", "ExportedIndex", "export_predictor", "InferenceError", "EmptyHistoryError",
-           "UnknownItemError", "FeatureError", "FeatureDimError", "DuplicateItemError", "TransductiveModeError",
+           "UnknownItemError", "FeatureError", "FeatureDimError", "DuplicateItemError", "ItemIdError", "TransductiveModeError",
            "CheckpointMismatchError", "ExportError"]

@@ -25,6 +25,10 @@ class FeatureDimError(FeatureError):
     """Features whose width differs from the checkpoint's ``text_dim`` / ``image_dim``."""
 
 
+class ItemIdError(InferenceError):
+    """A new item id that is empty or contains a tab or line break (unusable in the id files)."""
+
+
 class DuplicateItemError(InferenceError):
     """``add_items`` with an id that is already in the catalogue (or twice in the same call)."""
 

@@ -33,11 +33,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from missrec_recbole.data.dataset import DatasetFormatError, MISSRecDataset, feature_path, read_feature_file, tab_rows
+from missrec_recbole.data.dataset import MISSRecDataset, feature_path, read_feature_file
+from missrec_recbole.data.dataset import read_item2index as read_item2index_file
 from missrec_recbole.data.demo import DEMO_DOMAINS, ensure_demo_dataset
 from missrec_recbole.inference.errors import (CheckpointMismatchError, DuplicateItemError, EmptyHistoryError,
-                                              FeatureDimError, FeatureError, InferenceError, TransductiveModeError,
-                                              UnknownItemError)
+                                              FeatureDimError, FeatureError, InferenceError, ItemIdError,
+                                              TransductiveModeError, UnknownItemError)
 from missrec_recbole.model import MISSRec
 from missrec_recbole.trainer.checkpoint import ARCHITECTURE_KEYS, FORMAT as PRETRAINED_FORMAT, read_checkpoint
 
@@ -60,15 +61,7 @@ def _plain(value):
 def read_item2index(folder: Path, name: str) -> dict[str, int] | None:
     """``original id -> item index`` from ``NAME.item2index`` (None if the file does not exist)."""
     path = Path(folder) / f"{name}.item2index"
-    if not path.is_file():
-        return None
-    mapping = {}
-    for number, parts in tab_rows(path):
-        if len(parts) != 2 or not parts[1].strip().lstrip("-").isdigit():
-            raise DatasetFormatError(f"{path}: line {number} is not 'original_id<TAB>index'. "
-                                     f"Fix the file (one item per line).")
-        mapping[parts[0]] = int(parts[1])
-    return mapping
+    return read_item2index_file(path) if path.is_file() else None
 
 
 def read_item_text(folder: Path, name: str) -> dict[str, str]:
@@ -400,7 +393,10 @@ class MISSRecPredictor:
         dim = int(self.config[f"{m}_dim"])
         if values is None:
             return torch.zeros(n, dim)
-        matrix = torch.as_tensor(np.asarray(values, dtype=np.float32))
+        try:
+            matrix = torch.as_tensor(np.asarray(values, dtype=np.float32))
+        except (TypeError, ValueError) as error:  # strings, ragged rows, objects
+            raise FeatureError(f"{m}_features must be numbers, a [{n}, {dim}] float array ({error}).") from None
         if matrix.ndim == 1 and n == 1:
             matrix = matrix.unsqueeze(0)
         if matrix.ndim != 2 or matrix.shape[1] != dim:
@@ -432,6 +428,10 @@ class MISSRecPredictor:
         ids = [str(i) for i in ids]
         if not ids:
             return []
+        bad = [i for i in ids if not i.strip() or any(c in i for c in "\t\r\n")]
+        if bad:
+            raise ItemIdError(f"item id {bad[0]!r} is empty or contains a tab or line break; such ids cannot be "
+                              f"written to NAME.item2index or exported. Use non-empty ids without tabs/newlines.")
         if self.mode == "transductive" and not allow_feature_only:
             raise TransductiveModeError(
                 f"this model is transductive (item ID embedding) and has no embedding for new items "
