@@ -8,6 +8,7 @@
 
 Any RecBole/MISSRec option can be overridden as --key=value (e.g. --epochs=20 --learning_rate=0.0005);
 values are read as YAML. Defaults: props/MISSRec.yaml, props/<stage>.yaml, props/<dataset>.yaml.
+Every option is checked before anything runs (python -m missrec_recbole.config_schema lists them).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+from missrec_recbole.command import DEBUG_HELP, run_command
 
 DEMO_PRETRAIN = ["Demo-A", "Demo-B", "Demo-C"]
 DEMO_FINETUNE = "Demo-D"
@@ -37,6 +40,7 @@ def parse_args(argv=None):
                                          "(give the same other arguments)")
     parser.add_argument("--show_progress", action="store_true", help="progress bars per epoch")
     parser.add_argument("--result_json", help="also write the results to this JSON file")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args, extra = parser.parse_known_args(argv)
     from missrec_recbole.quick_start import parse_overrides
 
@@ -97,14 +101,15 @@ def main(argv=None):
     return result
 
 
-if __name__ == "__main__":
-    from missrec_recbole.data import DatasetFormatError
-    from missrec_recbole.inference import InferenceError
-    from missrec_recbole.trainer import CheckpointError, distributed
+def run(argv=None) -> int:
+    """The command line: bad input -> one 'error: ...' line on stderr and a non-zero exit code."""
+    from missrec_recbole.trainer import distributed
 
     try:
-        main(sys.argv[1:])
-    except (DatasetFormatError, CheckpointError, InferenceError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+        return run_command(main, argv)
     finally:
         distributed.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -479,4 +479,6 @@ def _run_cli(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    from missrec_recbole.command import run_command
+
+    sys.exit(run_command(_main))

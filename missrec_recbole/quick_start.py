@@ -17,11 +17,11 @@ import time
 from logging import getLogger
 from pathlib import Path
 
-import yaml
 from recbole.config import Config
 from recbole.data import data_preparation
 from recbole.utils import init_logger, init_seed
 
+from missrec_recbole.config_schema import check_options, read_config_file, read_value
 from missrec_recbole.data.dataset import MISSRecDataset
 from missrec_recbole.data.demo import DEMO_DOMAINS, ensure_demo_dataset
 from missrec_recbole.data.merge import merge_datasets
@@ -34,24 +34,14 @@ DEFAULT_DATA_PATH = ROOT / "dataset"
 
 
 def parse_overrides(items) -> dict:
-    """``--key=value`` command-line overrides as a config dict (values read as YAML)."""
+    """``--key=value`` command-line overrides as a config dict (values read as YAML, ``1e-3`` a float)."""
     overrides = {}
     for item in items:
         if not item.startswith("--") or "=" not in item:
             raise ValueError(f"unrecognised argument {item!r}: options are --key=value")
         key, value = item[2:].split("=", 1)
-        overrides[key] = yaml.safe_load(value)
+        overrides[key] = read_value(value)
     return overrides
-
-
-def _user_sets(key, config_files, config_dict) -> bool:
-    if key in (config_dict or {}):
-        return True
-    for path in config_files or []:
-        with open(path, encoding="utf-8") as handle:
-            if key in (yaml.safe_load(handle) or {}):
-                return True
-    return False
 
 
 @contextlib.contextmanager
@@ -78,7 +68,9 @@ def build_config(dataset: str, stage: str = "finetune", config_files=None, confi
         if not path.is_file():
             raise FileNotFoundError(f"{path}: config file not found")
     config_dict = dict(config_dict or {})
-    if not _user_sets("data_path", config_files, config_dict):
+    layers = [(str(path), read_config_file(path)) for path in files] + [("", config_dict)]
+    check_options(layers)  # before RecBole reads anything: one message naming the option
+    if not any("data_path" in values for path, values in layers[2:]):
         config_dict["data_path"] = str(DEFAULT_DATA_PATH)
     with _without_argv():
         config = Config(model=model_class, dataset=dataset, config_file_list=[str(f) for f in files],

@@ -50,6 +50,8 @@ Command line::
 
 from __future__ import annotations
 
+import sys
+
 import argparse
 import json
 import os
@@ -647,4 +649,6 @@ def _main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    _main()
+    from missrec_recbole.command import run_command
+
+    sys.exit(run_command(_main))

@@ -329,4 +329,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    from missrec_recbole.command import run_command
+
+    sys.exit(run_command(_main))

@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from missrec_recbole.config_schema import ConfigError
 from missrec_recbole.data.dataset import REQUIRED_COLUMNS, DatasetFormatError, _modality_names, validate_dataset
 
 __all__ = ["inspect_dataset", "format_report"]
@@ -164,7 +165,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     except DatasetFormatError as error:
         print(f"error: {error}\n(the loader rejects dataset {args.dataset} with this message)", file=sys.stderr)
         return 1
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(json.dumps(report, indent=1) if args.json else format_report(report))
@@ -172,4 +173,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    from missrec_recbole.command import run_command
+
+    sys.exit(run_command(_main))

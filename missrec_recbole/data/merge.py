@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -93,4 +94,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from missrec_recbole.command import run_command
+
+    sys.exit(run_command(main))

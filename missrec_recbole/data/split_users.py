@@ -20,6 +20,8 @@ Command line::
 
 from __future__ import annotations
 
+import sys
+
 import argparse
 import json
 import os
@@ -143,4 +145,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from missrec_recbole.command import run_command
+
+    sys.exit(run_command(main))

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+
+from missrec_recbole.command import DEBUG_HELP, run_command
 
 TEXT_WIDTH = 70
 
@@ -29,6 +30,7 @@ def parse_args(argv=None):
                         help="transductive model: also rank items that have no ID embedding, from features only")
     parser.add_argument("--export", metavar="DIR", help="also export item vectors + FAISS indexes to DIR")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     return parser.parse_args(argv)
 
 
@@ -75,14 +77,5 @@ def main(argv=None) -> list:
 
 
 def run(argv=None) -> int:
-    """Command-line entry: bad input -> 'error: ...' on stderr and exit code 1."""
-    from missrec_recbole.data import DatasetFormatError
-    from missrec_recbole.inference.errors import InferenceError
-    from missrec_recbole.trainer import CheckpointError
-
-    try:
-        main(argv)
-    except (InferenceError, DatasetFormatError, CheckpointError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    """Command-line entry: bad input -> 'error: ...' on stderr and exit code 1 (``--debug``: with traceback)."""
+    return run_command(main, argv)

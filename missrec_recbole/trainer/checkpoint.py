@@ -35,14 +35,20 @@ def save_pretrained(model, config, path, epoch: int) -> str:
     return os.fspath(path)
 
 
-def read_checkpoint(path) -> dict:
-    """Load a checkpoint safely (``weights_only=True``) and check its format."""
+PRETRAINED_HINT = "Pass the .pth written by --stage=pretrain."
+
+
+def read_checkpoint(path, missing_hint: str = PRETRAINED_HINT) -> dict:
+    """Load a checkpoint safely (``weights_only=True``) and check its format.
+    ``missing_hint``: what to do when the file does not exist."""
     if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: checkpoint file not found. Pass the .pth written by --stage=pretrain.")
+        raise CheckpointError(f"{path}: checkpoint file not found. {missing_hint}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated file, foreign pickle, ...
-        raise CheckpointError(f"{path}: not a readable MISSRec checkpoint ({error}).") from error
+        # PyTorch's message suggests weights_only=False, i.e. running arbitrary pickled code: never pass it on.
+        raise CheckpointError(f"{path}: not a readable MISSRec checkpoint ({type(error).__name__}): the file is "
+                              f"truncated, damaged or not written by missrec-recbole.") from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "config" not in checkpoint:
         raise CheckpointError(f"{path}: not a MISSRec checkpoint (no state_dict/config).")
     return checkpoint
