@@ -49,7 +49,7 @@ class Option:
             text = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
                     list: "a non-empty list", dict: "a mapping"}[self.kind]
             if self.kind is list and self.choices:
-                text += " of " + ", ".join(map(str, self.choices))
+                text = "a non-empty subset of [" + ", ".join(map(str, self.choices)) + "]"
             text += self._range()
         text += "".join(f" or {_KIND_NAMES[t]}" for t in self.also)
         return text + (" or null" if self.null else "")
@@ -306,7 +306,7 @@ def check_value(key: str, value, source: str = "") -> None:
     """Raise :class:`ConfigError` if ``value`` is not allowed for option ``key`` (unchecked if not in the schema)."""
     option = OPTIONS.get(key)
     if option is not None and not option.accepts(value):
-        raise ConfigError(f"option {key!r}{_where(source)}: got {value!r}, expected {option.expected()} "
+        raise ConfigError(f"option {key!r}{_where(source)}: got {value!r}, must be {option.expected()} "
                           f"({option.help}).")
 
 

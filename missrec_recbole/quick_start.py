@@ -22,11 +22,12 @@ from recbole.data import data_preparation
 from recbole.utils import init_logger, init_seed
 
 from missrec_recbole.config_schema import check_options, read_config_file, read_value
-from missrec_recbole.data.dataset import MISSRecDataset
+from missrec_recbole.data.dataset import MISSRecDataset, validate_dataset
 from missrec_recbole.data.demo import DEMO_DOMAINS, ensure_demo_dataset
 from missrec_recbole.data.merge import merge_datasets
 from missrec_recbole.model import MISSRec
-from missrec_recbole.trainer import MISSRecTrainer, check_architecture, distributed, load_pretrained, read_checkpoint
+from missrec_recbole.trainer import (MISSRecTrainer, check_architecture, distributed, load_pretrained, read_checkpoint,
+                                     read_resume_state, run_identity)
 
 ROOT = Path(__file__).resolve().parents[1]
 PROPS = ROOT / "props"
@@ -84,14 +85,26 @@ def _data_root(config) -> Path:
     return Path(config["data_path"]).parent
 
 
-def prepare_data(config):
-    """Generate demo domains on first use, then load and split the dataset (validated first)."""
+def check_dataset(config):
+    """Generate demo domains on first use, then validate the dataset's files (before any log is written)."""
     if config["dataset"] in DEMO_DOMAINS:
         distributed.main_first(lambda: ensure_demo_dataset(_data_root(config), [config["dataset"]]))
-    dataset = MISSRecDataset(config)
+    return validate_dataset(config)
+
+
+def prepare_data(config, files=None):
+    """Load and split the dataset; ``files``: its already validated :func:`check_dataset` result."""
+    dataset = MISSRecDataset(config, files or check_dataset(config))
     getLogger().info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     return dataset, train_data, valid_data, test_data
+
+
+def _check_inputs(config, resume):
+    """Everything a run reads, checked before it writes anything: dataset files, then the resume file."""
+    files = check_dataset(config)
+    state = read_resume_state(resume, run_identity(config, files)) if resume else None
+    return files, state
 
 
 def _setup(config):
@@ -125,14 +138,15 @@ def pretrain(datasets, config_files=None, config_dict=None, show_progress=False,
         distributed.main_first(lambda: _merge(datasets, data_root, name, merged_root, base))
         config_dict["data_path"] = str(merged_root)
     config = build_config(name, "pretrain", config_files, config_dict, model_class)
+    files, resume_state = _check_inputs(config, resume)
     _setup(config)
-    _, train_data, _, _ = prepare_data(config)
+    _, train_data, _, _ = prepare_data(config, files)
     init_seed(config["seed"], config["reproducibility"])
     model = model_class(config, train_data._dataset).to(config["device"])
     getLogger().info(model)
     trainer = trainer_class(config, model)
     if resume:
-        trainer.resume(resume, train_data)
+        trainer.resume(resume, train_data, resume_state)
     return trainer.pretrain(train_data, show_progress=show_progress)
 
 
@@ -148,8 +162,9 @@ def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show
     checkpoint = read_checkpoint(pretrained) if pretrained else None
     if checkpoint:  # fail before loading data
         check_architecture(pretrained, checkpoint["config"], config)
+    files, resume_state = _check_inputs(config, resume)
     _setup(config)
-    _, train_data, valid_data, test_data = prepare_data(config)
+    _, train_data, valid_data, test_data = prepare_data(config, files)
     init_seed(config["seed"], config["reproducibility"])
     model = model_class(config, train_data._dataset).to(config["device"])
     if checkpoint:
@@ -161,10 +176,11 @@ def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show
     getLogger().info(model)
     trainer = trainer_class(config, model)
     if resume:
-        trainer.resume(resume, train_data)
+        trainer.resume(resume, train_data, resume_state)
     start = time.time()
     best_valid_score, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=show_progress)
     epochs_run = len(trainer.train_loss_dict)
+    epochs_here = epochs_run - trainer.epochs_resumed  # seconds_per_epoch: this process's time and epochs
     seconds = time.time() - start
     test = trainer.evaluate(test_data, load_best_model=True, show_progress=show_progress)
     return {
@@ -176,7 +192,7 @@ def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show
         "test": dict(test),
         "epochs": epochs_run,
         "best_epoch": max(trainer.train_loss_dict, default=-1) - trainer.cur_step * config["eval_step"],
-        "seconds_per_epoch": seconds / max(epochs_run, 1),
+        "seconds_per_epoch": seconds / max(epochs_here, 1),
         "interest_refresh_seconds": sum(trainer.interest_refresh_seconds) / max(len(trainer.interest_refresh_seconds), 1),
         "trainable_parameters": model.trainable_parameters(),
         "model_file": trainer.saved_model_file,

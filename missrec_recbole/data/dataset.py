@@ -217,9 +217,10 @@ class MISSRecDataset(SequentialDataset):
     modality (non-zero row).
     """
 
-    def __init__(self, config):
+    def __init__(self, config, files: DatasetFiles | None = None):
+        """``files``: the result of :func:`validate_dataset` for this config, if already checked."""
         self.modalities = _modality_names(config)
-        self.files = validate_dataset(config)
+        self.files = files or validate_dataset(config)
         super().__init__(config)
         self.features, self.present = {}, {}
         for m in self.modalities:

@@ -20,12 +20,11 @@ Command line::
 
 from __future__ import annotations
 
-import sys
-
 import argparse
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np

@@ -14,9 +14,12 @@ from recbole.utils import get_local_time, set_color
 
 from missrec_recbole.compat import atomic_torch_save, plain
 from missrec_recbole.trainer import distributed
-from missrec_recbole.trainer.checkpoint import CheckpointError, read_checkpoint, save_pretrained
+from missrec_recbole.trainer.checkpoint import ARCHITECTURE_KEYS, CheckpointError, read_checkpoint, save_pretrained
 
-RESUME_FORMAT = "missrec-recbole-resume/1"
+RESUME_FORMAT = "missrec-recbole-resume/2"
+RESUME_HINT = "Pass the *-resume.pth file named in the log of the interrupted run."
+# Options a resumed run must share with the run that wrote the resume file (besides the dataset's files).
+RUN_KEYS = ("model", "dataset", "stage", "mode") + ARCHITECTURE_KEYS
 _RUN_NUMBER = itertools.count()  # tells apart runs of one process started within the same second
 
 
@@ -33,6 +36,34 @@ def set_rng_state(state: dict, train_data) -> None:
     train_data.generator.set_state(state["loader"])
     kind, keys, position, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+
+
+def run_identity(config, files) -> dict:
+    """What a resume file belongs to: dataset (name, item/user counts, fingerprint of its files), mode,
+    stage and the options that shape the model. ``files``: the dataset's :class:`DatasetFiles`."""
+    identity = {key: plain(config[key]) for key in RUN_KEYS}
+    if files is not None:
+        identity.update(items=files.n_items, users=files.n_users, data_fingerprint=files.fingerprint)
+    return identity
+
+
+def read_resume_state(path, identity: dict) -> dict:
+    """Read the resume file ``path`` and check that it belongs to a run with ``identity``; raises
+    :class:`CheckpointError` listing every difference."""
+    state = read_checkpoint(path, missing_hint=RESUME_HINT)
+    found = state.get("format")
+    if found != RESUME_FORMAT:
+        older = isinstance(found, str) and found.startswith(RESUME_FORMAT.split("/")[0])
+        raise CheckpointError(f"{path}: " + ("written by an older version of missrec-recbole, which did not record "
+                                             "its run; start the run again without --resume." if older else
+                                             "not a resume checkpoint (those end in -resume.pth)."))
+    saved = state.get("identity") or {}
+    differences = [f"{key} {saved.get(key)!r} there, {value!r} here" for key, value in identity.items()
+                   if saved.get(key) != value]
+    if differences:
+        raise CheckpointError(f"{path}: belongs to another run ({'; '.join(differences)}). Resume with the same "
+                              f"dataset files and options, or start a new run without --resume.")
+    return state
 
 
 def pessimistic_ties(scores: torch.Tensor, positive_u: torch.Tensor, positive_i: torch.Tensor) -> torch.Tensor:
@@ -83,7 +114,10 @@ class MISSRecTrainer(Trainer):
         self.tie_rule = config["tie_rule"]
         name = f"{self.run_name}-{get_local_time()}-{os.getpid()}-{next(_RUN_NUMBER)}.pth"
         self.saved_model_file = distributed.broadcast(os.path.join(self.checkpoint_dir, name))
+        self._resume_file = None  # set by resume(): the resumed run keeps writing that file
+        self.pretrain_prefix = distributed.broadcast(self._free_pretrain_prefix())
         self.interest_refresh_seconds = []
+        self.epochs_resumed = 0  # epochs trained before resume() (by the interrupted process)
         self.logger.info(f"Resume checkpoint (rewritten every epoch): {self.resume_file}")
 
     @property
@@ -108,7 +142,14 @@ class MISSRecTrainer(Trainer):
 
     @property
     def resume_file(self) -> str:
-        return self.saved_model_file[: -len(".pth")] + "-resume.pth"
+        return self._resume_file or self.saved_model_file[: -len(".pth")] + "-resume.pth"
+
+    def _free_pretrain_prefix(self) -> str:
+        """Prefix of this run's pre-training checkpoints: ``<run_name>`` unless another run already wrote
+        checkpoints under it, then this run's unique file stem (never overwrite another run's files)."""
+        taken = any(name.startswith(f"{self.run_name}-epoch") for name in os.listdir(self.checkpoint_dir)) \
+            if os.path.isdir(self.checkpoint_dir) else False
+        return self.saved_model_file[: -len(".pth")] if taken else os.path.join(self.checkpoint_dir, self.run_name)
 
     def save_resume_state(self, next_epoch: int, train_data) -> None:
         """Atomically write everything needed to continue training at ``next_epoch``."""
@@ -116,6 +157,8 @@ class MISSRecTrainer(Trainer):
             return
         state = {
             "format": RESUME_FORMAT,
+            "identity": run_identity(self.config, getattr(train_data._dataset, "files", None)),
+            "pretrain_prefix": self.pretrain_prefix,
             "config": plain(self.config.final_config_dict),
             "next_epoch": next_epoch,
             "cur_step": self.cur_step,
@@ -131,11 +174,11 @@ class MISSRecTrainer(Trainer):
         }
         atomic_torch_save(state, self.resume_file)
 
-    def resume(self, path, train_data) -> None:
-        """Continue the run that wrote the resume checkpoint ``path`` (same config and data)."""
-        state = read_checkpoint(path)
-        if state.get("format") != RESUME_FORMAT:
-            raise CheckpointError(f"{path}: not a resume checkpoint (those end in -resume.pth).")
+    def resume(self, path, train_data, state=None) -> None:
+        """Continue the run that wrote the resume checkpoint ``path`` (same config and data: checked, see
+        :func:`read_resume_state`; ``state``: the file already read and checked). Keeps writing ``path``."""
+        if state is None:
+            state = read_resume_state(path, run_identity(self.config, getattr(train_data._dataset, "files", None)))
         trainable = set(state["trainable"])
         for name, parameter in self.model.named_parameters():
             parameter.requires_grad = name in trainable
@@ -148,8 +191,12 @@ class MISSRecTrainer(Trainer):
         self.best_valid_result = state["best_valid_result"] or None
         self.train_loss_dict = {int(k): v for k, v in state["train_loss_dict"].items()}
         self.saved_model_file = state["saved_model_file"]
+        self.pretrain_prefix = state["pretrain_prefix"]
+        self._resume_file = os.fspath(path)
+        self.epochs_resumed = len(self.train_loss_dict)
         set_rng_state(state["rng"], train_data)
-        self.logger.info(f"Resumed from {path}: continuing at epoch {self.start_epoch}")
+        self.logger.info(f"Resumed from {path}: continuing at epoch {self.start_epoch}; this run keeps writing "
+                         f"{self.resume_file}")
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.save_resume_state(epoch_idx, train_data)
@@ -169,8 +216,7 @@ class MISSRecTrainer(Trainer):
         return interaction, scores, positive_u, positive_i
 
     def pretrain_checkpoint_path(self, epoch: int) -> str:
-        name = f"{self.run_name}-epoch{epoch}.pth"
-        return os.path.join(self.checkpoint_dir, name)
+        return f"{self.pretrain_prefix}-epoch{epoch}.pth"
 
     def pretrain(self, train_data, verbose=True, show_progress=False) -> list[str]:
         """Pre-train for ``epochs`` epochs; returns the checkpoint paths (last = final)."""
