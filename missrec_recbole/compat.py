@@ -26,10 +26,15 @@ Fixes:
 7. the last chained ``df[field].fillna(value="", inplace=True)`` (dataset.py:501, ``Dataset._load_feat``)
    is a no-op under pandas 3 too: an empty ``token_seq`` cell stays NaN and crashes with ``'float' object
    has no attribute 'split'`` -> :func:`load_feat` fills the column by assignment.
+8. ``Config._convert_config_dict`` (configurator.py:124) runs ``eval()`` on every string value of a
+   ``config_dict``: a string is executed as Python code -> :func:`config_value` reads it as a Python
+   literal instead (``ast.literal_eval``: same values for literals, no code runs); ``build_config``
+   checks the options on these converted values.
 """
 
 from __future__ import annotations
 
+import ast
 import enum
 import os
 import tempfile
@@ -163,6 +168,25 @@ def load_feat(self, filepath, source):
     return df
 
 
+def config_value(param):
+    """Fix 8: a ``config_dict`` value as RecBole reads it (strings holding Python literals become those
+    values, "true"/"false" booleans), without ``eval``."""
+    if not isinstance(param, str):
+        return param
+    try:
+        value = ast.literal_eval(param)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return {"true": True, "false": False}.get(param.lower(), param)
+    return value if value is None or isinstance(value, (str, int, float, list, tuple, dict, bool)) else param
+
+
+def convert_config_dict(self, config_dict):
+    """Fix 8: ``Config._convert_config_dict`` without ``eval``."""
+    for key in config_dict:
+        config_dict[key] = config_value(config_dict[key])
+    return config_dict
+
+
 def plain(value):
     """Turn a config value into types ``torch.load(weights_only=True)`` accepts."""
     if isinstance(value, np.generic):  # before the float check: np.float64 subclasses float
@@ -247,13 +271,15 @@ def apply() -> None:
     if _applied:
         return
     restore_numpy_aliases()
+    from recbole.config import Config
     from recbole.data.dataset import Dataset, SequentialDataset
     from recbole.trainer import Trainer
     from recbole.utils import utils as recbole_utils
 
     ORIGINALS.update(fill_nan=Dataset._fill_nan, remap=Dataset._remap, save_checkpoint=Trainer._save_checkpoint,
                      benchmark_presets=SequentialDataset._benchmark_presets, ensure_dir=recbole_utils.ensure_dir,
-                     load_feat=Dataset._load_feat)
+                     load_feat=Dataset._load_feat, convert_config_dict=Config._convert_config_dict)
+    Config._convert_config_dict = convert_config_dict
     Dataset._fill_nan = fill_nan
     Dataset._load_feat = load_feat
     Dataset._remap = remap

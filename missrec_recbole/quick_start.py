@@ -21,6 +21,7 @@ from recbole.config import Config
 from recbole.data import data_preparation
 from recbole.utils import init_logger, init_seed
 
+from missrec_recbole.compat import config_value
 from missrec_recbole.config_schema import check_options, read_config_file, read_value
 from missrec_recbole.data.dataset import MISSRecDataset, validate_dataset
 from missrec_recbole.data.demo import DEMO_DOMAINS, ensure_demo_dataset
@@ -68,7 +69,7 @@ def build_config(dataset: str, stage: str = "finetune", config_files=None, confi
     for path in files:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: config file not found")
-    config_dict = dict(config_dict or {})
+    config_dict = {key: config_value(value) for key, value in (config_dict or {}).items()}  # as RecBole reads them
     layers = [(str(path), read_config_file(path)) for path in files] + [("", config_dict)]
     check_options(layers)  # before RecBole reads anything: one message naming the option
     if not any("data_path" in values for path, values in layers[2:]):

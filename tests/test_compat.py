@@ -159,3 +159,16 @@ def test_load_feat_fills_empty_sequences(tmp_path):
     assert [list(seq) for seq in frame["item_id_list"]] == [["3", "4"], []]
     assert fixed.field2seqlen["item_id_list"] == 2
     assert Dataset._load_feat is compat.load_feat
+
+
+def test_config_dict_strings_are_read_as_literals_not_executed(tmp_path):
+    """Fix 8: RecBole eval()s every string of a config_dict; ours reads literals only."""
+    marker = tmp_path / "ran"
+    code = f"open({str(marker)!r}, 'w').close() or 'x'"
+    compat.ORIGINALS["convert_config_dict"](None, {"data_path": code})
+    assert marker.exists()  # RecBole ran the string as Python
+    marker.unlink()
+    values = compat.convert_config_dict(None, {"data_path": code, "topk": "[5, 10]", "flag": "True", "lr": "1e-3",
+                                               "name": "abc", "off": "false", "none": "None"})
+    assert not marker.exists() and values == {"data_path": code, "topk": [5, 10], "flag": True, "lr": 0.001,
+                                              "name": "abc", "off": False, "none": None}
