@@ -22,7 +22,7 @@ from recbole.config import Config
 from recbole.data import data_preparation
 from recbole.utils import init_logger, init_seed
 
-from missrec_recbole.data.dataset import MISSRecDataset
+from missrec_recbole.data.dataset import MISSRecDataset, validate_dataset
 from missrec_recbole.data.demo import DEMO_DOMAINS, ensure_demo_dataset
 from missrec_recbole.data.merge import merge_datasets
 from missrec_recbole.model import MISSRec
@@ -93,13 +93,20 @@ def _data_root(config) -> Path:
 
 
 def prepare_data(config):
-    """Generate demo domains on first use, then load and split the dataset (validated first)."""
-    if config["dataset"] in DEMO_DOMAINS:
-        distributed.main_first(lambda: ensure_demo_dataset(_data_root(config), [config["dataset"]]))
+    """Load and split the dataset (validated first)."""
+    check_dataset(config)
     dataset = MISSRecDataset(config)
     getLogger().info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     return dataset, train_data, valid_data, test_data
+
+
+def check_dataset(config):
+    """Generate demo domains on first use, then check the dataset's files; this also fills in the feature
+    widths and modalities the config leaves to the files (``validate_dataset``)."""
+    if config["dataset"] in DEMO_DOMAINS:
+        distributed.main_first(lambda: ensure_demo_dataset(_data_root(config), [config["dataset"]]))
+    return validate_dataset(config)
 
 
 def _setup(config):
@@ -154,7 +161,8 @@ def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show
     """
     config = build_config(dataset, "finetune", config_files, config_dict, model_class)
     checkpoint = read_checkpoint(pretrained) if pretrained else None
-    if checkpoint:  # fail before loading data
+    if checkpoint:  # fail before loading data; the dataset's files give the feature widths it is compared on
+        check_dataset(config)
         check_architecture(pretrained, checkpoint["config"], config)
     _setup(config)
     _, train_data, valid_data, test_data = prepare_data(config)
