@@ -64,7 +64,9 @@ FIRST_SEED = 2020
 TABLES = {
     "pretrained": "Table 1: pre-trained rows (pre-training on {pre}; every row trained and evaluated on {eval})",
     "full": "Table 2: full {dataset} (no pre-training)",
+    "transfer": "Transfer: pre-trained on {pre} (other domains), every row trained and evaluated on {dataset}",
 }
+PRETRAINED_TABLES = ("pretrained", "transfer")
 SASREC_SETTINGS = {"n_layers": 2, "n_heads": 2, "hidden_size": 300, "inner_size": 256, "hidden_dropout_prob": 0.5,
                    "attn_dropout_prob": 0.5, "hidden_act": "gelu", "loss_type": "CE"}
 QUICK_DATASET = "Demo-D"
@@ -77,26 +79,33 @@ QUICK_PRETRAIN = {"epochs": 2, "save_step": 2}
 class Row:
     """One row of a results table."""
 
-    table: str  # pretrained | full
+    table: str  # a key of TABLES
     kind: str  # a key of RUN_KINDS
     mode: str | None  # inductive | transductive | None (SASRec)
     pretrained: bool
+    all_weights: bool = False  # pre-trained and every weight fine-tuned (default: adapters only)
 
     @property
     def name(self) -> str:
         if self.mode is None:
             return RUN_KINDS[self.kind].label
-        return f"{RUN_KINDS[self.kind].label} {'pre-trained' if self.pretrained else 'scratch'} {self.mode}"
+        start = "pre-trained (all weights)" if self.all_weights else "pre-trained" if self.pretrained else "scratch"
+        return f"{RUN_KINDS[self.kind].label} {start} {self.mode}"
 
 
-def suite_rows(tables=tuple(TABLES)) -> list[Row]:
-    """Every row of both tables, in table order."""
+def suite_rows(tables=("pretrained", "full")) -> list[Row]:
+    """Every row of ``tables``, in table order. The transfer table adds MISSRec fine-tuning all weights."""
     rows = []
     for table in tables:
         rows.append(Row(table, "sasrec", None, False))
         for kind in ("unisrec", "missrec"):
-            for pretrained in (False, True) if table == "pretrained" else (False,):
-                rows += [Row(table, kind, mode, pretrained) for mode in MODES]
+            starts = [(False, False)]
+            if table in PRETRAINED_TABLES:
+                starts.append((True, False))
+            if table == "transfer" and kind == "missrec":
+                starts.append((True, True))
+            for pretrained, all_weights in starts:
+                rows += [Row(table, kind, mode, pretrained, all_weights) for mode in MODES]
     return rows
 
 
@@ -256,7 +265,7 @@ def run_missrec(spec):
 def pretrain_missrec(spec) -> str:
     from missrec_recbole import quick_start
 
-    return quick_start.pretrain([spec["dataset"]], **_quick_start_kwargs(spec))[-1]
+    return quick_start.pretrain(spec["dataset"].split(","), **_quick_start_kwargs(spec))[-1]
 
 
 def _unisrec_config(spec) -> dict:
@@ -282,7 +291,8 @@ def run_unisrec(spec):
 def pretrain_unisrec(spec) -> str:
     from missrec_recbole.baselines import run_unisrec as unisrec
 
-    return unisrec(spec["dataset"], stage="pretrain", mode="inductive", config_dict=_unisrec_config(spec))["checkpoint"]
+    return unisrec(spec["dataset"].split(","), stage="pretrain", mode="inductive",
+                   config_dict=_unisrec_config(spec))["checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -476,8 +486,8 @@ class Suite:
     overrides: dict
     pretrain_overrides: dict
     data_path: Path  # folder with the full dataset
-    split_path: Path  # folder with the two halves
-    split: dict
+    pretrain_data: tuple[str, Path]  # pre-training dataset(s) (comma-separated names) and their folder
+    tables_data: dict  # table -> (dataset, folder) its rows train and evaluate on
     results: Results
     log_dir: Path
     pretrained_from: Results | None = None  # another out_dir whose pre-trainings may be reused
@@ -489,9 +499,7 @@ class Suite:
         return {**self.overrides, **self.pretrain_overrides}
 
     def dataset_of(self, table: str) -> tuple[str, Path]:
-        if table == "pretrained":
-            return self.split["eval"], self.split_path
-        return self.args.dataset, self.data_path
+        return self.tables_data[table]
 
 
 def _spec(suite: Suite, action: str, kind: str, dataset: str, data_path: Path, seed: int, settings: dict,
@@ -514,7 +522,8 @@ def _hash_inputs(suite: Suite, kind: str, dataset: str, data_path: Path, setting
     (The code version is recorded per run, not hashed.)"""
     from missrec_recbole.quick_start import PROPS
 
-    return {"bench": BENCH_VERSION, "kind": kind, "dataset": dataset, "data": fingerprint(data_path / dataset, dataset),
+    data = ",".join(fingerprint(data_path / name, name) for name in dataset.split(","))
+    return {"bench": BENCH_VERSION, "kind": kind, "dataset": dataset, "data": data,
             "settings": settings, "props": _file_hashes(sorted(PROPS.glob("*.yaml"))),
             "config_files": _file_hashes(suite.args.config_files), **extra}
 
@@ -559,8 +568,7 @@ def _check(kind: str) -> None:
 
 def pretrain_key(suite: Suite, kind: str) -> str:
     """Pre-training is done once per model kind, settings and data, with the first seed."""
-    inputs = _hash_inputs(suite, kind, suite.split["pre"], suite.split_path,
-                          suite.pretrain_settings, seed=suite.args.seed_list[0])
+    inputs = _hash_inputs(suite, kind, *suite.pretrain_data, suite.pretrain_settings, seed=suite.args.seed_list[0])
     return f"pretrain|{kind}|{config_hash(inputs)}"
 
 
@@ -614,7 +622,7 @@ def follow(process, log: Path, progress, every: float = 2.0) -> int:
 
 
 def ensure_pretrained(suite: Suite, kind: str) -> str:
-    """Checkpoint of ``kind`` pre-trained on the pre-training half (trained once, then reused)."""
+    """Checkpoint of ``kind`` pre-trained on the pre-training data (trained once, then reused)."""
     key = pretrain_key(suite, kind)
     with suite.results.claim(key, wait=True):  # another invocation pre-training it: wait for its checkpoint
         done = _recorded_pretraining(suite.results, key)
@@ -634,7 +642,7 @@ def _recorded_pretraining(results: Results | None, key: str) -> dict | None:
 
 
 def _pretrain(suite: Suite, kind: str, key: str) -> str:
-    dataset, data_path = suite.split["pre"], suite.split_path
+    dataset, data_path = suite.pretrain_data
     settings = suite.pretrain_settings
     _check(kind)
     say(f"pre-training {RUN_KINDS[kind].label} on {dataset} (log: {suite.log_dir})")
@@ -653,7 +661,7 @@ def run_row(suite: Suite, row: Row, seed: int) -> str:
     returns ok|skipped|busy|unavailable|failed."""
     dataset, data_path = suite.dataset_of(row.table)
     settings = {**(SASREC_SETTINGS if row.kind == "sasrec" else {}), **suite.overrides,
-                **suite.args.finetune_overrides}
+                **suite.args.finetune_overrides, **({"adapters_only": False} if row.all_weights else {})}
     pre_key = pretrain_key(suite, row.kind) if row.pretrained else None
     digest = config_hash(_hash_inputs(suite, row.kind, dataset, data_path, settings, mode=row.mode,
                                       pretrained=pre_key))
@@ -745,7 +753,7 @@ def group_runs(data: dict) -> dict:
     """``{table: {row name: [runs]}}`` in suite order. A row whose settings changed keeps only the runs with
     the config hash of its latest run (older runs stay in results.json)."""
     groups = {}
-    for row in suite_rows():
+    for row in suite_rows(tuple(TABLES)):
         groups.setdefault(row.table, {})[row.name] = []
     for run in data["runs"]:
         groups.setdefault(run["table"], {}).setdefault(run["row"], []).append(run)
@@ -827,6 +835,31 @@ def _target_lines(groups: dict) -> list[str]:
             "| table | best MISSRec | best baseline | gain | met |", "|---|---|---|---|---|", *lines, ""]
 
 
+def _pretraining_lines(groups: dict) -> list[str]:
+    """Does pre-training pay? Each pre-trained MISSRec row against MISSRec from scratch in the same mode."""
+    lines = []
+    for table, rows in groups.items():
+        for mode in MODES:
+            scratch = _mean_of(rows.get(f"MISSRec scratch {mode}", []), lambda r: r["test"]["ndcg@10"])
+            for start in ("pre-trained", "pre-trained (all weights)"):
+                ours = _mean_of(rows.get(f"MISSRec {start} {mode}", []), lambda r: r["test"]["ndcg@10"])
+                if scratch and ours is not None:
+                    gain = ours / scratch - 1
+                    lines.append(f"| {table} | MISSRec {start} {mode} {ours:.4f} | scratch {scratch:.4f} | {gain:+.1%} "
+                                 f"| {'yes' if gain >= 0 else 'no'} |")
+    if not lines:
+        return []
+    return ["## Transfer target: pre-trained MISSRec test NDCG@10 >= MISSRec from scratch (mean over seeds)", "",
+            "| table | pre-trained | scratch | gain | met |", "|---|---|---|---|---|", *lines, ""]
+
+
+def _split_note(split: dict | None) -> str:
+    if not split:
+        return ""
+    return (f"; user split seed {split['seed']} ({split['users']['pre']} pre-training / {split['users']['eval']} "
+            "evaluation users)")
+
+
 def results_markdown(data: dict) -> str:
     groups = group_runs(data)
     names = data["datasets"]
@@ -838,14 +871,13 @@ def results_markdown(data: dict) -> str:
              *[f"Command: `{c}`  " for c in commands], f"Date: {dates[0]} to {dates[-1]}  ",
              *["Machine: " + ", ".join(f"{k} {v}" for k, v in json.loads(m).items()) + "  " for m in sorted(machines)],
              "Code: git " + ", ".join(sorted({str(r.get("code")) for r in shown} or {str(data["code"])})) + "  ",
-             f"Seeds: {sorted({r['seed'] for r in shown}) or data['seeds']}; user split seed {data['split']['seed']} "
-             f"({data['split']['users']['pre']} pre-training / {data['split']['users']['eval']} evaluation users)",
+             f"Seeds: {sorted({r['seed'] for r in shown}) or data['seeds']}" + _split_note(data.get("split")),
              "", data["protocol"], ""]
     for table, rows in groups.items():
         if not any(rows.values()):
             continue
         lines += [f"## {TABLES[table].format(**names)}", "", *_table_lines(rows), ""]
-    lines += _cost_lines(groups) + _target_lines(groups)
+    lines += _cost_lines(groups) + _target_lines(groups) + _pretraining_lines(groups)
     lines += ["Mean ± sample std over seeds. `train s/epoch`: the training pass of one epoch (MISSRec: with the "
               "interest refresh), `interest refresh s`: DPC-KNN refresh per epoch, `peak RSS`: the run's own "
               "process (each run is a separate process). Per-run numbers: results.json; per-test-case ranks: "
@@ -913,7 +945,7 @@ def plot_longtail(data: dict, ranks: Results, path: Path) -> str:
         import matplotlib.pyplot as plt
     except ImportError:
         return "longtail.png skipped: matplotlib is not installed (pip install -e .[plot])"
-    series = {t: longtail_series(data, ranks, t) for t in TABLES}
+    series = {t: longtail_series(data, ranks, t) for t in TABLES if t in data["datasets_paths"]}
     series = {t: s for t, s in series.items() if s is not None}
     if not series:
         return "longtail.png skipped: no SASRec run with per-case ranks yet"
@@ -952,7 +984,9 @@ PROTOCOL = ("Leave-one-out on the dataset's pre-split files, full ranking over a
             "NDCG@10 (early stopping), test reported once; pessimistic ties for every model (a target ranks after "
             "every item scoring >= it). SASRec: RecBole's (CE loss, dropout 0.5, 2 layers, 2 heads). Table 1: "
             "MISSRec/UniSRec pre-trained on a seeded half of the users, all rows trained and evaluated on the "
-            "other half; table 2: no pre-training, full dataset.")
+            "other half; table 2: no pre-training, full dataset; transfer: MISSRec/UniSRec pre-trained on other "
+            "domains (--pretrain_on), all rows trained and evaluated on the full dataset; pre-trained rows fine-tune "
+            "the adapters only unless marked 'all weights'.")
 
 
 def parse_args(argv):
@@ -963,7 +997,12 @@ def parse_args(argv):
     parser.add_argument("--seeds", type=int, help="number of seeds, 2020, 2021, ... (default 3; --quick: 1)")
     parser.add_argument("--only_seeds", help="comma-separated subset of those seeds to run now (pre-training still uses "
                                              "the first seed), e.g. to run seeds side by side in two invocations")
-    parser.add_argument("--tables", default=",".join(TABLES), help="comma-separated subset of: pretrained,full")
+    parser.add_argument("--tables", help="comma-separated subset of: " + ",".join(TABLES) + " (default: pretrained,full; "
+                                         "with --pretrain_on: transfer)")
+    parser.add_argument("--pretrain_on", help="transfer table: pre-train on these other datasets (comma-separated, "
+                                              "merged) instead of a user split of -d")
+    parser.add_argument("--pretrain_data_path", help="folder containing the --pretrain_on datasets (default: "
+                                                     "--data_path)")
     parser.add_argument("--models", default=",".join(RUN_KINDS), help="comma-separated subset of: "
                                                                        + ",".join(RUN_KINDS))
     parser.add_argument("--rows", help="comma-separated row names to run (e.g. 'SASRec,MISSRec scratch inductive'; "
@@ -1011,9 +1050,17 @@ def parse_args(argv):
     args.command = "python -m missrec_recbole.bench " + " ".join(argv)
     if args.rows:
         args.rows = [name.strip() for name in args.rows.split(",")]
-        names = {row.name for row in suite_rows()}
+        names = {row.name for row in suite_rows(tuple(TABLES))}
         if set(args.rows) - names:
             parser.error(f"--rows: {sorted(set(args.rows) - names)} not in {sorted(names)}")
+    args.tables = args.tables or ("transfer" if args.pretrain_on else "pretrained,full")
+    if args.pretrain_on:
+        args.pretrain_data_path = Path(args.pretrain_data_path or args.data_path).resolve()
+    elif args.pretrain_data_path:
+        parser.error("--pretrain_data_path goes with --pretrain_on")
+    if ("transfer" in args.tables.split(",")) != bool(args.pretrain_on):
+        parser.error("the transfer table and --pretrain_on go together: --pretrain_on OTHER_DATASET[,...] --tables "
+                     "transfer (the user-split tables pretrained,full need no --pretrain_on)")
     for option, allowed in (("tables", TABLES), ("models", RUN_KINDS)):
         values = getattr(args, option).split(",")
         if set(values) - set(allowed):
@@ -1028,23 +1075,33 @@ def make_suite(args, overrides, pretrain_overrides) -> Suite:
 
     if args.dataset in DEMO_DOMAINS:
         ensure_demo_dataset(args.data_path, [args.dataset])
-    split_path = args.work_dir / "datasets"
-    split = split_users(args.dataset, args.data_path, split_path, seed=args.split_seed)
+    tables_data = {"full": (args.dataset, args.data_path), "transfer": (args.dataset, args.data_path)}
+    split = None
+    if args.pretrain_on:
+        demo = [name for name in args.pretrain_on.split(",") if name in DEMO_DOMAINS]
+        if demo:
+            ensure_demo_dataset(args.pretrain_data_path, demo)
+        pretrain_data = (args.pretrain_on, args.pretrain_data_path)
+    else:
+        split_path = args.work_dir / "datasets"
+        split = split_users(args.dataset, args.data_path, split_path, seed=args.split_seed)
+        tables_data["pretrained"] = (split["eval"], split_path)
+        pretrain_data = (split["pre"], split_path)
     log_dir = args.work_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     header = {"format": f"missrec-recbole-bench/{BENCH_VERSION}", "dataset": args.dataset, "quick": args.quick,
               "seeds": args.seed_list, "command": args.command, "updated": now(), "machine": machine(),
               "code": _git_version(),
               "protocol": PROTOCOL,
-              "split": {k: split[k] for k in ("seed", "pre_ratio", "users", "rows", "pre", "eval")},
-              "datasets": {"pre": split["pre"], "eval": split["eval"], "dataset": args.dataset},
-              "datasets_paths": {"pretrained": {"name": split["eval"], "path": str(split_path)},
-                                 "full": {"name": args.dataset, "path": str(args.data_path)}},
+              "split": split and {k: split[k] for k in ("seed", "pre_ratio", "users", "rows", "pre", "eval")},
+              "datasets": {"pre": pretrain_data[0], "eval": tables_data.get("pretrained", tables_data["full"])[0],
+                           "dataset": args.dataset},
+              "datasets_paths": {table: {"name": name, "path": str(path)} for table, (name, path) in tables_data.items()},
               "settings": {"overrides": overrides, "pretrain_overrides": pretrain_overrides,
                            "finetune_overrides": args.finetune_overrides, "sasrec": SASREC_SETTINGS,
                            "config_files": args.config_files}}
     pretrained_from = Results(args.pretrained_from, {}) if args.pretrained_from else None
-    return Suite(args, overrides, pretrain_overrides, args.data_path, split_path, split,
+    return Suite(args, overrides, pretrain_overrides, args.data_path, pretrain_data, tables_data,
                  Results(args.out_dir, header), log_dir, pretrained_from)
 
 

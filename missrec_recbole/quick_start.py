@@ -87,7 +87,8 @@ def _data_root(config) -> Path:
 
 
 def check_dataset(config):
-    """Generate demo domains on first use, then validate the dataset's files (before any log is written)."""
+    """Generate demo domains on first use, then validate the dataset's files (before any log is written); this
+    also fills in the feature widths and modalities the config leaves to the files."""
     if config["dataset"] in DEMO_DOMAINS:
         distributed.main_first(lambda: ensure_demo_dataset(_data_root(config), [config["dataset"]]))
     return validate_dataset(config)
@@ -161,9 +162,9 @@ def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show
     """
     config = build_config(dataset, "finetune", config_files, config_dict, model_class)
     checkpoint = read_checkpoint(pretrained) if pretrained else None
+    files, resume_state = _check_inputs(config, resume)  # also reads the feature widths from the files
     if checkpoint:  # fail before loading data
         check_architecture(pretrained, checkpoint["config"], config)
-    files, resume_state = _check_inputs(config, resume)
     _setup(config)
     _, train_data, valid_data, test_data = prepare_data(config, files)
     init_seed(config["seed"], config["reproducibility"])

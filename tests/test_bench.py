@@ -425,3 +425,40 @@ def test_only_seeds_runs_a_subset_and_keeps_the_pretraining_seed():
     assert args.seed_list == [2020, 2021, 2022] and args.run_seeds == [2022]
     with pytest.raises(SystemExit):
         bench.parse_args(["-d", "Scientific-mm", "--seeds", "2", "--only_seeds", "2022"])
+
+
+def test_transfer_table_pretrains_on_another_domain(tmp_path):
+    """--pretrain_on: pre-training on another dataset, every row on the full target; MISSRec's pre-trained rows
+    fine-tune the adapters only or (all weights) everything; results.md reports the transfer target."""
+    write_dataset(tmp_path / "data", "Other", n_items=50, n_users=40, dim=16, seed=3)
+    tiny_with_ties(tmp_path / "data")
+    rows = ["MISSRec scratch inductive", "MISSRec pre-trained inductive", "MISSRec pre-trained (all weights) inductive"]
+    args = [a for a in bench_args(tmp_path) if not a.startswith("--rows")]
+    out = bench.main([*args, "--pretrain_on", "Other", "--rows=" + ",".join(rows)])
+    assert out["counts"] == {"ok": 3} and out["launched"] == 4  # + one pre-training
+    data = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert data["split"] is None and data["datasets"]["pre"] == "Other"
+    [pre] = data["pretraining"]
+    assert pre["dataset"] == "Other" and pre["kind"] == "missrec"
+    runs = {r["row"]: r for r in data["runs"]}
+    assert set(runs) == set(rows) and {r["table"] for r in runs.values()} == {"transfer"}
+    assert {r["dataset"] for r in runs.values()} == {"Tiny"}
+    adapters, everything = runs[rows[1]], runs[rows[2]]
+    assert adapters["pretrained_checkpoint"] == everything["pretrained_checkpoint"] == pre["checkpoint"]
+    assert everything["settings"]["adapters_only"] is False and "adapters_only" not in adapters["settings"]
+    assert everything["trainable_parameters"] > 5 * adapters["trainable_parameters"]
+    text = (tmp_path / "results" / "results.md").read_text()
+    assert "## Transfer: pre-trained on Other (other domains)" in text
+    assert "## Transfer target: pre-trained MISSRec test NDCG@10 >= MISSRec from scratch" in text
+    assert "| transfer | MISSRec pre-trained inductive" in text
+
+
+def test_transfer_options_go_together():
+    for argv in (["-d", "X", "--tables=transfer"], ["-d", "X", "--pretrain_on=Y", "--tables=full,pretrained"],
+                 ["-d", "X", "--pretrain_data_path=/tmp"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)
+    args, _, _ = bench.parse_args(["-d", "X", "--pretrain_on=Y,Z"])
+    assert args.tables == ["transfer"] and args.pretrain_data_path == args.data_path
+    names = [row.name for row in bench.suite_rows(["transfer"])]
+    assert len(names) == 11 and "MISSRec pre-trained (all weights) transductive" in names

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from missrec_recbole.data import DatasetFormatError, MISSRecDataset
-from tests.conftest import SHARED
+from missrec_recbole.data import DatasetFormatError, MISSRecDataset, validate_dataset
+from tests.conftest import SHARED, tiny_overrides, write_dataset
 
 
 def _raw(folder, name, suffix, dim=16):
@@ -46,21 +46,66 @@ def _error(tiny_config, **extra):
 
 def test_missing_file(tiny_dataset, tiny_config):
     (tiny_dataset / "Tiny" / "Tiny.feat3CLS").unlink()
-    assert "Tiny.feat3CLS: feature file not found" in _error(tiny_config)
+    assert "Tiny.feat3CLS: feature file not found" in _error(tiny_config, modalities=["text", "image"])
     (tiny_dataset / "Tiny" / "Tiny.valid.inter").unlink()
     assert "Tiny.valid.inter: interaction file not found" in _error(tiny_config, modalities=["text"])
 
 
-def test_size_not_multiple_of_dim(tiny_config):
+def test_dim_flag_must_agree_with_the_file(tiny_config):
     message = _error(tiny_config, text_dim=17)
-    assert "Tiny.feat1CLS" in message and "not a positive multiple of text_dim*4 = 68" in message
+    assert "Tiny.feat1CLS: holds 16-d features" in message and "text_dim=17" in message
+    assert "Change --text_dim to 16, or leave it out" in message
 
 
 def test_row_count_differs_from_item_count(tiny_dataset, tiny_config):
     path = tiny_dataset / "Tiny" / "Tiny.feat3CLS"
     path.write_bytes(path.read_bytes()[: 39 * 16 * 4])
     message = _error(tiny_config)
-    assert "Tiny.feat3CLS: has 39 rows but Tiny.item2index lists 40 items" in message
+    assert "Tiny.feat3CLS: size 2496 bytes (39 rows of image_dim=16) is not 40 items x a whole number" in message
+
+
+@pytest.mark.parametrize("dims", [(256, 512), (384, 384), (768, 512)])
+def test_feature_widths_come_from_the_files(tmp_path, dims):
+    """No --text_dim / --image_dim: each width is file size / (4 x items), and the model is built with it."""
+    from missrec_recbole.model import MISSRec
+    from missrec_recbole.quick_start import build_config
+
+    folder = write_dataset(tmp_path, n_items=40, dim=dims[0])
+    image = np.random.default_rng(1).normal(size=(40, dims[1])).astype(np.float32)
+    image.tofile(folder / "Tiny.feat3CLS")
+    overrides = tiny_overrides(data_path=str(tmp_path), checkpoint_dir=str(tmp_path / "saved"))
+    del overrides["text_dim"], overrides["image_dim"]
+    config = build_config("Tiny", config_dict=overrides)
+    dataset = MISSRecDataset(config)
+    assert (config["text_dim"], config["image_dim"], config["modalities"]) == (*dims, ["text", "image"])
+    model = MISSRec(config, dataset)
+    assert model.adapters["text"].in_features == dims[0] and model.adapters["image"].in_features == dims[1]
+
+
+def test_text_only_dataset_runs_text_only(tmp_path):
+    from missrec_recbole.quick_start import build_config
+
+    folder = write_dataset(tmp_path, dim=24)
+    (folder / "Tiny.feat3CLS").unlink()
+    overrides = tiny_overrides(data_path=str(tmp_path), checkpoint_dir=str(tmp_path / "saved"))
+    del overrides["text_dim"], overrides["image_dim"]
+    config = build_config("Tiny", config_dict=overrides)
+    assert list(MISSRecDataset(config).features) == ["text"]
+    assert config["modalities"] == ["text"] and config["text_dim"] == 24
+    (folder / "Tiny.feat1CLS").unlink()
+    with pytest.raises(DatasetFormatError, match="no feature file .*Tiny.feat1CLS.*Tiny.feat3CLS"):
+        validate_dataset(build_config("Tiny", config_dict=overrides))
+
+
+def test_width_without_item2index_uses_the_largest_item_index(tmp_path):
+    from missrec_recbole.quick_start import build_config
+
+    folder = write_dataset(tmp_path, dim=8)
+    (folder / "Tiny.item2index").unlink()
+    overrides = tiny_overrides(data_path=str(tmp_path), text_dim=None, image_dim=None)
+    config = build_config("Tiny", config_dict=overrides)
+    validate_dataset(config)
+    assert (config["text_dim"], config["image_dim"]) == (8, 8)
 
 
 def test_nan_features(tiny_dataset, tiny_config):

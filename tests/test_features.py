@@ -258,3 +258,45 @@ def test_open_clip_tiny_random_model(dataset, tmp_path, capsys):
 
     with pytest.raises(FeatureError, match="neither a file nor a known weights tag"):
         OpenClipEncoder("ViT-B-32", "no-such-tag")
+
+
+# ----------------------------------------------------------------------------- WordLlama (real weights, offline)
+@pytest.fixture(scope="module")
+def wordllama_encoder():
+    from missrec_recbole.features import make_encoder
+
+    return make_encoder("wordllama")  # the test extra installs wordllama: a missing package fails here
+
+
+def _cosine(a, b):
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_wordllama_loads_offline_and_puts_similar_products_together(wordllama_encoder, monkeypatch, tmp_path):
+    """Real packaged weights: titles of the same kind of product are nearer than unrelated ones."""
+    monkeypatch.setenv("HOME", str(tmp_path))  # nothing may come from (or go to) a user cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from missrec_recbole.features import make_encoder
+
+    encoder = make_encoder("wordllama")
+    assert encoder.identity.startswith("wordllama:") and not (tmp_path / ".cache").exists()
+    pens, pens2, microscope, microscope2 = encoder.encode_text([
+        "Pilot G2 retractable gel ink pens, fine point, black ink, 12 pack",
+        "BIC Round Stic ballpoint pen, medium point, blue, box of 60",
+        "AmScope compound microscope 40X-2000X with LED illumination and mechanical stage",
+        "Glass microscope slides, pre-cleaned, 72 pieces, for laboratory use"])
+    assert encoder.encode_text(["a"]).shape == (1, 256)
+    assert _cosine(pens, pens2) > _cosine(pens, microscope) + 0.1
+    assert _cosine(microscope, microscope2) > _cosine(microscope, pens2) + 0.1
+    np.testing.assert_array_equal(encoder.encode_text(["same text"]), wordllama_encoder.encode_text(["same text"]))
+
+
+def test_wordllama_is_text_only(wordllama_encoder):
+    with pytest.raises(FeatureError, match="encodes text only"):
+        wordllama_encoder.encode_images([Image.new("RGB", (8, 8))])
+
+
+def test_unknown_encoder_name_lists_the_choices(dataset, capsys):
+    folder, _, _ = dataset
+    assert _main(["--text", str(folder / "Tiny.text"), "-o", str(folder), "--encoder", "minilm", "--quiet"]) == 1
+    assert "--encoder 'minilm': expected one of open_clip, wordllama or 'module:function'" in capsys.readouterr().err

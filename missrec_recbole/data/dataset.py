@@ -159,8 +159,67 @@ def tab_rows(path):
                 yield number, line.split("\t")
 
 
+MODALITIES = ("text", "image")
+
+
+def _feature_rows(folder: Path, name: str, config) -> int:
+    """Items the feature files must have a row for: NAME.item2index's lines, else the largest item index + 1."""
+    item_map = folder / f"{name}.item2index"
+    if item_map.is_file():
+        return len(read_item2index(item_map))
+    largest = -1
+    for split in config["benchmark_filename"]:
+        path = folder / f"{name}.{split}.inter"
+        indices = _item_indices(path, _read_inter(path)[0], config["MAX_ITEM_LIST_LENGTH"])
+        largest = max(largest, int(indices.max(initial=-1)))
+    return largest + 1
+
+
+def feature_width(path: Path, n_items: int, field: str, given) -> int:
+    """Width of a raw float32 feature file of ``n_items`` rows; ``given`` (the ``{field}_dim`` option) must agree."""
+    size = path.stat().st_size
+    width = size // (4 * n_items) if n_items else 0
+    if width == 0 or size != 4 * n_items * width:
+        rows = f" ({size // (4 * int(given))} rows of {field}_dim={given})" if given and size % (4 * int(given)) == 0 else ""
+        _fail(path, f"size {size} bytes{rows} is not {n_items} items x a whole number of float32 columns",
+              "The file is truncated or belongs to another item list: regenerate it with one row per item index.")
+    if given is not None and int(given) != width:
+        _fail(path, f"holds {width}-d features ({size} bytes = {n_items} items x {width} x 4), but "
+                    f"{field}_dim={given}", f"Change --{field}_dim to {width}, or leave it out (it is read from the file).")
+    return width
+
+
+def resolve_feature_options(config) -> None:
+    """Fill in ``modalities`` and ``{text,image}_dim`` from the dataset's feature files where the config leaves
+    them unset (``~``), and check them against the files where it sets them.
+
+    ``modalities: ~`` = every modality whose feature file ``NAME.<suffix>`` exists (a text-only dataset runs
+    text-only); ``{m}_dim: ~`` = file size / (4 x items), items = lines of ``NAME.item2index``."""
+    name, folder = config["dataset"], Path(config["data_path"])
+    if not folder.is_dir():
+        _fail(folder, "dataset folder not found", "Pass --data_path=<folder that contains NAME/>.")
+    modalities = config["modalities"]
+    if modalities is None:
+        modalities = [m for m in MODALITIES if feature_path(folder, name, config[f"{m}_suffix"]).is_file()]
+        if not modalities:
+            suffixes = " / ".join(f"{name}.{config[f'{m}_suffix']}" for m in MODALITIES)
+            _fail(folder, f"no feature file ({suffixes})",
+                  "Compute features first: python -m missrec_recbole.data.prepare (see the README).")
+        config["modalities"] = modalities
+    modalities = _modality_names(config)
+    n_items = None
+    for m in modalities:
+        path = feature_path(folder, name, config[f"{m}_suffix"])
+        if not path.is_file():
+            _fail(path, "feature file not found", f"Create it, set `{m}_suffix` to the right file suffix, or leave "
+                                                  f"{m} out of `modalities`.")
+        n_items = _feature_rows(folder, name, config) if n_items is None else n_items
+        config[f"{m}_dim"] = feature_width(path, n_items, m, config[f"{m}_dim"])
+
+
 def validate_dataset(config) -> DatasetFiles:
     """Check every file MISSRec reads for dataset ``config['dataset']``; return the feature matrices.
+    Fills in ``modalities`` / ``{m}_dim`` left unset in ``config`` (:func:`resolve_feature_options`).
 
     Raises :class:`DatasetFormatError` naming the file for: a missing, empty, header-only or non-UTF-8
     file, a malformed header or line, a malformed item2index, a non-integer or out-of-range item index, a feature file whose size is not a multiple of the
@@ -168,8 +227,7 @@ def validate_dataset(config) -> DatasetFiles:
     """
     name = config["dataset"]
     folder = Path(config["data_path"])
-    if not folder.is_dir():
-        _fail(folder, "dataset folder not found", "Pass --data_path=<folder that contains NAME/>.")
+    resolve_feature_options(config)
     features = {m: read_feature_file(feature_path(folder, name, config[f"{m}_suffix"]), config[f"{m}_dim"], m)
                 for m in config["modalities"]}
     rows = {m: f.shape[0] for m, f in features.items()}
@@ -219,8 +277,8 @@ class MISSRecDataset(SequentialDataset):
 
     def __init__(self, config, files: DatasetFiles | None = None):
         """``files``: the result of :func:`validate_dataset` for this config, if already checked."""
-        self.modalities = _modality_names(config)
         self.files = files or validate_dataset(config)
+        self.modalities = _modality_names(config)
         super().__init__(config)
         self.features, self.present = {}, {}
         for m in self.modalities:

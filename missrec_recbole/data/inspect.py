@@ -55,8 +55,8 @@ def inspect_dataset(config, load: bool = False) -> dict:
 
     Raises :class:`DatasetFormatError` (from the loader's own checks) for a dataset it would reject.
     """
-    modalities = _modality_names(config)
     files = validate_dataset(config)
+    modalities = _modality_names(config)
     if load:
         from missrec_recbole.data.dataset import MISSRecDataset
 

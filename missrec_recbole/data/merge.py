@@ -39,17 +39,23 @@ def _n_users(folder: Path, name: str, frames) -> int:
 def merge_datasets(names, data_path, out_name: str, out_path, config) -> Path:
     """Merge ``names`` (each in ``data_path``) into ``out_path/out_name``; returns the folder.
 
-    ``config`` supplies modalities, suffixes, dims and benchmark_filename (validated per input).
+    ``config`` supplies suffixes, benchmark_filename and, if set, modalities and dims (validated per input; where
+    unset, the first dataset's files give them and the others must agree).
     The result is written to a temp folder and renamed, so it is never half-written.
     """
     out_dir = Path(out_path) / out_name
+    options = _as_dict(config)
     with atomic_directory(out_dir) as tmp_dir:
         item_offset = user_offset = 0
         splits = {split: [] for split in SPLITS}
-        features = {m: [] for m in config["modalities"]}
+        features = None
         item_maps, user_maps = [], []
         for name in names:
-            files = validate_dataset({**_as_dict(config), "dataset": name, "data_path": os.path.join(data_path, name)})
+            domain = {**options, "dataset": name, "data_path": os.path.join(data_path, name)}
+            files = validate_dataset(domain)
+            # the first domain's files fix modalities and widths; later domains are checked against them
+            options.update({key: domain[key] for key in ("modalities", "text_dim", "image_dim")})
+            features = features or {m: [] for m in domain["modalities"]}
             frames = {split: pd.read_csv(files.folder / f"{name}.{split}.inter", sep="\t", dtype=str,
                                          keep_default_na=False, usecols=list(REQUIRED_COLUMNS)) for split in SPLITS}
             n_users = _n_users(files.folder, name, frames.values())
