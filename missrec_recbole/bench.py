@@ -517,14 +517,28 @@ def _file_hashes(paths) -> dict:
     return {Path(f).name: hashlib.sha256(Path(f).read_bytes()).hexdigest()[:12] for f in paths}
 
 
-def _hash_inputs(suite: Suite, kind: str, dataset: str, data_path: Path, settings: dict, **extra) -> dict:
-    """What identifies a run besides its seed: data content, props/*.yaml and extra YAML contents, overrides.
-    (The code version is recorded per run, not hashed.)"""
-    from missrec_recbole.quick_start import PROPS
+PROPS_MODEL = {"sasrec": "MISSRec", "unisrec": "UniSRec", "missrec": "MISSRec"}  # SASRec runs on MISSRec's props
 
+
+def effective_props(kind: str, stage: str) -> dict:
+    """The defaults a run of ``kind`` reads from props/ (merged, later files win): what the run hash covers, so
+    that rearranging or commenting the props files does not change it, while changing a value does."""
+    from missrec_recbole.config_schema import read_config_file
+    from missrec_recbole.quick_start import props_files
+
+    merged = {}
+    for path in props_files(PROPS_MODEL[kind], stage):
+        merged.update(read_config_file(path))
+    return merged
+
+
+def _hash_inputs(suite: Suite, kind: str, dataset: str, data_path: Path, settings: dict, stage: str,
+                 **extra) -> dict:
+    """What identifies a run besides its seed: data content, the props defaults it reads, extra YAML contents,
+    overrides. (The code version is recorded per run, not hashed.)"""
     data = ",".join(fingerprint(data_path / name, name) for name in dataset.split(","))
     return {"bench": BENCH_VERSION, "kind": kind, "dataset": dataset, "data": data,
-            "settings": settings, "props": _file_hashes(sorted(PROPS.glob("*.yaml"))),
+            "settings": settings, "props": effective_props(kind, stage),
             "config_files": _file_hashes(suite.args.config_files), **extra}
 
 
@@ -568,7 +582,8 @@ def _check(kind: str) -> None:
 
 def pretrain_key(suite: Suite, kind: str) -> str:
     """Pre-training is done once per model kind, settings and data, with the first seed."""
-    inputs = _hash_inputs(suite, kind, *suite.pretrain_data, suite.pretrain_settings, seed=suite.args.seed_list[0])
+    inputs = _hash_inputs(suite, kind, *suite.pretrain_data, suite.pretrain_settings, "pretrain",
+                          seed=suite.args.seed_list[0])
     return f"pretrain|{kind}|{config_hash(inputs)}"
 
 
@@ -663,7 +678,7 @@ def run_row(suite: Suite, row: Row, seed: int) -> str:
     settings = {**(SASREC_SETTINGS if row.kind == "sasrec" else {}), **suite.overrides,
                 **suite.args.finetune_overrides, **({"adapters_only": False} if row.all_weights else {})}
     pre_key = pretrain_key(suite, row.kind) if row.pretrained else None
-    digest = config_hash(_hash_inputs(suite, row.kind, dataset, data_path, settings, mode=row.mode,
+    digest = config_hash(_hash_inputs(suite, row.kind, dataset, data_path, settings, "finetune", mode=row.mode,
                                       pretrained=pre_key))
     key = f"{row.table}|{row.name}|{seed}|{digest}"
     if suite.results.find("runs", key):

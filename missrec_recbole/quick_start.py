@@ -57,14 +57,19 @@ def _without_argv():
         sys.argv = saved
 
 
+def props_files(model: str, stage: str, dataset: str | None = None) -> list[Path]:
+    """The props/ defaults a run of ``model`` at ``stage`` reads, lowest priority first."""
+    files = [PROPS / f"{model}.yaml", PROPS / f"{stage}.yaml"]
+    return files + [p for p in [PROPS / f"{dataset}.yaml"] if dataset and p.is_file()]
+
+
 def build_config(dataset: str, stage: str = "finetune", config_files=None, config_dict=None,
                  model_class=MISSRec) -> Config:
     """RecBole Config for ``model_class`` (default MISSRec): props/<Model>.yaml < props/<stage>.yaml
     < props/<dataset>.yaml < ``config_files`` < ``config_dict``. ``data_path`` defaults to the repo's ``dataset/``."""
     if not PROPS.is_dir():
         raise FileNotFoundError(f"{PROPS}: props folder not found; install the package with `pip install -e .`")
-    files = [PROPS / f"{model_class.__name__}.yaml", PROPS / f"{stage}.yaml"]
-    files += [p for p in [PROPS / f"{dataset}.yaml"] if p.is_file()]
+    files = props_files(model_class.__name__, stage, dataset)
     files += [Path(f) for f in config_files or []]
     for path in files:
         if not path.is_file():

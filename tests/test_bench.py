@@ -462,3 +462,22 @@ def test_transfer_options_go_together():
     assert args.tables == ["transfer"] and args.pretrain_data_path == args.data_path
     names = [row.name for row in bench.suite_rows(["transfer"])]
     assert len(names) == 11 and "MISSRec pre-trained (all weights) transductive" in names
+
+
+def test_run_hash_follows_props_values_not_their_layout(monkeypatch, tmp_path):
+    """Comments or key order in props/ leave the run hash alone; a changed default changes it."""
+    import shutil
+
+    from missrec_recbole import quick_start
+
+    for path in quick_start.PROPS.glob("*.yaml"):
+        shutil.copy(path, tmp_path / path.name)
+    monkeypatch.setattr(quick_start, "PROPS", tmp_path)
+    before = {kind: bench.config_hash(bench.effective_props(kind, "finetune")) for kind in bench.RUN_KINDS}
+    finetune = tmp_path / "finetune.yaml"
+    lines = finetune.read_text().splitlines()
+    finetune.write_text("\n".join(["# a new comment", *reversed([l for l in lines if not l.startswith("#")])]) + "\n")
+    assert before == {kind: bench.config_hash(bench.effective_props(kind, "finetune")) for kind in bench.RUN_KINDS}
+    finetune.write_text(finetune.read_text() + "temperature: 0.1\n")
+    after = {kind: bench.config_hash(bench.effective_props(kind, "finetune")) for kind in bench.RUN_KINDS}
+    assert all(after[kind] != before[kind] for kind in bench.RUN_KINDS)
