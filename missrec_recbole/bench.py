@@ -3,7 +3,7 @@
     python -m missrec_recbole.bench -d Scientific-mm --data_path=../shared/datasets --seeds 3
     python -m missrec_recbole.bench --quick                 # demo data, tiny settings, a few minutes
 
-Protocol (DESIGN.md section 7):
+Protocol (docs/design.md §5):
 
 * Table 1, "pre-trained": the dataset's users are split (seeded, :mod:`missrec_recbole.data.split_users`,
   split seed ``--split_seed`` = 2020) into ``NAME-pre`` and ``NAME-eval`` (same items, same feature

@@ -2,7 +2,7 @@
 
 :func:`apply` is called once when ``missrec_recbole`` is imported. Each fix is a small function
 so that tests can show the failure without it (see ``tests/test_compat.py``). Nothing in
-site-packages is edited; the facts (with RecBole file:line) are in ``../shared/RECBOLE_NOTES.md``.
+site-packages is edited; each fix below names the RecBole 1.2.1 file:line it works around.
 
 Fixes:
 1. numpy 2 removed ``np.float_``/``np.complex_``/``np.unicode_``/``np.bool8``, which

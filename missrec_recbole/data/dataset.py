@@ -1,6 +1,6 @@
 """MISSRecDataset: RecBole's SequentialDataset plus frozen per-item modality features.
 
-Files (DESIGN.md section 2) in ``<data_path>/<NAME>/``: ``NAME.{train,valid,test}.inter`` with
+Files (docs/design.md §2) in ``<data_path>/<NAME>/``: ``NAME.{train,valid,test}.inter`` with
 0-based item indices, and one raw float32 file per modality (``NAME.<text_suffix>``,
 ``NAME.<image_suffix>``), row i = item index i. An all-zero row means "modality missing".
 Everything is checked before RecBole reads a byte (:func:`validate_dataset`), so bad input fails

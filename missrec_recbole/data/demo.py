@@ -2,7 +2,7 @@
 
 The demo domains (``Demo-A`` .. ``Demo-D``) stand in for real Amazon/CLIP data in examples,
 tests and quick benchmarks. They use exactly the on-disk format of the real datasets
-(DESIGN.md section 2): leave-one-out ``.inter`` files, ``item2index`` / ``user2index`` maps,
+(docs/design.md §2): leave-one-out ``.inter`` files, ``item2index`` / ``user2index`` maps,
 a ``.text`` file and raw little-endian float32 feature files (``feat1CLS`` = text,
 ``feat3CLS`` = image, all-zero row = missing modality).
 
@@ -35,9 +35,8 @@ bytes as generating it together with others):
 
 ``baseline_ndcg`` computes two reference rankings on a generated (or any) domain: popularity
 (train frequency) and a feature heuristic (cosine to the mean feature of the last 3 history items),
-both with the pessimistic tie rule of DESIGN.md section 7. On the default seed the feature
-heuristic beats popularity by 2.3-4.4x (NDCG@10 0.078-0.097 vs 0.022-0.038), and a simple combination
-of last-item similarity, popularity and history exclusion reaches ~0.3, so learned models have room.
+both with the pessimistic tie rule of docs/design.md §5. The feature heuristic beats popularity and
+learned models have room above both (measured values: benchmarks/README.md, "Demo data").
 
 Determinism: same seed, feature_dim and ``GENERATOR_VERSION`` give byte-identical files on the
 same platform (independently of the BLAS thread count). Across CPUs/BLAS builds the float32

@@ -2,13 +2,12 @@
 
 Two modes (:func:`dpc_knn`, ``mode=``): **exact** (this module; equal to the brute-force
 definition below, O(N^2 d) time with FAISS flat search) and **approx** for large N
-(:mod:`missrec_recbole.interests.approx`: IVF cell join, about 1 minute for 1M x 512 tokens on 2
-cores); ``mode="auto"`` picks exact up to ``exact_max_tokens`` (:data:`EXACT_MAX_TOKENS`) tokens.
+(:mod:`missrec_recbole.interests.approx`: IVF cell join; timings in benchmarks/README.md); ``mode="auto"`` picks exact up to ``exact_max_tokens`` (:data:`EXACT_MAX_TOKENS`) tokens.
 The rest of this docstring describes the definitions and the exact algorithm.
 
 MISSRec (Wang et al., MM 2023) discovers interests by clustering all item tokens with DPC-KNN
 (density peaks clustering, Rodriguez & Laio 2014, with the kNN density of Du et al. 2016); see
-DESIGN.md section 3.  For tokens t_1..t_N (Euclidean distances, ``kNN(i)`` = the k nearest
+docs/design.md §4.  For tokens t_1..t_N (Euclidean distances, ``kNN(i)`` = the k nearest
 neighbours of i, excluding i itself but including duplicates of i at distance 0):
 
 * ``rho_i = exp(-(1/k) * sum_{j in kNN(i)} ||t_i - t_j||^2)``                   (local density)

@@ -1,6 +1,6 @@
 """MISSRec: multi-modal interest-aware sequence representation (Wang et al., ACM MM 2023).
 
-Equations refer to the paper as restated in DESIGN.md section 3:
+Equations refer to the paper as restated in docs/design.md §3:
 - adapters       e_i^m = W_m Dropout(x_i^m) + b_m, m in {text, image}; absent modalities are masked out;
 - item tokens    e_i = sum_m e_i^m (+ ID) ("add") or the modality tokens interleaved ("stack");
 - interests      DPC-KNN over all item tokens, refreshed by the trainer before each epoch;
@@ -29,8 +29,8 @@ MODALITY_INDEX = {"text": 0, "image": 1}
 
 
 class FastDropout(nn.Module):
-    """Dropout drawing an 8-bit random mask: about 5x faster than ``nn.Dropout`` on CPU, where
-    ``bernoulli_`` took a third of MISSRec's training time. ``p`` is rounded to a multiple of 1/256
+    """Dropout drawing an 8-bit random mask: much faster than ``nn.Dropout`` on CPU, where
+    ``bernoulli_`` dominated MISSRec's training time (benchmarks/README.md). ``p`` is rounded to a multiple of 1/256
     and the kept values are scaled with the rounded rate, so the output stays unbiased."""
 
     def __init__(self, p: float):

@@ -70,7 +70,7 @@ def pessimistic_ties(scores: torch.Tensor, positive_u: torch.Tensor, positive_i:
     """Make every other item whose score equals a target's rank before that target.
 
     Items without IDs can share feature vectors and hence scores exactly; ``torch.topk`` would order
-    such ties arbitrarily (DESIGN.md section 7). Raising the tied items to the next float above the
+    such ties arbitrarily (docs/design.md §5). Raising the tied items to the next float above the
     target's score makes the target's rank = 1 + #items scoring >= it, deterministically.
     """
     target = scores[positive_u, positive_i]
