@@ -7,7 +7,7 @@
   python run_missrec.py recommend -p MODEL.pth -d NAME --history ID1,ID2 -k 10   # see recommend.py
 
 Any RecBole/MISSRec option can be overridden as --key=value (e.g. --epochs=20 --learning_rate=0.0005);
-values are read as YAML. Defaults: props/MISSRec.yaml, props/<stage>.yaml, props/<dataset>.yaml.
+values are read as YAML. Defaults: props/common.yaml, props/MISSRec.yaml, props/<stage>.yaml, props/<dataset>.yaml.
 Every option is checked before anything runs (python -m missrec_recbole.config_schema lists them).
 """
 

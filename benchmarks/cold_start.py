@@ -45,6 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from missrec_recbole.evaluation import metrics_from_ranks, pessimistic_ranks  # noqa: E402
+
 HEADER = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
 SPLITS = ("train", "valid", "test")
 KS = (10, 50)
@@ -121,14 +123,8 @@ def pessimistic_metrics(scores: np.ndarray, targets: np.ndarray, valid: np.ndarr
     if len(targets) == 0:
         return {f"{m}@{k}": float("nan") for k in ks for m in ("recall", "ndcg")} | {"cases": 0}
     masked = np.where(valid[None, :], scores, -np.inf)
-    target_scores = masked[np.arange(len(targets)), targets]
-    rank = (masked >= target_scores[:, None]).sum(axis=1)  # includes the target itself
-    out = {"cases": int(len(targets))}
-    for k in ks:
-        hit = rank <= k
-        out[f"recall@{k}"] = float(hit.mean())
-        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(rank + 1.0), 0.0).mean())
-    return out
+    ranks = pessimistic_ranks(masked, np.arange(len(targets)), targets)
+    return {"cases": int(len(targets)), **metrics_from_ranks(ranks, ks)}
 
 
 def evaluate_predictor(predictor, histories, targets, groups: dict) -> dict:
@@ -294,7 +290,7 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args, overrides = parse_args(argv)
     import missrec_recbole  # noqa: F401
-    from missrec_recbole.data.demo import DEMO_DOMAINS, ensure_demo_dataset
+    from missrec_recbole.tools.demo import DEMO_DOMAINS, ensure_demo_dataset
     from missrec_recbole.quick_start import DEFAULT_DATA_PATH
 
     args.data_path = Path(args.data_path or DEFAULT_DATA_PATH).resolve()

@@ -85,7 +85,7 @@ def write_domain(folder: Path, name: str, n_items: int, n_users: int, dim: int, 
 
 def prepare(cache: Path, n_items: int, n_users: int, dim: int) -> tuple[Path, str]:
     """Generate the 5 domains (once per size) and merge them; returns (data_path, merged name)."""
-    from missrec_recbole.data.merge import merge_datasets
+    from missrec_recbole.tools.merge import merge_datasets
 
     tag = f"{n_items}x{n_users}x{dim}"
     raw, merged = cache / f"raw-{tag}", cache / f"merged-{tag}"
@@ -206,7 +206,7 @@ def main(argv=None) -> int:
     result = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), "cpus": os.cpu_count(),
               "domains": len(DOMAINS), "items_per_domain": args.items_per_domain,
               "users_per_domain": args.users_per_domain, "dim": args.dim, "epochs": args.epochs,
-              "config": "props/MISSRec.yaml + props/pretrain.yaml", "rows": rows}
+              "config": "props/common.yaml + props/MISSRec.yaml + props/pretrain.yaml", "rows": rows}
     if not args.quick:
         out.write_text(json.dumps(result, indent=1) + "\n")
     print(table(rows))

@@ -5,7 +5,7 @@
 
 Protocol (docs/design.md §5):
 
-* Table 1, "pre-trained": the dataset's users are split (seeded, :mod:`missrec_recbole.data.split_users`,
+* Table 1, "pre-trained": the dataset's users are split (seeded, :mod:`missrec_recbole.tools.split_users`,
   split seed ``--split_seed`` = 2020) into ``NAME-pre`` and ``NAME-eval`` (same items, same feature
   files). MISSRec and UniSRec are pre-trained on ``NAME-pre`` (once, seed = the first seed, settings
   of ``props/pretrain.yaml``); every row of the table - SASRec, both baselines and MISSRec from scratch
@@ -15,7 +15,7 @@ Protocol (docs/design.md §5):
   same max sequence length, batch size and schedule, the epoch with the best valid NDCG@10 is tested
   once; full ranking over all items with the pessimistic tie rule (a target ranks after every item
   scoring >= it) for every model - SASRec (RecBole's, hidden 300, 2 layers, 2 heads, dropout 0.5,
-  CE loss) is evaluated by :class:`TieRuleTrainer`, which applies the MISSRec trainer's rule.
+  CE loss) is evaluated by :class:`missrec_recbole.evaluation.TieRuleTrainer`, the MISSRec trainer's rule.
 * Each training runs in its own subprocess, so its peak RSS is its own (``ru_maxrss``).
 
 ``--quick``: Demo-D split into Demo-D-pre/Demo-D-eval the same way (so the quick run goes through every
@@ -55,6 +55,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from missrec_recbole.evaluation import TieRuleTrainer, metrics_from_ranks, pessimistic_ranks
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 BENCH_VERSION = 1
@@ -174,38 +176,6 @@ def recording(trainer_class):
     return type(f"Recording{trainer_class.__name__}", (RecordingTrainer, trainer_class), {})
 
 
-def pessimistic_ranks(scores, positive_u, positive_i):
-    """Rank of each target = number of items scoring >= it (itself included): ties rank it last."""
-    target = scores[positive_u, positive_i]
-    return (scores[positive_u] >= target[:, None]).sum(dim=1)
-
-
-def metrics_from_ranks(ranks, ks=(10, 50)) -> dict:
-    ranks = np.asarray(ranks, dtype=np.float64)
-    out = {}
-    for k in ks:
-        hit = ranks <= k
-        out[f"recall@{k}"] = float(hit.mean())
-        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0).mean())
-    return out
-
-
-def tie_rule_trainer():
-    """RecBole's Trainer with the MISSRec trainer's ``tie_rule`` in full-ranking evaluation (for SASRec)."""
-    from recbole.trainer import Trainer
-
-    from missrec_recbole.trainer.trainer import pessimistic_ties
-
-    class TieRuleTrainer(Trainer):
-        def _full_sort_batch_eval(self, batched_data):
-            interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
-            if self.config["tie_rule"] == "pessimistic":
-                scores = pessimistic_ties(scores, positive_u, positive_i)
-            return interaction, scores, positive_u, positive_i
-
-    return TieRuleTrainer
-
-
 def _finetune_result(trainer, best_valid, test, seconds, model) -> dict:
     epochs = len(trainer.train_loss_dict)
     return {"valid": dict(best_valid), "test": dict(test), "epochs": epochs,
@@ -216,14 +186,15 @@ def _finetune_result(trainer, best_valid, test, seconds, model) -> dict:
 
 def sasrec_config(dataset: str, config_files=(), config_dict=None):
     """RecBole Config for its SASRec with MISSRec's data, training and evaluation settings
-    (props/MISSRec.yaml + props/finetune.yaml) and :data:`SASREC_SETTINGS`; ``config_dict`` wins."""
+    (props/common.yaml + props/MISSRec.yaml + props/finetune.yaml) and :data:`SASREC_SETTINGS`; ``config_dict``
+    wins."""
     from recbole.config import Config
     from recbole.model.sequential_recommender import SASRec
 
-    from missrec_recbole.quick_start import PROPS, _without_argv
+    from missrec_recbole.config import props_files, without_argv
 
-    files = [str(PROPS / "MISSRec.yaml"), str(PROPS / "finetune.yaml"), *config_files]
-    with _without_argv():
+    files = [str(path) for path in props_files("MISSRec", "finetune")] + list(config_files)
+    with without_argv():
         return Config(model=SASRec, dataset=dataset, config_file_list=files,
                       config_dict={**SASREC_SETTINGS, **(config_dict or {})})
 
@@ -240,7 +211,7 @@ def run_sasrec(spec) -> tuple[dict, RecordingTrainer]:
     train_data, valid_data, test_data = data_preparation(config, create_dataset(config))
     init_seed(config["seed"], config["reproducibility"])
     model = SASRec(config, train_data._dataset).to(config["device"])
-    trainer = recording(tie_rule_trainer())(config, model)
+    trainer = recording(TieRuleTrainer)(config, model)
     start = time.time()
     _, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=spec["show_progress"])
     seconds = time.time() - start
@@ -517,19 +488,18 @@ def _file_hashes(paths) -> dict:
     return {Path(f).name: hashlib.sha256(Path(f).read_bytes()).hexdigest()[:12] for f in paths}
 
 
+SPEED_ONLY_OPTIONS = {"memory_chunk_rows"}  # same gradients, less memory (tests/test_model.py)
 PROPS_MODEL = {"sasrec": "MISSRec", "unisrec": "UniSRec", "missrec": "MISSRec"}  # SASRec runs on MISSRec's props
 
 
 def effective_props(kind: str, stage: str) -> dict:
     """The defaults a run of ``kind`` reads from props/ (merged, later files win): what the run hash covers, so
-    that rearranging or commenting the props files does not change it, while changing a value does."""
-    from missrec_recbole.config_schema import read_config_file
-    from missrec_recbole.quick_start import props_files
+    that rearranging or commenting the props files does not change it, while changing a value does. Options that
+    change speed or memory only (:data:`SPEED_ONLY_OPTIONS`) do not identify a run."""
+    from missrec_recbole.config import merged_props
 
-    merged = {}
-    for path in props_files(PROPS_MODEL[kind], stage):
-        merged.update(read_config_file(path))
-    return merged
+    merged = merged_props(PROPS_MODEL[kind], stage)
+    return {key: value for key, value in merged.items() if key not in SPEED_ONLY_OPTIONS}
 
 
 def _hash_inputs(suite: Suite, kind: str, dataset: str, data_path: Path, settings: dict, stage: str,
@@ -1033,7 +1003,7 @@ def parse_args(argv):
     parser.add_argument("--no_progress", action="store_true", help="no overall progress bar")
     parser.add_argument("--log_level", default="INFO", help="RecBole log level of the runs (logs in work_dir)")
     args, extra = parser.parse_known_args(argv)
-    from missrec_recbole.quick_start import DEFAULT_DATA_PATH, parse_overrides
+    from missrec_recbole.config import DEFAULT_DATA_PATH, parse_overrides
 
     try:
         overrides = parse_overrides(extra)
@@ -1085,8 +1055,8 @@ def parse_args(argv):
 
 
 def make_suite(args, overrides, pretrain_overrides) -> Suite:
-    from missrec_recbole.data.demo import DEMO_DOMAINS, ensure_demo_dataset
-    from missrec_recbole.data.split_users import split_users
+    from missrec_recbole.tools.demo import DEMO_DOMAINS, ensure_demo_dataset
+    from missrec_recbole.tools.split_users import split_users
 
     if args.dataset in DEMO_DOMAINS:
         ensure_demo_dataset(args.data_path, [args.dataset])

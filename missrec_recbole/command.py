@@ -9,19 +9,16 @@ from __future__ import annotations
 import sys
 import traceback
 
+from missrec_recbole.errors import InputError
+
 DEBUG_FLAG = "--debug"
 DEBUG_HELP = "on an error, also print the Python traceback"
 
 
 def error_line(error: BaseException) -> str:
     """One line for ``error``: the package's errors speak for themselves, anything else names its type."""
-    from missrec_recbole.config_schema import ConfigError
-    from missrec_recbole.data.dataset import DatasetFormatError
-    from missrec_recbole.inference.errors import InferenceError
-    from missrec_recbole.trainer.checkpoint import CheckpointError
-
     text = " ".join(str(error).split()) or type(error).__name__
-    if isinstance(error, (ConfigError, DatasetFormatError, CheckpointError, InferenceError, FileNotFoundError)):
+    if isinstance(error, (InputError, FileNotFoundError)):
         return f"error: {text}"
     if isinstance(error, OSError):
         return f"error: {text} (check the path and its permissions)"

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import yaml
 
+from missrec_recbole.errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A bad option or config file: the message names the option (and file) and what to do."""
 
 

@@ -11,79 +11,33 @@ functions follow its manual route (``Config(model=MISSRec)`` -> ``MISSRecDataset
 
 from __future__ import annotations
 
-import contextlib
-import sys
 import time
 from logging import getLogger
 from pathlib import Path
 
-from recbole.config import Config
 from recbole.data import data_preparation
 from recbole.utils import init_logger, init_seed
 
-from missrec_recbole.compat import config_value
-from missrec_recbole.config_schema import check_options, read_config_file, read_value
+from missrec_recbole import config as configuration
+from missrec_recbole.config import DEFAULT_DATA_PATH, PROPS, parse_overrides, props_files  # noqa: F401 (re-exported)
 from missrec_recbole.data.dataset import MISSRecDataset, validate_dataset
-from missrec_recbole.data.demo import DEMO_DOMAINS, ensure_demo_dataset
-from missrec_recbole.data.merge import merge_datasets
+from missrec_recbole.tools.demo import DEMO_DOMAINS, ensure_demo_dataset
+from missrec_recbole.tools.merge import merge_datasets
 from missrec_recbole.model import MISSRec
 from missrec_recbole.trainer import (MISSRecTrainer, check_architecture, distributed, load_pretrained, read_checkpoint,
                                      read_resume_state, run_identity)
 
-ROOT = Path(__file__).resolve().parents[1]
-PROPS = ROOT / "props"
-DEFAULT_DATA_PATH = ROOT / "dataset"
-
-
-def parse_overrides(items) -> dict:
-    """``--key=value`` command-line overrides as a config dict (values read as YAML, ``1e-3`` a float)."""
-    overrides = {}
-    for item in items:
-        if not item.startswith("--") or "=" not in item:
-            raise ValueError(f"unrecognised argument {item!r}: options are --key=value")
-        key, value = item[2:].split("=", 1)
-        overrides[key] = read_value(value)
-    return overrides
-
-
-@contextlib.contextmanager
-def _without_argv():
-    """RecBole's Config also parses sys.argv; we pass overrides explicitly instead."""
-    saved = sys.argv
-    sys.argv = saved[:1]
-    try:
-        yield
-    finally:
-        sys.argv = saved
-
-
-def props_files(model: str, stage: str, dataset: str | None = None) -> list[Path]:
-    """The props/ defaults a run of ``model`` at ``stage`` reads, lowest priority first."""
-    files = [PROPS / f"{model}.yaml", PROPS / f"{stage}.yaml"]
-    return files + [p for p in [PROPS / f"{dataset}.yaml"] if dataset and p.is_file()]
-
-
 def build_config(dataset: str, stage: str = "finetune", config_files=None, config_dict=None,
-                 model_class=MISSRec) -> Config:
-    """RecBole Config for ``model_class`` (default MISSRec): props/<Model>.yaml < props/<stage>.yaml
-    < props/<dataset>.yaml < ``config_files`` < ``config_dict``. ``data_path`` defaults to the repo's ``dataset/``."""
-    if not PROPS.is_dir():
-        raise FileNotFoundError(f"{PROPS}: props folder not found; install the package with `pip install -e .`")
-    files = props_files(model_class.__name__, stage, dataset)
-    files += [Path(f) for f in config_files or []]
-    for path in files:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: config file not found")
-    config_dict = {key: config_value(value) for key, value in (config_dict or {}).items()}  # as RecBole reads them
-    layers = [(str(path), read_config_file(path)) for path in files] + [("", config_dict)]
-    check_options(layers)  # before RecBole reads anything: one message naming the option
-    if not any("data_path" in values for path, values in layers[2:]):
-        config_dict["data_path"] = str(DEFAULT_DATA_PATH)
-    with _without_argv():
-        config = Config(model=model_class, dataset=dataset, config_file_list=[str(f) for f in files],
-                        config_dict=config_dict)
-    distributed.init_from_env(config["use_gpu"])  # under torchrun: join the process group
-    distributed.configure(config)
+                 model_class=MISSRec):
+    """:func:`missrec_recbole.config.build_config` with MISSRec as the default model."""
+    return configuration.build_config(dataset, stage, config_files, config_dict, model_class=model_class)
+
+
+def run_config(dataset: str, stage: str, config_files=None, config_dict=None, model_class=MISSRec):
+    """The Config of a training run; under torchrun this process joins the group first (RecBole's
+    ``Config`` has no CPU route for that, see ``trainer.distributed``)."""
+    config = build_config(dataset, stage, config_files, config_dict, model_class)
+    distributed.join(config)
     return config
 
 
@@ -138,13 +92,13 @@ def pretrain(datasets, config_files=None, config_dict=None, show_progress=False,
     config_dict = dict(config_dict or {})
     name = datasets[0]
     if len(datasets) > 1:
-        base = build_config(name, "pretrain", config_files, config_dict, model_class)
+        base = run_config(name, "pretrain", config_files, config_dict, model_class)
         data_root = _data_root(base)
         name = "+".join(datasets)
         merged_root = Path(base["checkpoint_dir"]) / "datasets"
         distributed.main_first(lambda: _merge(datasets, data_root, name, merged_root, base))
         config_dict["data_path"] = str(merged_root)
-    config = build_config(name, "pretrain", config_files, config_dict, model_class)
+    config = run_config(name, "pretrain", config_files, config_dict, model_class)
     files, resume_state = _check_inputs(config, resume)
     _setup(config)
     _, train_data, _, _ = prepare_data(config, files)
@@ -165,7 +119,7 @@ def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show
     adapters, beta, input LayerNorm and (transductive) ID embedding are trained. ``resume``: a
     ``*-resume.pth`` file of an interrupted run with the same arguments. ``best_epoch`` is 0-based.
     """
-    config = build_config(dataset, "finetune", config_files, config_dict, model_class)
+    config = run_config(dataset, "finetune", config_files, config_dict, model_class)
     checkpoint = read_checkpoint(pretrained) if pretrained else None
     files, resume_state = _check_inputs(config, resume)  # also reads the feature widths from the files
     if checkpoint:  # fail before loading data

@@ -25,6 +25,7 @@ def main(out, data_path, stage, epochs, batch):
     config = build_config("Tiny", stage, config_dict=tiny_overrides(
         data_path=data_path, checkpoint_dir=str(Path(out) / "saved"), epochs=int(epochs),
         train_batch_size=int(batch), mode="transductive", **exact))
+    distributed.join(config)
     _, train, valid, _ = prepare_data(config)
     init_seed(config["seed"], config["reproducibility"])
     model = MISSRec(config, train._dataset)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from missrec_recbole.data.amazon import RawDataError, _main, clean_text, convert_amazon, image_url, item_text
+from missrec_recbole.tools.amazon import RawDataError, _main, clean_text, convert_amazon, image_url, item_text
 from missrec_recbole.data.dataset import validate_dataset
 
 HEADER = "user_id:token\titem_id_list:token_seq\titem_id:token"

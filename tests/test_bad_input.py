@@ -22,8 +22,8 @@ import run_missrec
 from missrec_recbole import quick_start
 from missrec_recbole.config_schema import OPTIONS, ConfigError, check_options
 from missrec_recbole.data.dataset import DatasetFormatError, validate_dataset
-from missrec_recbole.data.demo import generate_demo_dataset
-from missrec_recbole.data.inspect import _main as inspect_main
+from missrec_recbole.tools.demo import generate_demo_dataset
+from missrec_recbole.tools.inspect import _main as inspect_main
 from missrec_recbole.inference import FeatureError, ItemIdError, MISSRecPredictor
 from missrec_recbole.trainer import CheckpointError, read_checkpoint
 from tests.conftest import tiny_overrides, write_dataset
@@ -357,7 +357,7 @@ def test_recommend_commands_give_one_error_line(tiny_runs, workdir, capsys):
 
 def test_data_tools_give_one_error_line(workdir, capsys):
     from missrec_recbole.command import run_command
-    from missrec_recbole.data import merge
+    from missrec_recbole.tools import merge
 
     code = run_command(merge.main, ["Nope1", "Nope2", "-o", "X", f"--data_path={workdir}"])
     err = capsys.readouterr().err

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from missrec_recbole import bench
-from missrec_recbole.data.split_users import dataset_users, split_users
+from missrec_recbole.tools.split_users import dataset_users, split_users
 from tests.conftest import write_dataset
 
 METRICS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
@@ -178,7 +178,7 @@ def test_sasrec_and_missrec_trainers_share_the_tie_rule(tmp_path):
     overrides = tiny_overrides(data_path=str(tmp_path), checkpoint_dir=str(tmp_path / "saved"), topk=[10, 50])
     ranks = {}
     for name, config, loaders, trainer_class in (
-            ("sasrec", bench.sasrec_config("Tiny", config_dict=overrides), None, bench.tie_rule_trainer()),
+            ("sasrec", bench.sasrec_config("Tiny", config_dict=overrides), None, bench.TieRuleTrainer),
             ("missrec", build_config("Tiny", config_dict=overrides), prepare_data, MISSRecTrainer)):
         if loaders is None:
             _, _, test_data = data_preparation(config, create_dataset(config))

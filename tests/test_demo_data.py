@@ -1,4 +1,4 @@
-"""Tests of the generated multimodal demo datasets (missrec_recbole/data/demo.py)."""
+"""Tests of the generated multimodal demo datasets (missrec_recbole/tools/demo.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from missrec_recbole.data import demo
+from missrec_recbole.tools import demo
 
 DIM = 512
 INTER_HEADER = "user_id:token\titem_id_list:token_seq\titem_id:token"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from missrec_recbole.data.demo import baseline_ndcg, ensure_demo_dataset
+from missrec_recbole.tools.demo import baseline_ndcg, ensure_demo_dataset
 from tests.conftest import SHARED
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from missrec_recbole.data.dataset import validate_dataset
-from missrec_recbole.features import (BrokenImageWarning, Encoder, FeatureError, _main, extract_text_features,
+from missrec_recbole.tools.features import (BrokenImageWarning, Encoder, FeatureError, _main, extract_text_features,
                                       read_item_index)
 from tests.conftest import write_dataset
 
@@ -224,7 +224,7 @@ def _open_clip_or_skip():
 
 def test_open_clip_tiny_random_model(dataset, tmp_path, capsys):
     open_clip = _open_clip_or_skip()
-    from missrec_recbole.features import OpenClipEncoder
+    from missrec_recbole.tools.features import OpenClipEncoder
 
     config = tmp_path / "TinyCLIP-test.json"
     config.write_text(json.dumps({
@@ -263,7 +263,7 @@ def test_open_clip_tiny_random_model(dataset, tmp_path, capsys):
 # ----------------------------------------------------------------------------- WordLlama (real weights, offline)
 @pytest.fixture(scope="module")
 def wordllama_encoder():
-    from missrec_recbole.features import make_encoder
+    from missrec_recbole.tools.features import make_encoder
 
     return make_encoder("wordllama")  # the test extra installs wordllama: a missing package fails here
 
@@ -276,7 +276,7 @@ def test_wordllama_loads_offline_and_puts_similar_products_together(wordllama_en
     """Real packaged weights: titles of the same kind of product are nearer than unrelated ones."""
     monkeypatch.setenv("HOME", str(tmp_path))  # nothing may come from (or go to) a user cache
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from missrec_recbole.features import make_encoder
+    from missrec_recbole.tools.features import make_encoder
 
     encoder = make_encoder("wordllama")
     assert encoder.identity.startswith("wordllama:") and not (tmp_path / ".cache").exists()

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from missrec_recbole.data.images import (FAILURES_FILE, ImageListError, _main, download_images, find_images,
+from missrec_recbole.tools.images import (FAILURES_FILE, ImageListError, _main, download_images, find_images,
                                          image_stem, read_url_list)
 
 

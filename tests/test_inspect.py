@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from missrec_recbole.data.dataset import DatasetFormatError, validate_dataset
-from missrec_recbole.data.demo import ensure_demo_dataset
-from missrec_recbole.data.inspect import _main
+from missrec_recbole.tools.demo import ensure_demo_dataset
+from missrec_recbole.tools.inspect import _main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,7 +102,7 @@ def test_options_and_missing_dataset(demo, tmp_path, capsys):
 def test_module_entry_point_exit_code(broken):
     root, folder = broken
     _corrupt(folder, "item out of range")
-    done = subprocess.run([sys.executable, "-m", "missrec_recbole.data.inspect", "-d", "Demo-A", "--data_path",
+    done = subprocess.run([sys.executable, "-m", "missrec_recbole.tools.inspect", "-d", "Demo-A", "--data_path",
                            str(root)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "Demo-A.test.inter: item index 99999 is out of range" in done.stderr
     assert done.stdout == ""

@@ -1,4 +1,4 @@
-"""`python -m missrec_recbole.data.prepare`: a read-only dataset folder -> a checked, writable copy with features."""
+"""`python -m missrec_recbole.tools.prepare`: a read-only dataset folder -> a checked, writable copy with features."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from missrec_recbole.data import validate_dataset
 from missrec_recbole.command import run_command
-from missrec_recbole.data.prepare import main, prepare_dataset, shared_image_rows
+from missrec_recbole.tools.prepare import main, prepare_dataset, shared_image_rows
 from tests.conftest import SHARED, write_dataset
 
 

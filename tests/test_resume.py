@@ -13,7 +13,7 @@ from recbole.data import data_preparation
 from recbole.utils import init_seed
 
 from missrec_recbole.data import MISSRecDataset
-from missrec_recbole.data.demo import ensure_demo_dataset
+from missrec_recbole.tools.demo import ensure_demo_dataset
 from missrec_recbole.model import MISSRec
 from missrec_recbole.trainer import CheckpointError, MISSRecTrainer, read_checkpoint
 

@@ -9,8 +9,9 @@ from recbole.data import data_preparation
 from recbole.evaluator import Collector, Evaluator
 
 from missrec_recbole.data import MISSRecDataset
+from missrec_recbole.evaluation import pessimistic_ties
 from missrec_recbole.model import MISSRec
-from missrec_recbole.trainer import (CheckpointError, MISSRecTrainer, load_pretrained, pessimistic_ties,
+from missrec_recbole.trainer import (CheckpointError, MISSRecTrainer, load_pretrained,
                                      read_checkpoint, save_pretrained)
 from tests.conftest import write_dataset
 

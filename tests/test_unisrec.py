@@ -195,7 +195,7 @@ def test_memory_chunks_replay_dropout_and_match_the_whole_batch(built, monkeypat
 
 def test_loss_decreases_on_demo_data(tmp_path):
     """A few optimiser steps on one Demo-D batch reduce the fine-tuning loss."""
-    from missrec_recbole.data.demo import ensure_demo_dataset
+    from missrec_recbole.tools.demo import ensure_demo_dataset
 
     ensure_demo_dataset(tmp_path / "data", ["Demo-D"])
     config = build_config("Demo-D", config_dict=tiny_overrides(512, data_path=str(tmp_path / "data"),

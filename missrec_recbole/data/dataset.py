@@ -24,10 +24,12 @@ import pandas as pd
 import torch
 from recbole.data.dataset import SequentialDataset
 
+from missrec_recbole.errors import InputError
+
 REQUIRED_COLUMNS = ("user_id:token", "item_id_list:token_seq", "item_id:token")
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(InputError):
     """Bad dataset input: the message names the file and what to do."""
 
 
@@ -204,7 +206,7 @@ def resolve_feature_options(config) -> None:
         if not modalities:
             suffixes = " / ".join(f"{name}.{config[f'{m}_suffix']}" for m in MODALITIES)
             _fail(folder, f"no feature file ({suffixes})",
-                  "Compute features first: python -m missrec_recbole.data.prepare (see the README).")
+                  "Compute features first: python -m missrec_recbole.tools.prepare (see the README).")
         config["modalities"] = modalities
     modalities = _modality_names(config)
     n_items = None

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from missrec_recbole.errors import InputError
 from missrec_recbole.trainer.checkpoint import CheckpointError
 
 
-class InferenceError(ValueError):
+class InferenceError(InputError):
     """Base class of every error raised by :mod:`missrec_recbole.inference`."""
 
 

@@ -33,14 +33,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from missrec_recbole.compat import plain
+from missrec_recbole.config import build_config
 from missrec_recbole.data.dataset import MISSRecDataset, feature_path, read_feature_file
 from missrec_recbole.data.dataset import read_item2index as read_item2index_file
-from missrec_recbole.data.demo import DEMO_DOMAINS, ensure_demo_dataset
 from missrec_recbole.inference.errors import (CheckpointMismatchError, DuplicateItemError, EmptyHistoryError,
                                               FeatureDimError, FeatureError, InferenceError, ItemIdError,
                                               TransductiveModeError, UnknownItemError)
+from missrec_recbole.inference.export import export_predictor
 from missrec_recbole.model import MISSRec
-from missrec_recbole.trainer.checkpoint import ARCHITECTURE_KEYS, FORMAT as PRETRAINED_FORMAT, read_checkpoint
+from missrec_recbole.tools.demo import DEMO_DOMAINS, ensure_demo_dataset
+from missrec_recbole.trainer.checkpoint import (ARCHITECTURE_KEYS, FORMAT as PRETRAINED_FORMAT, load_pretrained,
+                                               read_checkpoint)
 
 # Config keys taken from the checkpoint (they define the model), on top of the repo's defaults.
 MODEL_KEYS = tuple(ARCHITECTURE_KEYS) + (
@@ -50,12 +54,6 @@ MODEL_KEYS = tuple(ARCHITECTURE_KEYS) + (
 )
 # Keys that must agree between the checkpoint and the configuration used for inference.
 MATCH_KEYS = tuple(ARCHITECTURE_KEYS) + ("mode",)
-
-
-def _plain(value):
-    from missrec_recbole.compat import plain
-
-    return plain(value)
 
 
 def read_item2index(folder: Path, name: str) -> dict[str, int] | None:
@@ -116,8 +114,6 @@ class MISSRecPredictor:
         dataset, other item count, other dims), ``CheckpointError`` for a missing/unreadable file,
         ``DatasetFormatError`` for bad dataset files.
         """
-        from missrec_recbole.quick_start import build_config
-
         checkpoint = read_checkpoint(model_file)
         saved = checkpoint["config"]
         pretrained = checkpoint.get("format") == PRETRAINED_FORMAT
@@ -136,12 +132,12 @@ class MISSRecPredictor:
             overrides["data_path"] = str(Path(saved["data_path"]).parent)  # RecBole stores <data_path>/<dataset>
         overrides.update({"state": "ERROR", "show_progress": False})
         overrides.update(config_dict or {})
-        config = build_config(dataset, "finetune", config_dict=overrides)
+        config = build_config(dataset, "finetune", config_dict=overrides, model_class=MISSRec)
         for key in MATCH_KEYS:
-            if key in saved and _plain(config[key]) != saved[key]:
+            if key in saved and plain(config[key]) != saved[key]:
                 raise CheckpointMismatchError(
                     f"{model_file}: checkpoint has {key}={saved[key]!r} but the configuration asks for "
-                    f"{key}={_plain(config[key])!r}. Leave {key} out of config_dict: the checkpoint defines it.")
+                    f"{key}={plain(config[key])!r}. Leave {key} out of config_dict: the checkpoint defines it.")
         if pretrained and config["mode"] == "transductive":
             raise CheckpointMismatchError(f"{model_file}: a pre-trained checkpoint has no ID embedding; "
                                           f"use it in inductive mode (or fine-tune it first).")
@@ -196,8 +192,6 @@ class MISSRecPredictor:
     @staticmethod
     def _load_weights(model, config, model_file, checkpoint, pretrained):
         if pretrained:
-            from missrec_recbole.trainer.checkpoint import load_pretrained
-
             load_pretrained(model, config, model_file, checkpoint)
             return
         state = checkpoint["state_dict"]
@@ -477,6 +471,4 @@ class MISSRecPredictor:
 
     def export(self, out_dir) -> Path:
         """Write item vectors, one FAISS index per modality and ``manifest.json``; see :mod:`.export`."""
-        from missrec_recbole.inference.export import export_predictor
-
         return export_predictor(self, out_dir)

@@ -12,6 +12,7 @@ import os
 import torch
 
 from missrec_recbole.compat import atomic_torch_save, plain
+from missrec_recbole.errors import InputError
 
 FORMAT = "missrec-recbole/1"
 # Config keys that fix the shapes of the transferable weights.
@@ -19,7 +20,7 @@ ARCHITECTURE_KEYS = ("modalities", "text_dim", "image_dim", "hidden_size", "n_la
                      "item_fusion", "MAX_ITEM_LIST_LENGTH")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be used: the message names the file and the mismatch."""
 
 

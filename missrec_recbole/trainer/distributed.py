@@ -68,6 +68,12 @@ def configure(config) -> None:
         config["verbose"] = False
 
 
+def join(config) -> None:
+    """Under torchrun: join the process group and point ``config`` at it (no-op in a single process)."""
+    init_from_env(config["use_gpu"])
+    configure(config)
+
+
 def wrap(model: torch.nn.Module, config) -> DistributedDataParallel:
     """DDP over the trainable parameters.
 

@@ -13,6 +13,7 @@ from recbole.trainer import Trainer
 from recbole.utils import get_local_time, set_color
 
 from missrec_recbole.compat import atomic_torch_save, plain
+from missrec_recbole.evaluation import TieRuleEvaluation
 from missrec_recbole.trainer import distributed
 from missrec_recbole.trainer.checkpoint import ARCHITECTURE_KEYS, CheckpointError, read_checkpoint, save_pretrained
 
@@ -66,29 +67,14 @@ def read_resume_state(path, identity: dict) -> dict:
     return state
 
 
-def pessimistic_ties(scores: torch.Tensor, positive_u: torch.Tensor, positive_i: torch.Tensor) -> torch.Tensor:
-    """Make every other item whose score equals a target's rank before that target.
-
-    Items without IDs can share feature vectors and hence scores exactly; ``torch.topk`` would order
-    such ties arbitrarily (docs/design.md §5). Raising the tied items to the next float above the
-    target's score makes the target's rank = 1 + #items scoring >= it, deterministically.
-    """
-    target = scores[positive_u, positive_i]
-    tied = scores[positive_u] == target[:, None]
-    bump = torch.zeros(scores.shape, dtype=torch.int32, device=scores.device)
-    bump.index_put_((positive_u,), tied.to(torch.int32), accumulate=True)
-    bump[positive_u, positive_i] = 0
-    return torch.where(bump > 0, torch.nextafter(scores, torch.full_like(scores, float("inf"))), scores)
-
-
-class MISSRecTrainer(Trainer):
+class MISSRecTrainer(TieRuleEvaluation, Trainer):
     """Trainer for MISSRec.
 
     - refreshes the DPC-KNN interest map before every training epoch (and logs its cost);
     - optimises only parameters with ``requires_grad`` (parameter-efficient fine-tuning);
     - ``pretrain`` trains without validation and writes a portable checkpoint every ``save_step``
       epochs and at the end;
-    - evaluation applies the ``tie_rule`` (``pessimistic``: see :func:`pessimistic_ties`);
+    - evaluation applies the ``tie_rule`` (:mod:`missrec_recbole.evaluation`);
     - before every epoch (and when done) it writes ``resume_file``: weights, interest map, optimizer,
       epoch, early-stopping bookkeeping and all random states, so :meth:`resume` continues an
       interrupted run exactly as if it had not stopped;
@@ -111,7 +97,6 @@ class MISSRecTrainer(Trainer):
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = self._build_optimizer(params=trainable)
         self.logger.info(set_color("Trainable parameters", "blue") + f": {sum(p.numel() for p in trainable)}")
-        self.tie_rule = config["tie_rule"]
         name = f"{self.run_name}-{get_local_time()}-{os.getpid()}-{next(_RUN_NUMBER)}.pth"
         self.saved_model_file = distributed.broadcast(os.path.join(self.checkpoint_dir, name))
         self._resume_file = None  # set by resume(): the resumed run keeps writing that file
@@ -208,12 +193,6 @@ class MISSRecTrainer(Trainer):
         distributed.barrier()  # rank 0 may still be writing the best model the others load next
         self.save_resume_state(max(self.train_loss_dict, default=self.start_epoch - 1) + 1, train_data)
         return result
-
-    def _full_sort_batch_eval(self, batched_data):
-        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
-        if self.tie_rule == "pessimistic":
-            scores = pessimistic_ties(scores, positive_u, positive_i)
-        return interaction, scores, positive_u, positive_i
 
     def pretrain_checkpoint_path(self, epoch: int) -> str:
         return f"{self.pretrain_prefix}-epoch{epoch}.pth"

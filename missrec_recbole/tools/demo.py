@@ -44,7 +44,7 @@ features may differ in the last bit.
 
 Command line::
 
-    python -m missrec_recbole.data.demo -o dataset/ [--seed 2023] [--force] [--domains Demo-A ...]
+    python -m missrec_recbole.tools.demo -o dataset/ [--seed 2023] [--force] [--domains Demo-A ...]
 """
 
 from __future__ import annotations
@@ -63,6 +63,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from missrec_recbole.command import run_command
+from missrec_recbole.evaluation import metrics_from_ranks, pessimistic_ranks
 
 __all__ = [
     "DEMO_DOMAINS",
@@ -444,7 +447,7 @@ def _expected_files(name: str) -> list[str]:
 
 
 def _meta(name: str, seed: int, feature_dim: int) -> dict:
-    return {"generator": "missrec_recbole.data.demo", "version": GENERATOR_VERSION, "domain": name,
+    return {"generator": "missrec_recbole.tools.demo", "version": GENERATOR_VERSION, "domain": name,
             "seed": int(seed), "feature_dim": int(feature_dim)}
 
 
@@ -566,10 +569,9 @@ def load_domain(domain_dir: str | Path, name: str | None = None, feature_dim: in
 
 
 def _ndcg_pessimistic(scores: np.ndarray, targets: np.ndarray, k: int) -> float:
-    tgt = scores[np.arange(len(targets)), targets]
-    rank = (scores >= tgt[:, None]).sum(1) - 1  # other items scoring >= target rank before it
-    gain = np.where(rank < k, 1.0 / np.log2(rank + 2.0), 0.0)
-    return float(gain.mean())
+    targets = np.asarray(targets)
+    ranks = pessimistic_ranks(scores, np.arange(len(targets)), targets)
+    return metrics_from_ranks(ranks, ks=(k,))[f"ndcg@{k}"]
 
 
 def baseline_ndcg(
@@ -619,7 +621,7 @@ def baseline_ndcg(
 # ----------------------------------------------------------------------------- CLI
 def _main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
-        prog="python -m missrec_recbole.data.demo",
+        prog="python -m missrec_recbole.tools.demo",
         description="Generate the deterministic multimodal demo datasets (Demo-A..Demo-D).",
     )
     ap.add_argument("-o", "--out", default="dataset", help="output data_path (default: dataset)")
@@ -648,6 +650,4 @@ def _main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from missrec_recbole.command import run_command
-
     sys.exit(run_command(_main))

@@ -15,7 +15,7 @@ pre-train on some of its users and are evaluated on the others. :func:`split_use
 
 Command line::
 
-    python -m missrec_recbole.data.split_users Scientific-mm --data_path ../shared/datasets --seed 2020 -o saved/datasets
+    python -m missrec_recbole.tools.split_users Scientific-mm --data_path ../shared/datasets --seed 2020 -o saved/datasets
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from missrec_recbole.command import run_command
 from missrec_recbole.data.dataset import atomic_directory, tab_rows
 
 SPLITS = ("train", "valid", "test")
@@ -144,6 +145,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from missrec_recbole.command import run_command
-
     sys.exit(run_command(main))

@@ -2,14 +2,14 @@
 
 ::
 
-    python -m missrec_recbole.features --text dataset/Office/Office.text --images dataset/Office/images/ \\
+    python -m missrec_recbole.tools.features --text dataset/Office/Office.text --images dataset/Office/images/ \\
         --model ViT-B-32 --pretrained PATH_OR_TAG -o dataset/Office [--batch_size 64] [--device cpu]
 
 * Output rows follow ``NAME.item2index`` (default ``<out>/NAME.item2index``, NAME = the text file's
   name without ``.text``): row i = item with index i, raw little-endian float32, the encoder's
   width (512 for ViT-B-32), not normalised (like the released MISSRec/UniSRec features).
 * All-zero row = modality missing: an item without text, without an image file in ``--images``
-  (``<image_stem(original_id)>.<jpg|png|...>``, as written by ``missrec_recbole.data.images``), or
+  (``<image_stem(original_id)>.<jpg|png|...>``, as written by ``missrec_recbole.tools.images``), or
   whose image Pillow cannot read (skipped with a :class:`BrokenImageWarning`, never a crash).
 * Batched and resumable: rows are appended to ``NAME.<suffix>.partial`` and the number of finished
   rows is recorded in ``NAME.<suffix>.progress.json`` after every batch; a rerun of the same command
@@ -40,8 +40,9 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from missrec_recbole.command import run_command
 from missrec_recbole.data.dataset import DatasetFormatError
-from missrec_recbole.data.images import find_images, image_stem
+from missrec_recbole.tools.images import find_images, image_stem
 
 __all__ = ["Encoder", "OpenClipEncoder", "WordLlamaEncoder", "ENCODERS", "make_encoder", "FeatureError", "BrokenImageWarning", "ExtractionResult",
            "extract_text_features", "extract_image_features", "read_item_index", "read_item_texts", "load_image"]
@@ -194,7 +195,7 @@ def read_item_index(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FeatureError(f"{path}: item index not found. Pass --item2index, or create NAME.item2index "
-                           "(python -m missrec_recbole.data.amazon writes it).")
+                           "(python -m missrec_recbole.tools.amazon writes it).")
     ids: dict[int, str] = {}
     with open(path, encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, 1):
@@ -222,7 +223,7 @@ def read_item_texts(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise FeatureError(f"{path}: text file not found. Pass --text NAME.text "
-                           "(python -m missrec_recbole.data.amazon writes it).")
+                           "(python -m missrec_recbole.tools.amazon writes it).")
     texts: dict[str, str] = {}
     with open(path, encoding="utf-8") as handle:
         header = handle.readline().rstrip("\n\r")
@@ -398,7 +399,7 @@ def extract_image_features(encoder: Encoder, item_ids: list[str], image_dir, out
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
         raise FeatureError(f"{image_dir}: image folder not found. Download the images first "
-                           "(python -m missrec_recbole.data.images) or leave out --images.")
+                           "(python -m missrec_recbole.tools.images) or leave out --images.")
     files = find_images(image_dir)
     result = ExtractionResult(out_path, len(item_ids), 0)
     fingerprint = {"kind": "image", "encoder": encoder.identity, "items": len(item_ids),
@@ -447,7 +448,7 @@ def _load_encoder_factory(spec: str):
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m missrec_recbole.features",
+    parser = argparse.ArgumentParser(prog="python -m missrec_recbole.tools.features",
                                      description="Write CLIP text/image features (NAME.feat1CLS / NAME.feat3CLS).",
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--text", help="NAME.text file (item texts); leave out to skip text features")
@@ -495,7 +496,7 @@ def _run_cli(args) -> int:
                                "Pass the text file of the same dataset.")
         if args.images and not Path(args.images).is_dir():
             raise FeatureError(f"{args.images}: image folder not found. Download the images first "
-                               "(python -m missrec_recbole.data.images) or leave out --images.")
+                               "(python -m missrec_recbole.tools.images) or leave out --images.")
         encoder = make_encoder(args.encoder, args.model, args.pretrained, args.device, args.precision)
         results = []
         if texts is not None:
@@ -516,6 +517,4 @@ def _run_cli(args) -> int:
 
 
 if __name__ == "__main__":
-    from missrec_recbole.command import run_command
-
     sys.exit(run_command(_main))

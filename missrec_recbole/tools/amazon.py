@@ -2,7 +2,7 @@
 
 ::
 
-    python -m missrec_recbole.data.amazon --reviews Office_Products.json.gz \\
+    python -m missrec_recbole.tools.amazon --reviews Office_Products.json.gz \\
         --meta meta_Office_Products.json.gz -o dataset/Office [--kcore 5] [--max_len 50]
 
 Steps (all deterministic):
@@ -52,6 +52,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from missrec_recbole.command import run_command
 from missrec_recbole.data.dataset import REQUIRED_COLUMNS, DatasetFormatError, atomic_directory
 
 __all__ = ["RawDataError", "ConversionStats", "convert_amazon", "clean_text", "item_text", "image_url",
@@ -445,7 +446,7 @@ def convert_amazon(reviews, meta, out_dir, name: str | None = None, kcore: int =
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m missrec_recbole.data.amazon",
+    parser = argparse.ArgumentParser(prog="python -m missrec_recbole.tools.amazon",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--reviews", required=True, help="reviews file, e.g. Office_Products.json.gz")
     parser.add_argument("--meta", required=True, help="metadata file, e.g. meta_Office_Products.json.gz")
@@ -473,6 +474,4 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from missrec_recbole.command import run_command
-
     sys.exit(run_command(_main))

@@ -2,7 +2,7 @@
 
 ::
 
-    python -m missrec_recbole.data.prepare ../shared/datasets/Office ../shared/datasets/Scientific -o data/
+    python -m missrec_recbole.tools.prepare ../shared/datasets/Office ../shared/datasets/Scientific -o data/
     python run_missrec.py -d Office --data_path=data/
 
 For each source folder ``SRC/NAME``: the atomic files (``NAME.{train,valid,test}.inter``, ``NAME.item2index``,
@@ -24,22 +24,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from missrec_recbole.command import run_command
-
+from missrec_recbole.config import merged_props
 from missrec_recbole.data.dataset import (DatasetFormatError, atomic_directory, feature_width, read_feature_file,
                                           read_item2index, validate_dataset)
+from missrec_recbole.tools.features import extract_text_features, make_encoder, read_item_index, read_item_texts
 
 SPLITS = ("train", "valid", "test")
 ATOMIC_SUFFIXES = tuple(f"{split}.inter" for split in SPLITS) + ("item2index", "user2index", "text")
-PROPS = Path(__file__).resolve().parents[2] / "props"
 
 
 def _defaults() -> dict:
     """The options the loader's checks read (suffixes, dims, modalities, splits, max length) from props/."""
-    with open(PROPS / "MISSRec.yaml", encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+    return merged_props("MISSRec", "finetune")
 
 
 def shared_image_rows(item2index: Path, other_item2index: Path, other_features: Path) -> tuple[np.ndarray, int]:
@@ -90,8 +88,6 @@ def prepare_dataset(source, out_path, encoder="wordllama", image_features_from=N
 
 
 def _text_features(folder: Path, name: str, out_file: Path, encoder_spec: str, log) -> None:
-    from missrec_recbole.features import extract_text_features, make_encoder, read_item_index, read_item_texts
-
     start = time.perf_counter()
     encoder = make_encoder(encoder_spec)
     item2index = folder / f"{name}.item2index"
@@ -103,12 +99,12 @@ def _text_features(folder: Path, name: str, out_file: Path, encoder_spec: str, l
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m missrec_recbole.data.prepare", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m missrec_recbole.tools.prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sources", nargs="+", help="dataset folders NAME/ (read-only is fine)")
     parser.add_argument("-o", "--out_path", required=True, help="writable folder that receives NAME/ (--data_path)")
     parser.add_argument("--encoder", default="wordllama", help="text encoder: wordllama (default), open_clip or "
-                                                                "module:function (see python -m missrec_recbole.features)")
+                                                                "module:function (see python -m missrec_recbole.tools.features)")
     parser.add_argument("--image_features_from", help="another dataset folder whose image features to take for "
                                                       "the items both share (by original id)")
     parser.add_argument("--force", action="store_true", help="recompute text features the source already has")

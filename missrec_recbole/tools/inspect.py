@@ -2,9 +2,9 @@
 
 ::
 
-    python -m missrec_recbole.data.inspect -d NAME [--data_path dataset] [--json] [--load] [--key=value ...]
+    python -m missrec_recbole.tools.inspect -d NAME [--data_path dataset] [--json] [--load] [--key=value ...]
 
-The config comes from :func:`missrec_recbole.quick_start.build_config` (so ``props/*.yaml`` and
+The config comes from :func:`missrec_recbole.config.build_config` (so ``props/*.yaml`` and
 ``--key=value`` overrides such as ``--text_dim=768`` apply as in ``run_missrec.py``), and the files
 are checked by :func:`missrec_recbole.data.dataset.validate_dataset` - the same function
 ``MISSRecDataset`` calls before RecBole reads a byte. A dataset the loader would reject prints the
@@ -29,8 +29,12 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from missrec_recbole.command import run_command
+from missrec_recbole.config import build_config, parse_overrides
 from missrec_recbole.config_schema import ConfigError
-from missrec_recbole.data.dataset import REQUIRED_COLUMNS, DatasetFormatError, _modality_names, validate_dataset
+from missrec_recbole.data.dataset import (REQUIRED_COLUMNS, DatasetFormatError, MISSRecDataset, _modality_names,
+                                          validate_dataset)
+from missrec_recbole.model import MISSRec
 
 __all__ = ["inspect_dataset", "format_report"]
 
@@ -58,8 +62,6 @@ def inspect_dataset(config, load: bool = False) -> dict:
     files = validate_dataset(config)
     modalities = _modality_names(config)
     if load:
-        from missrec_recbole.data.dataset import MISSRecDataset
-
         MISSRecDataset(config)
     name, folder = files.name, files.folder
     frames = {split: pd.read_csv(folder / f"{name}.{split}.inter", sep="\t", dtype=str, keep_default_na=False,
@@ -141,7 +143,7 @@ def format_report(report: dict) -> str:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m missrec_recbole.data.inspect",
+    parser = argparse.ArgumentParser(prog="python -m missrec_recbole.tools.inspect",
                                      description="Summarise a MISSRec dataset and validate it like the loader.")
     parser.add_argument("-d", "--dataset", required=True, help="dataset name (folder <data_path>/NAME)")
     parser.add_argument("--data_path", help="folder that contains NAME/ (default: the repo's dataset/)")
@@ -149,8 +151,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the statistics as JSON")
     parser.add_argument("--load", action="store_true", help="also build the MISSRecDataset (RecBole's full load)")
     args, extra = parser.parse_known_args(argv)
-    from missrec_recbole.quick_start import build_config, parse_overrides
-
     try:
         overrides = parse_overrides(extra)
     except ValueError as error:
@@ -160,7 +160,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
     try:
         files = args.config_files.replace(",", " ").split() if args.config_files else None
-        config = build_config(args.dataset, config_files=files, config_dict=overrides)
+        config = build_config(args.dataset, config_files=files, config_dict=overrides, model_class=MISSRec)
         report = inspect_dataset(config, load=args.load)
     except DatasetFormatError as error:
         print(f"error: {error}\n(the loader rejects dataset {args.dataset} with this message)", file=sys.stderr)
@@ -173,6 +173,4 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from missrec_recbole.command import run_command
-
     sys.exit(run_command(_main))

@@ -2,7 +2,7 @@
 
 ::
 
-    python -m missrec_recbole.data.images --urls dataset/Office/Office.images -o dataset/Office/images/ \\
+    python -m missrec_recbole.tools.images --urls dataset/Office/Office.images -o dataset/Office/images/ \\
         [--workers 8 --retries 3 --timeout 10]
 
 * One file per item, ``<stem><ext>`` where ``stem = image_stem(original_id)`` (the id itself for
@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from missrec_recbole.command import run_command
 from missrec_recbole.data.dataset import tab_rows
 
 __all__ = ["IMAGE_EXTENSIONS", "DownloadReport", "ImageListError", "download_images", "find_images", "image_stem",
@@ -88,7 +89,7 @@ def read_url_list(path: str | Path) -> list[tuple[str, str]]:
     """``[(original_id, url)]`` from an ``original_id<TAB>url`` file (first URL per id wins)."""
     path = Path(path)
     if not path.is_file():
-        raise ImageListError(f"{path}: URL list not found. Create it with python -m missrec_recbole.data.amazon "
+        raise ImageListError(f"{path}: URL list not found. Create it with python -m missrec_recbole.tools.amazon "
                              "(NAME.images) or write 'original_id<TAB>url' lines.")
     entries, seen = [], set()
     for line_no, parts in tab_rows(path):
@@ -299,7 +300,7 @@ def _write_failures(out_dir: Path, report: DownloadReport) -> None:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m missrec_recbole.data.images",
+    parser = argparse.ArgumentParser(prog="python -m missrec_recbole.tools.images",
                                      description="Download item images listed in NAME.images (original_id<TAB>url).")
     parser.add_argument("--urls", required=True, help="URL list, e.g. dataset/Office/Office.images")
     parser.add_argument("-o", "--out", required=True, help="image folder, e.g. dataset/Office/images/")
@@ -329,6 +330,4 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from missrec_recbole.command import run_command
-
     sys.exit(run_command(_main))

@@ -1,6 +1,6 @@
 """Merge several atomic-file datasets into one pre-training dataset (disjoint items and users).
 
-``python -m missrec_recbole.data.merge A B C -o OUT --data_path=dataset/ [--key=value ...]`` writes OUT/OUT.* where
+``python -m missrec_recbole.tools.merge A B C -o OUT --data_path=dataset/ [--key=value ...]`` writes OUT/OUT.* where
 item and user indices of dataset j are shifted past those of datasets 0..j-1, so every sequence
 stays inside its own domain and row i of every merged feature file belongs to merged item i.
 """
@@ -15,7 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from missrec_recbole.command import run_command
+from missrec_recbole.config import build_config, parse_overrides
 from missrec_recbole.data.dataset import REQUIRED_COLUMNS, atomic_directory, validate_dataset
+from missrec_recbole.model import MISSRec
 
 SPLITS = ("train", "valid", "test")
 
@@ -82,8 +85,6 @@ def merge_datasets(names, data_path, out_name: str, out_path, config) -> Path:
 
 
 def main(argv=None):
-    from missrec_recbole.quick_start import build_config, parse_overrides
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("datasets", nargs="+", help="dataset names under --data_path")
     parser.add_argument("-o", "--output", required=True, help="name of the merged dataset")
@@ -94,12 +95,11 @@ def main(argv=None):
         overrides = parse_overrides(extra)
     except ValueError as error:
         parser.error(f"{error} (e.g. --text_dim=768)")
-    config = build_config(args.datasets[0], stage="pretrain", config_dict={**overrides, "data_path": args.data_path})
+    config = build_config(args.datasets[0], stage="pretrain", config_dict={**overrides, "data_path": args.data_path},
+                          model_class=MISSRec)
     out = merge_datasets(args.datasets, args.data_path, args.output, args.out_path or args.data_path, config)
     print(f"merged {', '.join(args.datasets)} -> {out}")
 
 
 if __name__ == "__main__":
-    from missrec_recbole.command import run_command
-
     sys.exit(run_command(main))
