@@ -26,6 +26,11 @@ Fixes:
 7. the last chained ``df[field].fillna(value="", inplace=True)`` (dataset.py:501, ``Dataset._load_feat``)
    is a no-op under pandas 3 too: an empty ``token_seq`` cell stays NaN and crashes with ``'float' object
    has no attribute 'split'`` -> :func:`load_feat` fills the column by assignment.
+9. ``recbole.quick_start.load_data_and_model`` (quick_start/quick_start.py:235-270) reads ``checkpoint["config"]``
+   as a ``Config`` (``init_logger`` at utils/logger.py:80 fails on our plain dict with ``'dict' object has no
+   attribute 'final_config_dict'``) and builds RecBole's dataset and a model looked up by name -> when that module is
+   imported, its function is wrapped: a checkpoint of this package (plain-typed config, read with
+   ``weights_only=True``) goes to :data:`CHECKPOINT_LOADER`, any other to RecBole's original.
 8. ``Config._convert_config_dict`` (configurator.py:124) runs ``eval()`` on every string value of a
    ``config_dict``: a string is executed as Python code -> :func:`config_value` reads it as a Python
    literal instead (``ast.literal_eval``: same values for literals, no code runs); ``build_config``
@@ -36,7 +41,11 @@ from __future__ import annotations
 
 import ast
 import enum
+import importlib
+import importlib.abc
+import importlib.util
 import os
+import sys
 import tempfile
 import warnings
 
@@ -265,6 +274,60 @@ def patch_ensure_dir() -> None:
         setattr(importlib.import_module(name), "ensure_dir", ensure_dir)
 
 
+# Our loader, named rather than imported: compat is the bottom layer and must not import the pipeline.
+CHECKPOINT_LOADER = "missrec_recbole.quick_start:load_data_and_model"
+RECBOLE_QUICK_START = "recbole.quick_start.quick_start"
+
+
+def load_data_and_model(model_file):
+    """RecBole's ``load_data_and_model`` that also reads this package's checkpoints (fix 9)."""
+    checkpoint = torch.load(model_file, map_location="cpu", weights_only=True)
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("config"), dict):  # plain-typed: ours
+        module, name = CHECKPOINT_LOADER.split(":")
+        return getattr(importlib.import_module(module), name)(model_file)
+    return ORIGINALS["load_data_and_model"](model_file)
+
+
+def patch_load_data_and_model(module) -> None:
+    if module.load_data_and_model is not load_data_and_model:
+        ORIGINALS["load_data_and_model"] = module.load_data_and_model
+        module.load_data_and_model = load_data_and_model
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Patches RecBole's quick_start module right after it is first imported: importing it eagerly would import
+    ray (seconds) in every process that only imports this package."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != RECBOLE_QUICK_START:
+            return None
+        sys.meta_path.remove(self)  # find the real module with the other finders
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            sys.meta_path.insert(0, self)
+        self.loader = spec.loader
+        spec.loader = self
+        return spec
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        patch_load_data_and_model(module)
+
+
+def patch_recbole_quick_start() -> None:
+    if RECBOLE_QUICK_START in sys.modules:
+        patch_load_data_and_model(sys.modules[RECBOLE_QUICK_START])
+        package = sys.modules.get("recbole.quick_start")
+        if package is not None:
+            package.load_data_and_model = load_data_and_model
+    elif not any(isinstance(finder, _PatchOnImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _PatchOnImport())
+
+
 def apply() -> None:
     """Apply all fixes (idempotent)."""
     global _applied
@@ -287,6 +350,7 @@ def apply() -> None:
     Trainer._save_checkpoint = save_checkpoint
     disable_anomaly_detection()
     patch_ensure_dir()
+    patch_recbole_quick_start()
     # RecBole's non-writable-array warning is harmless.
     warnings.filterwarnings("ignore", category=pd.errors.ChainedAssignmentError, module=r"recbole\.")
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")

@@ -20,12 +20,13 @@ from recbole.utils import init_logger, init_seed
 
 from missrec_recbole import config as configuration
 from missrec_recbole.config import DEFAULT_DATA_PATH, PROPS, parse_overrides, props_files  # noqa: F401 (re-exported)
+from missrec_recbole.config_schema import OPTIONS
 from missrec_recbole.data.dataset import MISSRecDataset, validate_dataset
+from missrec_recbole.model import MISSRec, UniSRec
 from missrec_recbole.tools.demo import DEMO_DOMAINS, ensure_demo_dataset
 from missrec_recbole.tools.merge import merge_datasets
-from missrec_recbole.model import MISSRec
-from missrec_recbole.trainer import (MISSRecTrainer, check_architecture, distributed, load_pretrained, read_checkpoint,
-                                     read_resume_state, run_identity)
+from missrec_recbole.trainer import (CheckpointError, MISSRecTrainer, check_architecture, distributed, load_pretrained,
+                                     read_checkpoint, read_resume_state, run_identity)
 
 def build_config(dataset: str, stage: str = "finetune", config_files=None, config_dict=None,
                  model_class=MISSRec):
@@ -159,3 +160,37 @@ def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show
         "model_file": trainer.saved_model_file,
         "resume_file": trainer.resume_file,
     }
+
+
+MODELS = {"MISSRec": MISSRec, "UniSRec": UniSRec}
+# Options RecBole rewrites into another form while building a Config: the props give them again.
+DERIVED_OPTIONS = {"eval_args", "train_neg_sample_args", "valid_neg_sample_args", "test_neg_sample_args"}
+TRAINED_HINT = "Pass a .pth written by training (saved/<model>-<dataset>-<mode>-....pth)."
+
+
+def load_data_and_model(model_file, config_dict=None):
+    """RecBole's ``load_data_and_model`` for this package's checkpoints: checkpoint -> config -> dataset -> model.
+
+    The config is rebuilt from the checkpoint's options (``config_dict`` overrides them, e.g. ``data_path``),
+    the dataset is loaded and validated as in training, and the model gets the saved weights and interest map.
+    Returns ``(config, model, dataset, train_data, valid_data, test_data)`` like RecBole's; RecBole's own
+    ``recbole.quick_start.load_data_and_model`` calls this for our checkpoints (``compat.py``)."""
+    checkpoint = read_checkpoint(model_file, TRAINED_HINT)
+    saved = checkpoint["config"]
+    model_class = MODELS.get(saved.get("model"))
+    if model_class is None or not saved.get("dataset"):
+        raise CheckpointError(f"{model_file}: names model {saved.get('model')!r} and dataset {saved.get('dataset')!r}; "
+                              f"expected one of {sorted(MODELS)} and a dataset. {TRAINED_HINT}")
+    options = {key: value for key, value in saved.items()
+               if key in OPTIONS and key not in DERIVED_OPTIONS and value is not None}
+    if saved.get("data_path"):  # RecBole stores <data_path>/<dataset>
+        options["data_path"] = str(Path(saved["data_path"]).parent)
+    config = build_config(saved["dataset"], saved.get("stage") or "finetune",
+                          config_dict={**options, **(config_dict or {})}, model_class=model_class)
+    _setup(config)
+    dataset, train_data, valid_data, test_data = prepare_data(config)
+    init_seed(config["seed"], config["reproducibility"])
+    model = model_class(config, train_data._dataset).to(config["device"])
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, model, dataset, train_data, valid_data, test_data

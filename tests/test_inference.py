@@ -453,3 +453,24 @@ def test_scientific_original_asins_and_text(tmp_path, capsys):
                      "-k", "3"])
     out = capsys.readouterr().out
     assert len(out.strip().splitlines()) == 6 and rec.text_of(rows[0][0])[:40] in out
+
+
+@pytest.mark.parametrize("mode", ["inductive", "transductive"])
+def test_recbole_load_data_and_model_reads_our_checkpoints(tiny, mode):
+    """RecBole's own loader (patched by compat, weights_only loading kept) gives back the trained model: the same
+    weights, interest map and test metrics as the checkpoint's own run."""
+    from recbole.quick_start import load_data_and_model
+
+    from missrec_recbole import compat
+    from missrec_recbole.quick_start import load_data_and_model as ours
+
+    assert load_data_and_model is compat.load_data_and_model
+    config, model, dataset, _, _, test = load_data_and_model(tiny[mode])
+    saved = torch.load(tiny[mode], map_location="cpu", weights_only=True)
+    assert type(model) is MISSRec and config["mode"] == mode and model.n_items == dataset.item_num
+    for key, value in saved["state_dict"].items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert all(torch.equal(model.other_parameter()[key], value) for key, value in saved["other_parameter"].items())
+    again = ours(tiny[mode])[1]
+    first = MISSRecTrainer(config, model).evaluate(test, load_best_model=False)
+    assert first == MISSRecTrainer(config, again).evaluate(test, load_best_model=False)
