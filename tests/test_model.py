@@ -152,9 +152,9 @@ def test_length_buckets_give_the_same_result(built):
     batch = next(iter(train))
     with torch.no_grad():
         model.length_buckets = 1
-        dense, dense_reg = model.forward(batch["item_id_list"], batch["item_length"], return_diversity=True)
+        dense, dense_reg = model.forward_with_diversity(batch["item_id_list"], batch["item_length"])
         model.length_buckets = 8
-        bucketed, bucketed_reg = model.forward(batch["item_id_list"], batch["item_length"], return_diversity=True)
+        bucketed, bucketed_reg = model.forward_with_diversity(batch["item_id_list"], batch["item_length"])
     assert len(model._length_buckets(batch["item_length"])) > 1
     assert torch.allclose(dense, bucketed, atol=1e-5) and torch.allclose(dense_reg, bucketed_reg, atol=1e-6)
 
@@ -162,7 +162,7 @@ def test_length_buckets_give_the_same_result(built):
 def test_memory_chunks_replay_dropout_in_the_backward_pass(built, monkeypatch):
     """memory_chunk_rows recomputes activations in backward (torch.utils.checkpoint) with the same
     dropout masks: loss and gradients equal those of the same chunks with activations kept."""
-    from missrec_recbole.model import missrec as module
+    from missrec_recbole.model import base as module  # the shared row runner calls base.checkpoint
 
     model, train, _, _ = built(stage="pretrain", mode="inductive", loss_candidates="batch", memory_chunk_rows=5)
     model.refresh_interests()

@@ -167,7 +167,7 @@ def test_augmented_view_differs_and_keeps_lengths_valid(built):
 def test_memory_chunks_replay_dropout_and_match_the_whole_batch(built, monkeypatch):
     """memory_chunk_rows (as in MISSRec): the Transformer's activations are recomputed in backward per chunk with
     the same dropout masks (= the same chunks with activations kept); without dropout = the whole batch."""
-    from missrec_recbole.model import missrec as module
+    from missrec_recbole.model import base as module  # the shared row runner calls base.checkpoint
 
     model, train, _ = built(stage="pretrain", mode="transductive", memory_chunk_rows=5)
     model.train()

@@ -301,7 +301,7 @@ class MISSRecPredictor:
 
     # ------------------------------------------------------------------ scoring
     def _device(self):
-        return self.model.position_embedding.weight.device
+        return self.model.device
 
     def _padded(self, sequences):
         sequences = [s[-self.max_length:] for s in sequences]  # the model sees the last items only

@@ -14,49 +14,15 @@ Equations refer to the paper as restated in docs/design.md §3:
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
-from recbole.model.abstract_recommender import SequentialRecommender
-from recbole.utils import InputType
 
 from missrec_recbole.interests import DPCKNNState, dpc_knn, n_interests
 from missrec_recbole.interests.assign import nearest_center
+from missrec_recbole.model.base import FeatureSequentialRecommender, memory_chunk_rows, use_fast_dropout
 
 MODALITY_INDEX = {"text": 0, "image": 1}
-
-
-class FastDropout(nn.Module):
-    """Dropout drawing an 8-bit random mask: much faster than ``nn.Dropout`` on CPU, where
-    ``bernoulli_`` dominated MISSRec's training time (benchmarks/README.md). ``p`` is rounded to a multiple of 1/256
-    and the kept values are scaled with the rounded rate, so the output stays unbiased."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.threshold = min(256, max(0, round(p * 256)))
-        self.p = self.threshold / 256
-
-    def forward(self, x):
-        if not self.training or self.threshold == 0:
-            return x
-        if self.threshold == 256:
-            return torch.zeros_like(x)
-        keep = torch.empty(x.shape, dtype=torch.uint8, device=x.device).random_() >= self.threshold
-        return x * keep * (1.0 / (1.0 - self.p))
-
-    def extra_repr(self):
-        return f"p={self.p}"
-
-
-def use_fast_dropout(module: nn.Module) -> None:
-    """Replace every ``nn.Dropout`` inside ``module`` (e.g. PyTorch's Transformer layers) by FastDropout."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.Dropout):
-            setattr(module, name, FastDropout(child.p))
-        else:
-            use_fast_dropout(child)
 
 
 def distinct_per_row(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,29 +45,11 @@ def distinct_per_row(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return distinct, distinct >= 0
 
 
-def memory_chunk_rows(config) -> int:
-    """The checked ``memory_chunk_rows`` option: 0 (off) or the rows whose activations are recomputed together."""
-    rows = config["memory_chunk_rows"] or 0
-    if not isinstance(rows, int) or rows < 0:
-        raise ValueError(f"config `memory_chunk_rows`: {rows!r} must be 0 (off) or a number of "
-                         "sequences whose activations are recomputed together in the backward pass")
-    return rows
-
-
-def left_align(values: torch.Tensor, keep: torch.Tensor, fill=0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move the kept entries of each row to the front (order preserved); returns (values, lengths)."""
-    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
-    aligned = torch.gather(values, 1, order)
-    lengths = keep.sum(dim=1)
-    positions = torch.arange(values.shape[1], device=values.device)
-    aligned = torch.where(positions < lengths[:, None], aligned, values.new_tensor(fill))
-    return aligned, lengths
-
-
-class MISSRec(SequentialRecommender):
+class MISSRec(FeatureSequentialRecommender):
     """MISSRec for RecBole. Needs a :class:`~missrec_recbole.data.MISSRecDataset`."""
 
-    input_type = InputType.POINTWISE
+    # trained when fine-tuning from a checkpoint: adapters, beta, input LayerNorm, ID embedding
+    FINETUNE_TRAINABLE = ("adapters.", "fusion_beta", "input_layer_norm.", "item_embedding.")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -162,15 +110,6 @@ class MISSRec(SequentialRecommender):
         self._reset_interest_map()
         self._item_token_cache = None
 
-    def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
-        if isinstance(module, nn.LayerNorm):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
-
     # ------------------------------------------------------------------ item tokens
     def _features(self, m):
         return getattr(self, f"{m}_features")
@@ -217,7 +156,7 @@ class MISSRec(SequentialRecommender):
 
     def load_other_parameter(self, para):
         if para:
-            device = self.position_embedding.weight.device
+            device = self.device
             for key in ("center_item", "center_modality", "item_interest"):
                 setattr(self, key, para[key].to(device))
             if "dpc_refreshes" in para:  # absent in checkpoints written before it was saved
@@ -243,7 +182,7 @@ class MISSRec(SequentialRecommender):
         """
         was_training = self.training
         self.eval()
-        device = self.position_embedding.weight.device
+        device = self.device
         tokens, owner_item, owner_modality = [], [], []
         for m in self.modalities:
             items = torch.nonzero(self._present(m)).squeeze(1)
@@ -293,7 +232,7 @@ class MISSRec(SequentialRecommender):
         rule DPC-KNN uses for every token: existing items keep their interests, so scores of histories
         without new items do not change (``refresh_interests`` would re-cluster everything).
         """
-        device = self.position_embedding.weight.device
+        device = self.device
         n = len(next(iter(present.values())))
         result = torch.full((n, len(self.modalities)), -1, dtype=torch.long, device=device)
         if n == 0:
@@ -319,7 +258,7 @@ class MISSRec(SequentialRecommender):
         """
         if not self.has_interest_map:
             raise RuntimeError("append_items needs the interest map (call refresh_interests first)")
-        device = self.position_embedding.weight.device
+        device = self.device
         n_old, n_new = self.n_items, len(interests)
         for m in self.modalities:
             setattr(self, f"{m}_features", torch.cat([self._features(m), features[m].to(device)]))
@@ -387,49 +326,27 @@ class MISSRec(SequentialRecommender):
         tokens, lengths = self._sequence_tokens(item_seq, item_seq_len)
         return self._decode_last(self._input(tokens), lengths, memory, ~interest_mask), memory, interest_mask
 
-    def _length_buckets(self, item_seq_len):
-        """Row groups of similar length. Padding to the batch maximum wastes most of the compute on
-        real data (Scientific-mm: mean history 3.7, maximum 35), so each group is cut to its own width."""
-        order = torch.argsort(item_seq_len)
-        n_buckets = max(1, min(self.length_buckets, len(order) // 16))
-        return torch.tensor_split(order, n_buckets)
+    def forward(self, item_seq, item_seq_len):
+        """Sequence representation s_u [B, d]."""
+        return self._encode(item_seq, item_seq_len, with_diversity=False)[0]
 
-    def _row_groups(self, item_seq_len):
-        """Length buckets; while training with ``memory_chunk_rows``, cut into chunks of at most that many rows."""
-        groups = self._length_buckets(item_seq_len)
-        if self._recompute_activations():
-            groups = [chunk for rows in groups for chunk in torch.split(rows, self.memory_chunk_rows)]
-        return groups
+    def forward_with_diversity(self, item_seq, item_seq_len):
+        """s_u [B, d] and L_reg, the pair-weighted mean similarity of the memory tokens (pre-training)."""
+        return self._encode(item_seq, item_seq_len, with_diversity=True)
 
-    def _recompute_activations(self) -> bool:
-        return self.memory_chunk_rows > 0 and self.training and torch.is_grad_enabled()
-
-    def _run_rows(self, function, *inputs):
-        """``function(*inputs)`` for one row group; with ``memory_chunk_rows`` its activations are not kept but
-        recomputed in the backward pass (``torch.utils.checkpoint``, same dropout masks), so a batch holds one
-        chunk's at a time."""
-        if self._recompute_activations():
-            return checkpoint(function, *inputs, use_reentrant=False)
-        return function(*inputs)
-
-    def forward(self, item_seq, item_seq_len, return_diversity=False):
-        """Sequence representation s_u [B, d]; with ``return_diversity`` also L_reg (pair-weighted mean).
-
-        Rows are processed in length buckets (exactly the same result as one padded block: every row
-        is computed independently of the others).
-        """
+    def _encode(self, item_seq, item_seq_len, with_diversity: bool):
+        """(s_u, L_reg or None). Rows are processed in length buckets (exactly the same result as one padded
+        block: every row is computed independently of the others)."""
         seq_output = item_seq.new_zeros(len(item_seq), self.hidden_size, dtype=torch.float)
         similarity_sum, pairs = seq_output.new_zeros(()), 0
         for rows in self._row_groups(item_seq_len):
             width = int(item_seq_len[rows].max())
             output, memory, mask = self._run_rows(self._forward_dense, item_seq[rows, :width], item_seq_len[rows])
             seq_output = seq_output.index_put((rows,), output)
-            if return_diversity:
+            if with_diversity:
                 bucket_sum, bucket_pairs = self.interest_similarity(memory, mask)
                 similarity_sum, pairs = similarity_sum + bucket_sum, pairs + bucket_pairs
-        if return_diversity:
-            return seq_output, similarity_sum / max(pairs, 1)
-        return seq_output
+        return seq_output, (similarity_sum / max(pairs, 1) if with_diversity else None)
 
     # ------------------------------------------------------------------ scores
     def candidate_tokens(self, items=None):
@@ -437,7 +354,7 @@ class MISSRec(SequentialRecommender):
         if items is None:
             if self._item_token_cache is not None:
                 return self._item_token_cache
-            items = torch.arange(self.n_items, device=self.position_embedding.weight.device)
+            items = torch.arange(self.n_items, device=self.device)
             cached = not self.training
         else:
             cached = False
@@ -475,18 +392,6 @@ class MISSRec(SequentialRecommender):
         return (weights * per_modality).sum(dim=-1)
 
     # ------------------------------------------------------------------ losses
-    def _item_drop(self, item_seq, item_seq_len):
-        """One augmented view: drop items with probability item_drop_ratio (keep >= 1).
-
-        Whole items are dropped, so text, image and ID are dropped at the same positions.
-        """
-        positions = torch.arange(item_seq.shape[1], device=item_seq.device)
-        valid = positions[None, :] < item_seq_len[:, None]
-        keep = valid & (torch.rand(item_seq.shape, device=item_seq.device) >= self.item_drop_ratio)
-        empty = keep.sum(dim=1) == 0
-        keep[empty] = valid[empty] & (positions[None, :] == item_seq_len[empty, None] - 1)
-        return left_align(item_seq, keep)
-
     def _info_nce(self, logits):
         return F.cross_entropy(logits / self.temperature, torch.arange(len(logits), device=logits.device))
 
@@ -525,8 +430,7 @@ class MISSRec(SequentialRecommender):
         """Pre-training: L_si + lambda L_ss + gamma L_reg; fine-tuning: L_si."""
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         pretraining = self.stage == "pretrain"
-        output = self.forward(item_seq, item_seq_len, return_diversity=pretraining)
-        seq_output, loss_reg = output if pretraining else (output, None)
+        seq_output, loss_reg = self._encode(item_seq, item_seq_len, with_diversity=pretraining)
         loss_si = self.sequence_item_loss(seq_output, interaction[self.POS_ITEM_ID])
         if not pretraining:
             return loss_si
@@ -543,22 +447,3 @@ class MISSRec(SequentialRecommender):
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         candidates, present = self.candidate_tokens()
         return self.fused_scores(seq_output, candidates, present)
-
-    # ------------------------------------------------------------------ transfer
-    FINETUNE_TRAINABLE = ("adapters.", "fusion_beta", "input_layer_norm.", "item_embedding.")
-
-    def freeze_for_finetune(self) -> int:
-        """Parameter-efficient fine-tuning: train only adapters, beta, input LayerNorm and ID embedding.
-
-        Returns the number of trainable parameters.
-        """
-        for name, parameter in self.named_parameters():
-            parameter.requires_grad = name.startswith(self.FINETUNE_TRAINABLE)
-        return self.trainable_parameters()
-
-    def trainable_parameters(self) -> int:
-        return int(sum(p.numel() for p in self.parameters() if p.requires_grad))
-
-    def transferable_state_dict(self) -> dict:
-        """Weights that do not depend on the dataset's items (everything but the ID embedding)."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("item_embedding.")}

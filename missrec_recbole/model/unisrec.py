@@ -26,11 +26,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import TransformerEncoder
-from recbole.utils import InputType
 
-from missrec_recbole.model.missrec import MISSRec, memory_chunk_rows, use_fast_dropout
+from missrec_recbole.model.base import FeatureSequentialRecommender, memory_chunk_rows, use_fast_dropout
 
 
 class MoEAdaptor(nn.Module):
@@ -69,10 +67,11 @@ class MoEAdaptor(nn.Module):
         return torch.einsum("ng,ngd->nd", self.gates(x), self.experts(x))
 
 
-class UniSRec(SequentialRecommender):
+class UniSRec(FeatureSequentialRecommender):
     """UniSRec for RecBole. Needs a :class:`~missrec_recbole.data.MISSRecDataset` with a ``text`` modality."""
 
-    input_type = InputType.POINTWISE
+    # parameter-efficient fine-tuning (paper): the MoE adaptor (+ the ID embedding when transductive) trains; the
+    # Transformer, position embedding and input LayerNorm stay fixed
     FINETUNE_TRAINABLE = ("moe_adaptor.", "item_embedding.")
 
     def __init__(self, config, dataset):
@@ -113,23 +112,6 @@ class UniSRec(SequentialRecommender):
         use_fast_dropout(self)  # same rates, cheaper masks on CPU
         self._item_cache = None
 
-    # Shared with MISSRec: RecBole's weight init; item drop (>= 1 item kept, order kept, left-aligned);
-    # length buckets and memory chunks (activations recomputed in backward); trainable-parameter count;
-    # weights without the ID embedding (what a checkpoint transfers).
-    _init_weights = MISSRec._init_weights
-    _item_drop = MISSRec._item_drop
-    _length_buckets = MISSRec._length_buckets
-    _row_groups = MISSRec._row_groups
-    _recompute_activations = MISSRec._recompute_activations
-    _run_rows = MISSRec._run_rows
-    trainable_parameters = MISSRec.trainable_parameters
-    transferable_state_dict = MISSRec.transferable_state_dict
-
-    def freeze_for_finetune(self) -> int:
-        """Parameter-efficient fine-tuning (paper): train only the MoE adaptor (+ the ID embedding when
-        transductive); the Transformer, position embedding and input LayerNorm stay fixed. Returns the trainable count."""
-        return MISSRec.freeze_for_finetune(self)  # by the FINETUNE_TRAINABLE prefixes
-
     # ------------------------------------------------------------------ items
     def item_representations(self, items=None, feature_drop: float = 0.0) -> torch.Tensor:
         """v_i (+ e_i when transductive) for ``items`` of any shape, or [n_items, d] for all items.
@@ -141,7 +123,7 @@ class UniSRec(SequentialRecommender):
             cached = not self.training and feature_drop == 0
             if cached and self._item_cache is not None:
                 return self._item_cache
-            everything = torch.arange(self.n_items, device=self.text_features.device)
+            everything = torch.arange(self.n_items, device=self.device)
             result = self._represent(everything, feature_drop)
             if cached:
                 self._item_cache = result

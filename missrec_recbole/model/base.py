@@ -1,0 +1,144 @@
+"""The shared base of the feature-based sequential models (MISSRec, UniSRec) and their small building blocks.
+
+Both read frozen item features, drop items for the sequence-sequence view, run rows in length buckets (optionally
+recomputing activations chunk by chunk), freeze all but a few prefixes for parameter-efficient fine-tuning and
+transfer every weight but the ID embedding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import InputType
+from torch.utils.checkpoint import checkpoint
+
+
+class FastDropout(nn.Module):
+    """Dropout drawing an 8-bit random mask: much faster than ``nn.Dropout`` on CPU, where
+    ``bernoulli_`` dominated MISSRec's training time (benchmarks/README.md). ``p`` is rounded to a multiple of 1/256
+    and the kept values are scaled with the rounded rate, so the output stays unbiased."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.threshold = min(256, max(0, round(p * 256)))
+        self.p = self.threshold / 256
+
+    def forward(self, x):
+        if not self.training or self.threshold == 0:
+            return x
+        if self.threshold == 256:
+            return torch.zeros_like(x)
+        keep = torch.empty(x.shape, dtype=torch.uint8, device=x.device).random_() >= self.threshold
+        return x * keep * (1.0 / (1.0 - self.p))
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+def use_fast_dropout(module: nn.Module) -> None:
+    """Replace every ``nn.Dropout`` inside ``module`` (e.g. PyTorch's Transformer layers) by FastDropout."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Dropout):
+            setattr(module, name, FastDropout(child.p))
+        else:
+            use_fast_dropout(child)
+
+
+def memory_chunk_rows(config) -> int:
+    """The checked ``memory_chunk_rows`` option: 0 (off) or the rows whose activations are recomputed together."""
+    rows = config["memory_chunk_rows"] or 0
+    if not isinstance(rows, int) or rows < 0:
+        raise ValueError(f"config `memory_chunk_rows`: {rows!r} must be 0 (off) or a number of "
+                         "sequences whose activations are recomputed together in the backward pass")
+    return rows
+
+
+def left_align(values: torch.Tensor, keep: torch.Tensor, fill=0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move the kept entries of each row to the front (order preserved); returns (values, lengths)."""
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+    aligned = torch.gather(values, 1, order)
+    lengths = keep.sum(dim=1)
+    positions = torch.arange(values.shape[1], device=values.device)
+    aligned = torch.where(positions < lengths[:, None], aligned, values.new_tensor(fill))
+    return aligned, lengths
+
+
+class FeatureSequentialRecommender(SequentialRecommender):
+    """RecBole sequential model on frozen item features. Subclasses set ``length_buckets``, ``memory_chunk_rows``,
+    ``item_drop_ratio``, ``initializer_range`` and ``FINETUNE_TRAINABLE`` (parameter-name prefixes that train when
+    fine-tuning from a checkpoint)."""
+
+    input_type = InputType.POINTWISE
+    FINETUNE_TRAINABLE: tuple[str, ...] = ()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters live (also after ``model.to(...)``)."""
+        return next(self.parameters()).device
+
+    @device.setter
+    def device(self, _):
+        """RecBole's constructor assigns ``config['device']``; the parameters decide instead."""
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+        if isinstance(module, nn.LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(1.0)
+
+    def _length_buckets(self, item_seq_len):
+        """Row groups of similar length. Padding to the batch maximum wastes most of the compute on
+        real data (Scientific-mm: mean history 3.7, maximum 35), so each group is cut to its own width."""
+        order = torch.argsort(item_seq_len)
+        n_buckets = max(1, min(self.length_buckets, len(order) // 16))
+        return torch.tensor_split(order, n_buckets)
+
+    def _row_groups(self, item_seq_len):
+        """Length buckets; while training with ``memory_chunk_rows``, cut into chunks of at most that many rows."""
+        groups = self._length_buckets(item_seq_len)
+        if self._recompute_activations():
+            groups = [chunk for rows in groups for chunk in torch.split(rows, self.memory_chunk_rows)]
+        return groups
+
+    def _recompute_activations(self) -> bool:
+        return self.memory_chunk_rows > 0 and self.training and torch.is_grad_enabled()
+
+    def _run_rows(self, function, *inputs):
+        """``function(*inputs)`` for one row group; with ``memory_chunk_rows`` its activations are not kept but
+        recomputed in the backward pass (``torch.utils.checkpoint``, same dropout masks), so a batch holds one
+        chunk's at a time."""
+        if self._recompute_activations():
+            return checkpoint(function, *inputs, use_reentrant=False)
+        return function(*inputs)
+
+    def _item_drop(self, item_seq, item_seq_len):
+        """One augmented view: drop items with probability item_drop_ratio (keep >= 1).
+
+        Whole items are dropped, so text, image and ID are dropped at the same positions.
+        """
+        positions = torch.arange(item_seq.shape[1], device=item_seq.device)
+        valid = positions[None, :] < item_seq_len[:, None]
+        keep = valid & (torch.rand(item_seq.shape, device=item_seq.device) >= self.item_drop_ratio)
+        empty = keep.sum(dim=1) == 0
+        keep[empty] = valid[empty] & (positions[None, :] == item_seq_len[empty, None] - 1)
+        return left_align(item_seq, keep)
+
+    def freeze_for_finetune(self) -> int:
+        """Parameter-efficient fine-tuning: train only adapters, beta, input LayerNorm and ID embedding.
+
+        Returns the number of trainable parameters.
+        """
+        for name, parameter in self.named_parameters():
+            parameter.requires_grad = name.startswith(self.FINETUNE_TRAINABLE)
+        return self.trainable_parameters()
+
+    def trainable_parameters(self) -> int:
+        return int(sum(p.numel() for p in self.parameters() if p.requires_grad))
+
+    def transferable_state_dict(self) -> dict:
+        """Weights that do not depend on the dataset's items (everything but the ID embedding)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("item_embedding.")}
