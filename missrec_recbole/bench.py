@@ -56,6 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
+from missrec_recbole.command import watched
 from missrec_recbole.evaluation import TieRuleTrainer, metrics_from_ranks, pessimistic_ranks
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -705,7 +706,7 @@ def run_suite(suite: Suite, rows) -> dict:
 
     plan = [(row, seed) for seed in suite.args.run_seeds for row in rows]
     counts = {}
-    bar = tqdm(plan, desc="bench", unit="run", file=sys.stderr, disable=suite.args.no_progress)
+    bar = tqdm(plan, desc="bench", unit="run", file=sys.stderr, disable=suite.args.no_progress or not watched())
     for row, seed in bar:
         bar.set_postfix_str(f"{row.table}: {row.name}, seed {seed}")
         suite.progress = lambda line, row=row, seed=seed: bar.set_postfix_str(
@@ -1000,7 +1001,7 @@ def parse_args(argv):
     parser.add_argument("--keep_models", action="store_true", help="keep each run's best model file")
     parser.add_argument("--report", action="store_true", help="only rewrite results.md and longtail.png")
     parser.add_argument("--verbose", action="store_true", help="stream each run's RecBole log and progress bars")
-    parser.add_argument("--no_progress", action="store_true", help="no overall progress bar")
+    parser.add_argument("--no_progress", action="store_true", help="no overall progress bar (shown only when stderr is a terminal)")
     parser.add_argument("--log_level", default="INFO", help="RecBole log level of the runs (logs in work_dir)")
     args, extra = parser.parse_known_args(argv)
     from missrec_recbole.config import DEFAULT_DATA_PATH, parse_overrides

@@ -18,7 +18,7 @@ import json
 import sys
 
 from missrec_recbole import bench
-from missrec_recbole.command import DEBUG_HELP, run_command
+from missrec_recbole.command import DEBUG_HELP, run_command, watched
 from missrec_recbole.config import PROPS, parse_overrides
 from missrec_recbole.inference import cli as recommend_cli
 from missrec_recbole.quick_start import finetune, pretrain
@@ -44,7 +44,8 @@ def parse_args(argv=None):
                         help="with -p: train all weights instead of adapters/beta/LayerNorm/ID embedding only")
     parser.add_argument("--resume", help="continue an interrupted run from its *-resume.pth file "
                                          "(give the same other arguments)")
-    parser.add_argument("--show_progress", action="store_true", help="progress bars per epoch")
+    parser.add_argument("--show_progress", action="store_true",
+                        help="progress bars per epoch (default: when stderr is a terminal)")
     parser.add_argument("--result_json", help="also write the results to this JSON file")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args, extra = parser.parse_known_args(argv)
@@ -55,6 +56,7 @@ def parse_args(argv=None):
     for key in ("mode", "data_path"):
         if getattr(args, key):
             overrides[key] = getattr(args, key)
+    args.show_progress = args.show_progress or watched()  # a person watches: bars, else plain log lines
     args.config_files = args.config_files.replace(",", " ").split() if args.config_files else []
     return args, overrides
 

@@ -15,6 +15,11 @@ DEBUG_FLAG = "--debug"
 DEBUG_HELP = "on an error, also print the Python traceback"
 
 
+def watched() -> bool:
+    """True when a person watches the output (stderr is a terminal): show progress bars, else plain log lines."""
+    return sys.stderr.isatty()
+
+
 def error_line(error: BaseException) -> str:
     """One line for ``error``: the package's errors speak for themselves, anything else names its type."""
     text = " ".join(str(error).split()) or type(error).__name__

@@ -40,7 +40,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from missrec_recbole.command import run_command
+from missrec_recbole.command import run_command, watched
 from missrec_recbole.data.dataset import DatasetFormatError
 from missrec_recbole.tools.images import find_images, image_stem
 
@@ -467,7 +467,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--text_suffix", default="feat1CLS")
     parser.add_argument("--image_suffix", default="feat3CLS")
     parser.add_argument("--force", action="store_true", help="recompute finished files / discard unfinished runs")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (shown only when stderr is a terminal)")
     args = parser.parse_args(argv)
     saved_format = warnings.formatwarning
     warnings.formatwarning = lambda message, category, *rest, **kw: f"warning: {message}\n"
@@ -502,11 +502,11 @@ def _run_cli(args) -> int:
         if texts is not None:
             results.append(("text", extract_text_features(
                 encoder, item_ids, texts, out / f"{name}.{args.text_suffix}", item2index, args.text,
-                args.batch_size, args.force, not args.quiet)))
+                args.batch_size, args.force, watched() and not args.quiet)))
         if args.images:
             results.append(("image", extract_image_features(
                 encoder, item_ids, args.images, out / f"{name}.{args.image_suffix}", item2index, args.batch_size,
-                args.force, not args.quiet)))
+                args.force, watched() and not args.quiet)))
     except DatasetFormatError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

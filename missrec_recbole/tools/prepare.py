@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from missrec_recbole.command import run_command
+from missrec_recbole.command import run_command, watched
 from missrec_recbole.config import merged_props
 from missrec_recbole.data.dataset import (DatasetFormatError, atomic_directory, feature_width, read_feature_file,
                                           read_item2index, validate_dataset)
@@ -92,7 +92,7 @@ def _text_features(folder: Path, name: str, out_file: Path, encoder_spec: str, l
     encoder = make_encoder(encoder_spec)
     item2index = folder / f"{name}.item2index"
     result = extract_text_features(encoder, read_item_index(item2index), read_item_texts(folder / f"{name}.text"),
-                                   out_file, item2index, folder / f"{name}.text", progress=sys.stderr.isatty())
+                                   out_file, item2index, folder / f"{name}.text", progress=watched())
     for suffix in (".partial", ".progress.json"):  # resumability files of the extractor: not part of a dataset
         Path(f"{out_file}{suffix}").unlink(missing_ok=True)
     log(f"{name}: {result.summary('text')} with {encoder.identity} in {time.perf_counter() - start:.1f} s")
