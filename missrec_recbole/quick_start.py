@@ -26,7 +26,7 @@ from missrec_recbole.model import MISSRec, UniSRec
 from missrec_recbole.tools.demo import DEMO_DOMAINS, ensure_demo_dataset
 from missrec_recbole.tools.merge import merge_datasets
 from missrec_recbole.trainer import (CheckpointError, MISSRecTrainer, check_architecture, distributed, load_pretrained,
-                                     read_checkpoint, read_resume_state, run_identity)
+                                     load_trained, read_checkpoint, read_resume_state, run_identity, saved_data_path)
 
 def build_config(dataset: str, stage: str = "finetune", config_files=None, config_dict=None,
                  model_class=MISSRec):
@@ -183,14 +183,13 @@ def load_data_and_model(model_file, config_dict=None):
                               f"expected one of {sorted(MODELS)} and a dataset. {TRAINED_HINT}")
     options = {key: value for key, value in saved.items()
                if key in OPTIONS and key not in DERIVED_OPTIONS and value is not None}
-    if saved.get("data_path"):  # RecBole stores <data_path>/<dataset>
-        options["data_path"] = str(Path(saved["data_path"]).parent)
+    if saved.get("data_path"):
+        options["data_path"] = saved_data_path(saved)
     config = build_config(saved["dataset"], saved.get("stage") or "finetune",
                           config_dict={**options, **(config_dict or {})}, model_class=model_class)
     _setup(config)
     dataset, train_data, valid_data, test_data = prepare_data(config)
     init_seed(config["seed"], config["reproducibility"])
     model = model_class(config, train_data._dataset).to(config["device"])
-    model.load_state_dict(checkpoint["state_dict"])
-    model.load_other_parameter(checkpoint.get("other_parameter"))
+    load_trained(model, model_file, checkpoint, config["dataset"])
     return config, model, dataset, train_data, valid_data, test_data

@@ -288,7 +288,7 @@ def _launch_a_sleeping_worker(tmp_path):
     """A bench parent (SIGTERM handling as in ``main``) whose worker writes its pid and sleeps."""
     import types
 
-    bench.worker_command = lambda spec, out: _sleeper(tmp_path / "worker.pid")
+    bench.runner.worker_command = lambda spec, out: _sleeper(tmp_path / "worker.pid")  # what launch calls
     suite = types.SimpleNamespace(launched=0, log_dir=tmp_path, progress=lambda line: None,
                                   args=types.SimpleNamespace(verbose=False, work_dir=tmp_path))
     with bench.terminate_on_sigterm():
@@ -314,11 +314,11 @@ def test_a_run_in_progress_elsewhere_is_not_started_twice(monkeypatch, tmp_path)
         second.append(bench.main(args))  # starts while this invocation holds the run
         return real_launch(*launch_args)
 
-    monkeypatch.setattr(bench, "launch", launch_after_a_second_invocation)
+    monkeypatch.setattr(bench.runner, "launch", launch_after_a_second_invocation)
     first = bench.main(args)
     assert second[0]["counts"] == {"busy": 1} and second[0]["launched"] == 0
     assert first["counts"] == {"ok": 1} and first["launched"] == 1
-    monkeypatch.setattr(bench, "launch", real_launch)
+    monkeypatch.setattr(bench.runner, "launch", real_launch)
     assert bench.main(args)["counts"] == {"skipped": 1}
 
 
@@ -339,7 +339,7 @@ def test_pretraining_in_progress_elsewhere_is_waited_for(monkeypatch, tmp_path):
             bench.Results(suite.results.out_dir, {}).put("pretraining", {"key": key, "status": "ok",
                                                                           "checkpoint": str(checkpoint)})
 
-    monkeypatch.setattr(bench, "launch", lambda *a: pytest.fail("pre-trained a second time"))
+    monkeypatch.setattr(bench.runner, "launch", lambda *a: pytest.fail("pre-trained a second time"))
     other = threading.Thread(target=other_invocation)
     other.start()
     holding.wait(30)
@@ -468,11 +468,11 @@ def test_run_hash_follows_props_values_not_their_layout(monkeypatch, tmp_path):
     """Comments or key order in props/ leave the run hash alone; a changed default changes it."""
     import shutil
 
-    from missrec_recbole import quick_start
+    from missrec_recbole import config
 
-    for path in quick_start.PROPS.glob("*.yaml"):
+    for path in config.PROPS.glob("*.yaml"):
         shutil.copy(path, tmp_path / path.name)
-    monkeypatch.setattr(quick_start, "PROPS", tmp_path)
+    monkeypatch.setattr(config, "PROPS", tmp_path)
     before = {kind: bench.config_hash(bench.effective_props(kind, "finetune")) for kind in bench.RUN_KINDS}
     finetune = tmp_path / "finetune.yaml"
     lines = finetune.read_text().splitlines()

@@ -182,7 +182,7 @@ def test_bad_inputs(dataset, capsys):
     ]
     (folder / "gap.item2index").write_text("A\t0\nB\t2\n")
     cases.append((["--text", str(folder / "Tiny.text"), "--item2index", str(folder / "gap.item2index")],
-                  "gap.item2index: indices are not 0..1 (index 1 is missing)"))
+                  "gap.item2index: the indices of its 2 items are not exactly 0..1"))
     (folder / "Bad.text").write_text("ITEM0\tno header\n")
     cases.append((["--text", str(folder / "Bad.text"), "--item2index", str(folder / "Tiny.item2index")],
                   "Bad.text: first line"))

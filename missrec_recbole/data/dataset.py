@@ -133,6 +133,48 @@ def read_item2index(path: Path) -> dict[str, int]:
     return mapping
 
 
+def item_ids_by_index(path: Path) -> list[str]:
+    """The original ids of a checked ``NAME.item2index`` file in index order (row i of a feature file = item i)."""
+    mapping = read_item2index(path)
+    ids = [""] * len(mapping)
+    for item, index in mapping.items():
+        ids[index] = item
+    return ids
+
+
+TEXT_HEADER = "item_id:token\ttext:token_seq"
+
+
+def read_item_texts(path: Path, require_header: bool = True) -> dict[str, str]:
+    """``original id -> text`` of a ``NAME.text`` file (first line :data:`TEXT_HEADER`; the first text of an id
+    wins). ``require_header=False`` also reads a file without the header line."""
+    path = Path(path)
+    if not path.is_file():
+        _fail(path, "text file not found", "Pass NAME.text (python -m missrec_recbole.tools.amazon writes it).")
+    lines = read_text(path).splitlines()
+    has_header = bool(lines) and lines[0].split("\t")[:2] == TEXT_HEADER.split("\t")
+    if require_header and not has_header:
+        header = lines[0] if lines else ""
+        _fail(path, f"first line {header[:60]!r} is not the header {TEXT_HEADER!r}", "Add the header line.")
+    texts: dict[str, str] = {}
+    for number, line in enumerate(lines[has_header:], 1 + has_header):
+        if not line.strip():
+            continue
+        item_id, sep, text = line.partition("\t")
+        if not sep:
+            _fail(path, f"line {number} has no tab between the item id and the text", "Fix the line.")
+        texts.setdefault(item_id, text.strip())
+    return texts
+
+
+def count_rows(path: Path) -> int | None:
+    """Non-blank lines of a text file (e.g. the items of NAME.item2index); None if it does not exist."""
+    if not Path(path).is_file():
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
 def _item_indices(path: Path, frame: pd.DataFrame, max_length: int) -> np.ndarray:
     """All item indices mentioned in an .inter file (history and target), validated as integers."""
     history = frame["item_id_list:token_seq"].str.split()

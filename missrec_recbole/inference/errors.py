@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from missrec_recbole.errors import InputError
-from missrec_recbole.trainer.checkpoint import CheckpointError
+from missrec_recbole.trainer.checkpoint import CheckpointError, CheckpointMismatchError  # noqa: F401 (re-exported)
 
 
 class InferenceError(InputError):
@@ -39,10 +39,6 @@ class TransductiveModeError(InferenceError):
 
     Pass ``allow_feature_only=True`` to score them from their features only (zero ID embedding).
     """
-
-
-class CheckpointMismatchError(InferenceError, CheckpointError):
-    """A checkpoint that does not fit the dataset or the requested configuration."""
 
 
 class ExportError(InferenceError):

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from missrec_recbole.compat import plain
 from missrec_recbole.config import build_config
-from missrec_recbole.data.dataset import MISSRecDataset, feature_path, read_feature_file
+from missrec_recbole.data.dataset import MISSRecDataset, count_rows, feature_path, read_feature_file, read_item_texts
 from missrec_recbole.data.dataset import read_item2index as read_item2index_file
 from missrec_recbole.inference.errors import (CheckpointMismatchError, DuplicateItemError, EmptyHistoryError,
                                               FeatureDimError, FeatureError, InferenceError, ItemIdError,
@@ -44,7 +44,7 @@ from missrec_recbole.inference.export import export_predictor
 from missrec_recbole.model import MISSRec
 from missrec_recbole.tools.demo import DEMO_DOMAINS, ensure_demo_dataset
 from missrec_recbole.trainer.checkpoint import (ARCHITECTURE_KEYS, FORMAT as PRETRAINED_FORMAT, load_pretrained,
-                                               read_checkpoint)
+                                               load_trained, read_checkpoint, saved_data_path)
 
 # Config keys taken from the checkpoint (they define the model), on top of the repo's defaults.
 MODEL_KEYS = tuple(ARCHITECTURE_KEYS) + (
@@ -63,20 +63,9 @@ def read_item2index(folder: Path, name: str) -> dict[str, int] | None:
 
 
 def read_item_text(folder: Path, name: str) -> dict[str, str]:
-    """``original id -> text`` from ``NAME.text`` (empty if the file does not exist)."""
+    """``original id -> text`` from ``NAME.text`` (empty if the file does not exist; the header is optional)."""
     path = Path(folder) / f"{name}.text"
-    texts = {}
-    if not path.is_file():
-        return texts
-    with open(path, encoding="utf-8") as handle:
-        header = handle.readline()
-        if not header.startswith("item_id"):
-            handle.seek(0)
-        for line in handle:
-            parts = line.rstrip("\n").split("\t", 1)
-            if len(parts) == 2:
-                texts[parts[0]] = parts[1].strip()
-    return texts
+    return read_item_texts(path, require_header=False) if path.is_file() else {}
 
 
 class MISSRecPredictor:
@@ -129,7 +118,7 @@ class MISSRecPredictor:
         if data_path is not None:
             overrides["data_path"] = str(data_path)
         elif saved.get("data_path") and dataset == saved.get("dataset"):
-            overrides["data_path"] = str(Path(saved["data_path"]).parent)  # RecBole stores <data_path>/<dataset>
+            overrides["data_path"] = saved_data_path(saved)
         overrides.update({"state": "ERROR", "show_progress": False})
         overrides.update(config_dict or {})
         config = build_config(dataset, "finetune", config_dict=overrides, model_class=MISSRec)
@@ -146,7 +135,10 @@ class MISSRecPredictor:
         cls._check_feature_dims(config, model_file)
         dataset_obj = MISSRecDataset(config)  # DatasetFormatError for bad or missing files
         model = MISSRec(config, dataset_obj)
-        cls._load_weights(model, config, model_file, checkpoint, pretrained)
+        if pretrained:
+            load_pretrained(model, config, model_file, checkpoint)
+        else:
+            load_trained(model, model_file, checkpoint, dataset)
         model = model.to(device).eval()
         if not model.has_interest_map:
             model.refresh_interests()
@@ -173,11 +165,7 @@ class MISSRecPredictor:
     def _check_feature_dims(config, model_file):
         """The dataset's feature files must have the checkpoint's widths (rows = item2index lines)."""
         folder, name = Path(config["data_path"]), config["dataset"]
-        item_map = folder / f"{name}.item2index"
-        n_items = None
-        if item_map.is_file():
-            with open(item_map, encoding="utf-8") as handle:
-                n_items = sum(1 for line in handle if line.strip())
+        n_items = count_rows(folder / f"{name}.item2index")
         for m in config["modalities"]:
             path = feature_path(folder, name, config[f"{m}_suffix"])
             if not path.is_file():
@@ -188,41 +176,6 @@ class MISSRecPredictor:
                 raise CheckpointMismatchError(
                     f"{model_file}: the checkpoint expects {m}_dim={dim}, but {path} has {size} bytes{width}, not "
                     f"{n_items or 'n'} x {dim} float32. Use features from the same extractor as in training.")
-
-    @staticmethod
-    def _load_weights(model, config, model_file, checkpoint, pretrained):
-        if pretrained:
-            load_pretrained(model, config, model_file, checkpoint)
-            return
-        state = checkpoint["state_dict"]
-        expected = model.state_dict()
-        if "item_embedding.weight" in state and "item_embedding.weight" in expected:
-            saved_items = state["item_embedding.weight"].shape[0]
-            if saved_items != model.n_items:
-                raise CheckpointMismatchError(
-                    f"{model_file}: checkpoint's ID embedding has {saved_items} rows (items + padding) but "
-                    f"dataset {config['dataset']!r} has {model.n_items}: the dataset's .inter files changed "
-                    f"since training, or it is another dataset.")
-        for key, value in state.items():
-            if key in expected and expected[key].shape != value.shape:
-                raise CheckpointMismatchError(f"{model_file}: weight {key!r} has shape {tuple(value.shape)}, this "
-                                              f"configuration expects {tuple(expected[key].shape)}.")
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise CheckpointMismatchError(f"{model_file}: weights do not fit the model (missing {missing[:5]}, "
-                                          f"unexpected {unexpected[:5]}).")
-        model.load_state_dict(state)
-        other = checkpoint.get("other_parameter") or {}
-        if other:
-            interests = other.get("item_interest")
-            if interests is not None and len(interests) not in (0, model.n_items):
-                raise CheckpointMismatchError(
-                    f"{model_file}: checkpoint's interest map covers {len(interests)} items (+ padding) but "
-                    f"dataset {config['dataset']!r} has {model.n_items}: the dataset's .inter files changed "
-                    f"since training, or it is another dataset.")
-            if interests is not None and len(interests):
-                model.load_other_parameter(other)
 
     def _add_unseen(self, folder, name, config, index2id, tokens, allow_feature_only):
         """Add the dataset's items that are in no .inter file (not in RecBole's vocabulary)."""

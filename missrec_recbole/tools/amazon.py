@@ -53,13 +53,12 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from missrec_recbole.command import run_command
-from missrec_recbole.data.dataset import REQUIRED_COLUMNS, DatasetFormatError, atomic_directory
+from missrec_recbole.data.dataset import REQUIRED_COLUMNS, TEXT_HEADER, DatasetFormatError, atomic_directory
 
 __all__ = ["RawDataError", "ConversionStats", "convert_amazon", "clean_text", "item_text", "image_url",
            "read_json_lines"]
 
 INTER_HEADER = "\t".join(REQUIRED_COLUMNS) + "\n"
-TEXT_HEADER = "item_id:token\ttext:token_seq\n"
 MIN_SEQUENCE = 3  # first item + valid target + test target
 MAX_TEXT_CHARS = 2000
 
@@ -380,7 +379,7 @@ def _write_outputs(folder: Path, name: str, user_ids, item_ids, sequences, texts
     with open(folder / f"{name}.user2index", "w", encoding="utf-8", newline="\n") as handle:
         handle.writelines(f"{uid}\t{u}\n" for u, uid in enumerate(user_ids))
     with open(folder / f"{name}.text", "w", encoding="utf-8", newline="\n") as handle:
-        handle.write(TEXT_HEADER)
+        handle.write(TEXT_HEADER + "\n")
         handle.writelines(f"{iid}\t{texts.get(iid, '')}\n" for iid in item_ids)
     with open(folder / f"{name}.images", "w", encoding="utf-8", newline="\n") as handle:
         handle.writelines(f"{iid}\t{urls[iid]}\n" for iid in item_ids if iid in urls)

@@ -65,6 +65,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from missrec_recbole.command import run_command
+from missrec_recbole.data.dataset import TEXT_HEADER
 from missrec_recbole.evaluation import metrics_from_ranks, pessimistic_ranks
 
 __all__ = [
@@ -86,7 +87,6 @@ GENERATOR_VERSION = 1
 MARKER_FILE = ".missrec_demo.json"
 
 INTER_HEADER = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
-TEXT_HEADER = "item_id:token\ttext:token_seq\n"
 TEXT_SUFFIX = "feat1CLS"
 IMAGE_SUFFIX = "feat3CLS"
 MAX_HISTORY = 50
@@ -424,7 +424,7 @@ def _write_domain(dom_dir: Path, name: str, data: dict, meta: dict) -> None:
         f"{name}.test.inter": "".join(test),
         f"{name}.item2index": "".join(f"{iid}\t{i}\n" for i, iid in enumerate(data["item_ids"])),
         f"{name}.user2index": "".join(f"{uid}\t{u}\n" for u, uid in enumerate(data["user_ids"])),
-        f"{name}.text": TEXT_HEADER
+        f"{name}.text": TEXT_HEADER + "\n"
         + "".join(f"{iid}\t{txt}\n" for iid, txt in zip(data["item_ids"], data["texts"])),
     }
     for fname, content in files.items():

@@ -41,13 +41,12 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from missrec_recbole.command import run_command, watched
-from missrec_recbole.data.dataset import DatasetFormatError
+from missrec_recbole.data.dataset import DatasetFormatError, item_ids_by_index, read_item_texts
 from missrec_recbole.tools.images import find_images, image_stem
 
 __all__ = ["Encoder", "OpenClipEncoder", "WordLlamaEncoder", "ENCODERS", "make_encoder", "FeatureError", "BrokenImageWarning", "ExtractionResult",
            "extract_text_features", "extract_image_features", "read_item_index", "read_item_texts", "load_image"]
 
-TEXT_HEADER = "item_id:token\ttext:token_seq"
 
 
 class FeatureError(DatasetFormatError):
@@ -191,53 +190,15 @@ def make_encoder(spec: str | None = None, model: str = "ViT-B-32", pretrained: s
 
 # ----------------------------------------------------------------------------- inputs
 def read_item_index(path: str | Path) -> list[str]:
-    """Original ids in index order from ``original_id<TAB>index`` lines (indices must be 0..n-1)."""
+    """Original ids in index order from ``NAME.item2index`` (checked by the data layer: indices 0..n-1)."""
     path = Path(path)
     if not path.is_file():
         raise FeatureError(f"{path}: item index not found. Pass --item2index, or create NAME.item2index "
                            "(python -m missrec_recbole.tools.amazon writes it).")
-    ids: dict[int, str] = {}
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\n\r").split("\t")
-            if len(parts) != 2 or not parts[1].strip().isdigit():
-                raise FeatureError(f"{path}: line {line_no} is not 'original_id<TAB>index' ({line[:60]!r}). "
-                                   "Fix the file.")
-            index = int(parts[1])
-            if index in ids:
-                raise FeatureError(f"{path}: index {index} appears twice (line {line_no}). Each index needs one item.")
-            ids[index] = parts[0]
+    ids = item_ids_by_index(path)
     if not ids:
         raise FeatureError(f"{path}: no items. The item index needs one 'original_id<TAB>index' line per item.")
-    if set(ids) != set(range(len(ids))):
-        missing = min(set(range(len(ids))) - set(ids))
-        raise FeatureError(f"{path}: indices are not 0..{len(ids) - 1} (index {missing} is missing). "
-                           "Number the items 0, 1, 2, ... without gaps.")
-    return [ids[i] for i in range(len(ids))]
-
-
-def read_item_texts(path: str | Path) -> dict[str, str]:
-    """``original_id -> text`` from a ``NAME.text`` file (header ``item_id:token<TAB>text:token_seq``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FeatureError(f"{path}: text file not found. Pass --text NAME.text "
-                           "(python -m missrec_recbole.tools.amazon writes it).")
-    texts: dict[str, str] = {}
-    with open(path, encoding="utf-8") as handle:
-        header = handle.readline().rstrip("\n\r")
-        if header.split("\t")[:2] != TEXT_HEADER.split("\t"):
-            raise FeatureError(f"{path}: first line {header[:60]!r} is not the header "
-                               f"{TEXT_HEADER!r}. Add the header line.")
-        for line_no, line in enumerate(handle, 2):
-            if not line.strip():
-                continue
-            item_id, sep, text = line.rstrip("\n\r").partition("\t")
-            if not sep:
-                raise FeatureError(f"{path}: line {line_no} has no tab between the item id and the text. Fix the line.")
-            texts.setdefault(item_id, text.strip())
-    return texts
+    return ids
 
 
 def load_image(path: Path, item: str = ""):

@@ -33,7 +33,7 @@ from missrec_recbole.command import run_command
 from missrec_recbole.config import build_config, parse_overrides
 from missrec_recbole.config_schema import ConfigError
 from missrec_recbole.data.dataset import (REQUIRED_COLUMNS, DatasetFormatError, MISSRecDataset, _modality_names,
-                                          validate_dataset)
+                                          count_rows, validate_dataset)
 from missrec_recbole.model import MISSRec
 
 __all__ = ["inspect_dataset", "format_report"]
@@ -45,13 +45,6 @@ def _stats(values) -> dict:
         return {"count": 0}
     return {"count": int(values.size), "min": float(values.min()), "mean": float(values.mean()),
             "median": float(np.median(values)), "max": float(values.max())}
-
-
-def _count_lines(path: Path) -> int | None:
-    if not path.is_file():
-        return None
-    with open(path, encoding="utf-8") as handle:
-        return sum(1 for line in handle if line.strip())
 
 
 def inspect_dataset(config, load: bool = False) -> dict:
@@ -78,7 +71,7 @@ def inspect_dataset(config, load: bool = False) -> dict:
         "dataset": name,
         "folder": str(folder),
         "users": int(per_user.size),
-        "users_in_user2index": _count_lines(folder / f"{name}.user2index"),
+        "users_in_user2index": count_rows(folder / f"{name}.user2index"),
         "items": files.n_items,
         "items_used": len(used),
         "interactions": int(lengths.sum()),
@@ -107,7 +100,7 @@ def inspect_dataset(config, load: bool = False) -> dict:
         with open(text_file, encoding="utf-8", errors="replace") as handle:
             next(handle, None)
             report["items_with_text"] = sum(1 for line in handle if line.rstrip("\n").partition("\t")[2].strip())
-    url_count = _count_lines(folder / f"{name}.images")
+    url_count = count_rows(folder / f"{name}.images")
     if url_count is not None:
         report["items_with_image_url"] = url_count
     return report

@@ -8,6 +8,7 @@ embedding, features, interest map), so it loads into a dataset with a different 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -22,6 +23,10 @@ ARCHITECTURE_KEYS = ("modalities", "text_dim", "image_dim", "hidden_size", "n_la
 
 class CheckpointError(InputError):
     """A checkpoint that cannot be used: the message names the file and the mismatch."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A readable checkpoint that does not fit the model or dataset it is loaded into."""
 
 
 def save_pretrained(model, config, path, epoch: int) -> str:
@@ -83,3 +88,41 @@ def load_pretrained(model, config, path, checkpoint=None) -> dict:
         raise CheckpointError(f"{path}: checkpoint lacks weights {missing[:5]}.")
     model.load_state_dict(weights, strict=False)
     return checkpoint["config"]
+
+
+def saved_data_path(saved: dict) -> str | None:
+    """The ``data_path`` option of a saved config (RecBole stores ``<data_path>/<dataset>``)."""
+    return str(Path(saved["data_path"]).parent) if saved.get("data_path") else None
+
+
+def load_trained(model, path, checkpoint, dataset: str = "") -> None:
+    """Load a best-model checkpoint (RecBole's layout: ``state_dict`` + ``other_parameter``) into ``model`` built for
+    the same dataset (``dataset``: its name, for messages); every weight and the interest map are checked first."""
+    state = checkpoint["state_dict"]
+    expected = model.state_dict()
+    if "item_embedding.weight" in state and "item_embedding.weight" in expected:
+        saved_items = state["item_embedding.weight"].shape[0]
+        if saved_items != model.n_items:
+            raise CheckpointMismatchError(
+                f"{path}: checkpoint's ID embedding has {saved_items} rows (items + padding) but "
+                f"dataset {dataset!r} has {model.n_items}: the dataset's .inter files changed "
+                f"since training, or it is another dataset.")
+    for key, value in state.items():
+        if key in expected and expected[key].shape != value.shape:
+            raise CheckpointMismatchError(f"{path}: weight {key!r} has shape {tuple(value.shape)}, this "
+                                          f"configuration expects {tuple(expected[key].shape)}.")
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointMismatchError(f"{path}: weights do not fit the model (missing {missing[:5]}, "
+                                      f"unexpected {unexpected[:5]}).")
+    model.load_state_dict(state)
+    other = checkpoint.get("other_parameter") or {}
+    interests = other.get("item_interest")
+    if interests is not None and len(interests) not in (0, model.n_items):
+        raise CheckpointMismatchError(
+            f"{path}: checkpoint's interest map covers {len(interests)} items (+ padding) but "
+            f"dataset {dataset!r} has {model.n_items}: the dataset's .inter files changed "
+            f"since training, or it is another dataset.")
+    if interests is not None and len(interests):
+        model.load_other_parameter(other)

@@ -1,0 +1,250 @@
+"""The report: results.md (mean ± std over seeds, costs, targets) and longtail.png."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from missrec_recbole.bench.rows import suite_rows
+from missrec_recbole.bench.settings import MODES, TABLES
+from missrec_recbole.bench.store import Results, atomic_write, config_hash, machine
+from missrec_recbole.data.dataset import tab_rows
+
+
+def _mean_std(values, digits=4) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def group_runs(data: dict) -> dict:
+    """``{table: {row name: [runs]}}`` in suite order. A row whose settings changed keeps only the runs with
+    the config hash of its latest run (older runs stay in results.json)."""
+    groups = {}
+    for row in suite_rows(tuple(TABLES)):
+        groups.setdefault(row.table, {})[row.name] = []
+    for run in data["runs"]:
+        groups.setdefault(run["table"], {}).setdefault(run["row"], []).append(run)
+    for rows in groups.values():
+        for name, runs in rows.items():
+            if runs:
+                latest = max(runs, key=lambda r: r["date"])["config_hash"]
+                rows[name] = [r for r in runs if r["config_hash"] == latest]
+    return groups
+
+
+COLUMNS = (
+    ("test Recall@10", lambda r: r["test"]["recall@10"], 4),
+    ("test NDCG@10", lambda r: r["test"]["ndcg@10"], 4),
+    ("test Recall@50", lambda r: r["test"]["recall@50"], 4),
+    ("test NDCG@50", lambda r: r["test"]["ndcg@50"], 4),
+    ("valid NDCG@10", lambda r: r["valid"]["ndcg@10"], 4),
+    ("best epoch", lambda r: r.get("best_epoch"), 1),
+    ("train s/epoch", lambda r: r.get("train_seconds_per_epoch"), 1),
+    ("interest refresh s", lambda r: r.get("interest_refresh_seconds"), 2),
+    ("trainable params", lambda r: r.get("trainable_parameters"), 0),
+    ("peak RSS GB", lambda r: r["peak_rss_bytes"] / 2**30, 2),
+)
+
+
+def _table_lines(rows: dict) -> list[str]:
+    lines = ["| model | seeds | " + " | ".join(c[0] for c in COLUMNS) + " | config |",
+             "|---|---|" + "---|" * (len(COLUMNS) + 1)]
+    for name, runs in rows.items():
+        ok = [r for r in runs if r["status"] == "ok"]
+        if ok:
+            cells = [_mean_std([get(r) for r in ok], digits) for _, get, digits in COLUMNS]
+            lines.append(f"| {name} | {len(ok)} | " + " | ".join(cells) + f" | {ok[0]['config_hash']} |")
+        elif runs:
+            lines.append(f"| {name} | 0 | {runs[-1]['status']}: {runs[-1]['message'].splitlines()[0]} |")
+    return lines
+
+
+def _mean_of(runs, get):
+    ok = [get(r) for r in runs if r["status"] == "ok"]
+    return float(np.mean(ok)) if ok and None not in ok else None
+
+
+def _cost_lines(groups: dict) -> list[str]:
+    keys = ("train_seconds_per_epoch", "train_cpu_seconds_per_epoch", "seconds_per_epoch")
+    lines = []
+    for table, rows in groups.items():
+        sasrec = [_mean_of(rows.get("SASRec", []), lambda r, k=k: r.get(k)) for k in keys]
+        for name, runs in rows.items():
+            ours = [_mean_of(runs, lambda r, k=k: r.get(k)) for k in keys]
+            if name.startswith("MISSRec") and None not in ours + sasrec:
+                lines.append(f"| {table} | {name} | {ours[0]:.2f} | {sasrec[0]:.2f} | "
+                             + " | ".join(f"{a / b:.2f}x" for a, b in zip(ours, sasrec)) + " |")
+    if not lines:
+        return []
+    return ["## Cost: MISSRec vs SASRec seconds per fine-tune epoch (same run, same data and batch size)", "",
+            "Training pass of an epoch (MISSRec's includes the interest refresh): wall-clock seconds and their "
+            "ratio, the ratio of process CPU seconds (less sensitive to other jobs on a shared machine) and the "
+            "wall-clock ratio of whole epochs including validation. Target: at most 1.5x.", "",
+            "| table | MISSRec row | MISSRec s/epoch | SASRec s/epoch | ratio | CPU ratio | whole-epoch ratio |",
+            "|---|---|---|---|---|---|---|", *lines, ""]
+
+
+def _target_lines(groups: dict) -> list[str]:
+    lines = []
+    for table, rows in groups.items():
+        means = {name: _mean_of(runs, lambda r: r["test"]["ndcg@10"]) for name, runs in rows.items()}
+        ours = {n: v for n, v in means.items() if n.startswith("MISSRec") and v is not None}
+        others = {n: v for n, v in means.items() if not n.startswith("MISSRec") and v is not None}
+        if not ours or not others:
+            continue
+        best, rival = max(ours, key=ours.get), max(others, key=others.get)
+        gain = ours[best] / others[rival] - 1 if others[rival] else float("nan")
+        lines.append(f"| {table} | {best} {ours[best]:.4f} | {rival} {others[rival]:.4f} | {gain:+.1%} | "
+                     f"{'yes' if gain >= 0.05 else 'no'} |")
+    if not lines:
+        return []
+    return ["## Quality target: best MISSRec test NDCG@10 >= 1.05 x best of SASRec/UniSRec (mean over seeds)", "",
+            "| table | best MISSRec | best baseline | gain | met |", "|---|---|---|---|---|", *lines, ""]
+
+
+def _pretraining_lines(groups: dict) -> list[str]:
+    """Does pre-training pay? Each pre-trained MISSRec row against MISSRec from scratch in the same mode."""
+    lines = []
+    for table, rows in groups.items():
+        for mode in MODES:
+            scratch = _mean_of(rows.get(f"MISSRec scratch {mode}", []), lambda r: r["test"]["ndcg@10"])
+            for start in ("pre-trained", "pre-trained (all weights)"):
+                ours = _mean_of(rows.get(f"MISSRec {start} {mode}", []), lambda r: r["test"]["ndcg@10"])
+                if scratch and ours is not None:
+                    gain = ours / scratch - 1
+                    lines.append(f"| {table} | MISSRec {start} {mode} {ours:.4f} | scratch {scratch:.4f} | {gain:+.1%} "
+                                 f"| {'yes' if gain >= 0 else 'no'} |")
+    if not lines:
+        return []
+    return ["## Transfer target: pre-trained MISSRec test NDCG@10 >= MISSRec from scratch (mean over seeds)", "",
+            "| table | pre-trained | scratch | gain | met |", "|---|---|---|---|---|", *lines, ""]
+
+
+def _split_note(split: dict | None) -> str:
+    if not split:
+        return ""
+    return (f"; user split seed {split['seed']} ({split['users']['pre']} pre-training / {split['users']['eval']} "
+            "evaluation users)")
+
+
+def results_markdown(data: dict) -> str:
+    groups = group_runs(data)
+    names = data["datasets"]
+    shown = [r for rows in groups.values() for runs in rows.values() for r in runs]
+    commands = sorted({r["command"] for r in shown}) or [data["command"]]
+    dates = sorted(r["date"] for r in shown) or [data["updated"]]
+    machines = {json.dumps(r["machine"], sort_keys=True) for r in shown} or {json.dumps(data["machine"])}
+    lines = [f"# Benchmark on {data['dataset']}", "",
+             *[f"Command: `{c}`  " for c in commands], f"Date: {dates[0]} to {dates[-1]}  ",
+             *["Machine: " + ", ".join(f"{k} {v}" for k, v in json.loads(m).items()) + "  " for m in sorted(machines)],
+             "Code: git " + ", ".join(sorted({str(r.get("code")) for r in shown} or {str(data["code"])})) + "  ",
+             f"Seeds: {sorted({r['seed'] for r in shown}) or data['seeds']}" + _split_note(data.get("split")),
+             "", data["protocol"], ""]
+    for table, rows in groups.items():
+        if not any(rows.values()):
+            continue
+        lines += [f"## {TABLES[table].format(**names)}", "", *_table_lines(rows), ""]
+    lines += _cost_lines(groups) + _target_lines(groups) + _pretraining_lines(groups)
+    lines += ["Mean ± sample std over seeds. `train s/epoch`: the training pass of one epoch (MISSRec: with the "
+              "interest refresh), `interest refresh s`: DPC-KNN refresh per epoch, `peak RSS`: the run's own "
+              "process (each run is a separate process). Per-run numbers: results.json; per-test-case ranks: "
+              "ranks.npz; long tail: longtail.png.", ""]
+    return "\n".join(lines)
+
+
+def train_frequency(folder: Path, name: str) -> dict:
+    """How often each item index is a target in ``NAME.train.inter``."""
+    counts = {}
+    for number, fields in tab_rows(folder / f"{name}.train.inter"):
+        if number > 1:
+            item = int(fields[-1])
+            counts[item] = counts.get(item, 0) + 1
+    return counts
+
+
+def longtail_buckets(frequency: np.ndarray, n_buckets: int = 5) -> tuple[np.ndarray, list[str]]:
+    """Quantile buckets of the test cases' target training frequencies: (bucket per case, labels)."""
+    edges = np.unique(np.quantile(frequency, np.linspace(0, 1, n_buckets + 1)))
+    bucket = np.searchsorted(edges[1:-1], frequency, side="right")
+    labels = []
+    for b in range(len(edges) - 1):
+        members = frequency[bucket == b]
+        labels.append(f"{members.min()}-{members.max()}" if members.size else "")
+    return bucket, labels
+
+
+def longtail_series(data: dict, ranks: Results, table: str, n_buckets: int = 5):
+    """Per bucket: test cases and each row's Recall@10 relative to SASRec's (means over seeds)."""
+    info = data["datasets_paths"][table]
+    frequency_of = train_frequency(Path(info["path"]) / info["name"], info["name"])
+    per_row = {}
+    items = None
+    for run in data["runs"]:
+        cases = ranks.cases(run["key"]) if run["table"] == table and run["status"] == "ok" else None
+        if cases is not None:
+            items = cases["item"] if items is None else items
+            per_row.setdefault(run["row"], []).append(cases["rank"] <= 10)
+    if items is None or "SASRec" not in per_row:
+        return None
+    frequency = np.array([frequency_of.get(int(i), 0) for i in items])
+    bucket, labels = longtail_buckets(frequency, n_buckets)
+    counts = np.bincount(bucket, minlength=len(labels))
+
+    def recall(hits):
+        mean_hits = np.mean(hits, axis=0)
+        return np.array([mean_hits[bucket == b].mean() if counts[b] else np.nan for b in range(len(labels))])
+
+    base = recall(per_row["SASRec"])
+    with np.errstate(divide="ignore", invalid="ignore"):  # SASRec at 0 in a bucket: no ratio (nan)
+        relative = {row: np.where(base > 0, recall(hits) / base, np.nan) for row, hits in per_row.items()
+                    if row != "SASRec"}
+    return labels, counts, relative
+
+
+def plot_longtail(data: dict, ranks: Results, path: Path) -> str:
+    """``longtail.png`` like the MISSRec paper's Figure 4; returns a message."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "longtail.png skipped: matplotlib is not installed (pip install -e .[plot])"
+    series = {t: longtail_series(data, ranks, t) for t in TABLES if t in data["datasets_paths"]}
+    series = {t: s for t, s in series.items() if s is not None}
+    if not series:
+        return "longtail.png skipped: no SASRec run with per-case ranks yet"
+    fig, axes = plt.subplots(1, len(series), figsize=(7 * len(series), 6), squeeze=False)
+    for ax, (table, (labels, counts, relative)) in zip(axes[0], series.items()):
+        x = np.arange(len(labels))
+        ax.bar(x, counts, color="#d9d9d9", label="test cases")
+        ax.set_xticks(x, labels)
+        ax.set_xlabel("target item's training frequency (quantile buckets)")
+        ax.set_ylabel("test cases")
+        ax.set_title(TABLES[table].split(":")[0] + f": {data['datasets_paths'][table]['name']}")
+        right = ax.twinx()
+        for row, values in relative.items():
+            right.plot(x, values, marker="o", label=row)
+        right.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+        finite = [v for values in relative.values() for v in values if np.isfinite(v) and v > 0]
+        if finite and max(finite) / min(finite) > 20:
+            right.set_yscale("log")
+        right.set_ylabel("Recall@10 relative to SASRec")
+        if relative:
+            right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+    fig.tight_layout()
+    atomic_write(path, lambda h: fig.savefig(h, format="png", dpi=110))
+    plt.close(fig)
+    return f"written: {path}"
+
+
+def write_report(data: dict, ranks: Results, out_dir: Path) -> list[str]:
+    md = out_dir / "results.md"
+    atomic_write(md, lambda h: h.write(results_markdown(data).encode("utf-8")))
+    return [f"written: {md}", plot_longtail(data, ranks, out_dir / "longtail.png")]

@@ -1,0 +1,248 @@
+"""Parent process: the suite's runs (pre-training once, every row and seed), each in its own subprocess."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from missrec_recbole.bench.processes import follow, stop, terminate_on_sigterm, worker_command
+from missrec_recbole.bench.rows import Row
+from missrec_recbole.bench.settings import BENCH_VERSION, PACKAGE_ROOT, SASREC_SETTINGS
+from missrec_recbole.bench.store import Results, config_hash, fingerprint, machine, now
+from missrec_recbole.bench.worker import RUN_KINDS, Unavailable
+from missrec_recbole.command import watched
+from missrec_recbole.config import merged_props
+
+
+@dataclass
+class Suite:
+    """Everything a bench invocation needs to plan, run and report."""
+
+    args: argparse.Namespace
+    overrides: dict
+    pretrain_overrides: dict
+    data_path: Path  # folder with the full dataset
+    pretrain_data: tuple[str, Path]  # pre-training dataset(s) (comma-separated names) and their folder
+    tables_data: dict  # table -> (dataset, folder) its rows train and evaluate on
+    results: Results
+    log_dir: Path
+    pretrained_from: Results | None = None  # another out_dir whose pre-trainings may be reused
+    launched: int = 0
+    progress: object = print  # receives each epoch line of the running training's log
+
+    @property
+    def pretrain_settings(self) -> dict:
+        return {**self.overrides, **self.pretrain_overrides}
+
+    def dataset_of(self, table: str) -> tuple[str, Path]:
+        return self.tables_data[table]
+
+
+def _spec(suite: Suite, action: str, kind: str, dataset: str, data_path: Path, seed: int, settings: dict,
+          mode=None, pretrained=None) -> dict:
+    config_dict = {**settings, "seed": seed, "data_path": str(data_path), "state": suite.args.log_level,
+                   "checkpoint_dir": str(suite.args.work_dir / "saved")}
+    if mode:
+        config_dict["mode"] = mode
+    return {"action": action, "kind": kind, "mode": mode, "dataset": dataset, "pretrained": pretrained,
+            "config_files": suite.args.config_files, "config_dict": config_dict,
+            "show_progress": suite.args.verbose}
+
+
+def _file_hashes(paths) -> dict:
+    return {Path(f).name: hashlib.sha256(Path(f).read_bytes()).hexdigest()[:12] for f in paths}
+
+
+SPEED_ONLY_OPTIONS = {"memory_chunk_rows"}  # same gradients, less memory (tests/test_model.py)
+PROPS_MODEL = {"sasrec": "MISSRec", "unisrec": "UniSRec", "missrec": "MISSRec"}  # SASRec runs on MISSRec's props
+
+
+def effective_props(kind: str, stage: str) -> dict:
+    """The defaults a run of ``kind`` reads from props/ (merged, later files win): what the run hash covers, so
+    that rearranging or commenting the props files does not change it, while changing a value does. Options that
+    change speed or memory only (:data:`SPEED_ONLY_OPTIONS`) do not identify a run."""
+    merged = merged_props(PROPS_MODEL[kind], stage)
+    return {key: value for key, value in merged.items() if key not in SPEED_ONLY_OPTIONS}
+
+
+def _hash_inputs(suite: Suite, kind: str, dataset: str, data_path: Path, settings: dict, stage: str,
+                 **extra) -> dict:
+    """What identifies a run besides its seed: data content, the props defaults it reads, extra YAML contents,
+    overrides. (The code version is recorded per run, not hashed.)"""
+    data = ",".join(fingerprint(data_path / name, name) for name in dataset.split(","))
+    return {"bench": BENCH_VERSION, "kind": kind, "dataset": dataset, "data": data,
+            "settings": settings, "props": effective_props(kind, stage),
+            "config_files": _file_hashes(suite.args.config_files), **extra}
+
+
+def file_safe(text: str, keep: str = "-_.") -> str:
+    """``text`` as a file name: characters other than letters, digits and ``keep`` become ``_``."""
+    return "".join(c if c.isalnum() or c in keep else "_" for c in text)
+
+
+def launch(suite: Suite, spec: dict, label: str) -> tuple[dict, dict | None]:
+    """Run ``spec`` in a fresh ``python -m missrec_recbole.bench _worker`` process: (record, per-case ranks)."""
+    suite.launched += 1
+    log = suite.log_dir / f"{file_safe(label)}.log"
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec_file.write_text(json.dumps(spec), encoding="utf-8")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
+                                                                           os.environ.get("PYTHONPATH")]))}
+        with open(log, "w", encoding="utf-8") as handle:
+            output = None if suite.args.verbose else handle
+            process = subprocess.Popen(worker_command(spec_file, out_file), cwd=suite.args.work_dir, env=env,
+                                       stdout=output, stderr=output)
+            try:
+                code = follow(process, log, suite.progress)
+            except BaseException:  # Ctrl-C, SIGTERM (see terminate_on_sigterm), a progress error: no orphan
+                stop(process)
+                raise
+        if code != 0 or not out_file.is_file():
+            tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
+            raise RuntimeError(f"exit code {code}; log {log}:\n" + "\n".join(tail))
+        record = json.loads(out_file.read_text(encoding="utf-8"))
+        npz = out_file.with_suffix(".npz")
+        cases = dict(np.load(npz)) if npz.is_file() else None
+    record["log"] = str(log)
+    return record, cases
+
+
+def _check(kind: str) -> None:
+    if RUN_KINDS[kind].check is not None:
+        RUN_KINDS[kind].check()
+
+
+def pretrain_key(suite: Suite, kind: str) -> str:
+    """Pre-training is done once per model kind, settings and data, with the first seed."""
+    inputs = _hash_inputs(suite, kind, *suite.pretrain_data, suite.pretrain_settings, "pretrain",
+                          seed=suite.args.seed_list[0])
+    return f"pretrain|{kind}|{config_hash(inputs)}"
+
+
+
+
+
+def ensure_pretrained(suite: Suite, kind: str) -> str:
+    """Checkpoint of ``kind`` pre-trained on the pre-training data (trained once, then reused)."""
+    key = pretrain_key(suite, kind)
+    with suite.results.claim(key, wait=True):  # another invocation pre-training it: wait for its checkpoint
+        done = _recorded_pretraining(suite.results, key)
+        if done:
+            return done["checkpoint"]
+        reused = _recorded_pretraining(suite.pretrained_from, key)
+        if reused:
+            suite.results.put("pretraining", {**reused, "reused_from": str(suite.pretrained_from.path)})
+            return reused["checkpoint"]
+        return _pretrain(suite, kind, key)
+
+
+def _recorded_pretraining(results: Results | None, key: str) -> dict | None:
+    """The pre-training ``key`` recorded in ``results`` if its checkpoint is still on disk."""
+    done = results.find("pretraining", key) if results else None
+    return done if done and Path(done["checkpoint"]).is_file() else None
+
+
+def _pretrain(suite: Suite, kind: str, key: str) -> str:
+    dataset, data_path = suite.pretrain_data
+    settings = suite.pretrain_settings
+    _check(kind)
+    say(f"pre-training {RUN_KINDS[kind].label} on {dataset} (log: {suite.log_dir})")
+    spec = _spec(suite, "pretrain", kind, dataset, data_path, suite.args.seed_list[0], settings, mode="inductive")
+    spec["config_dict"]["checkpoint_dir"] = str(suite.args.work_dir / "saved" / key.replace("|", "-"))
+    record, _ = launch(suite, spec, key.replace("|", "-"))
+    suite.results.put("pretraining", {"key": key, "kind": kind, "dataset": dataset, "seed": suite.args.seed_list[0],
+                                      "config_hash": key.rsplit("|", 1)[1], "settings": settings, "status": "ok",
+                                      "date": now(), **record})
+    say(f"pre-trained {RUN_KINDS[kind].label}: {record['checkpoint']} ({record['wall_seconds']:.0f}s)")
+    return record["checkpoint"]
+
+
+def run_row(suite: Suite, row: Row, seed: int) -> str:
+    """Train/evaluate one row for one seed unless results.json has it or another invocation is running it;
+    returns ok|skipped|busy|unavailable|failed."""
+    dataset, data_path = suite.dataset_of(row.table)
+    settings = {**(SASREC_SETTINGS if row.kind == "sasrec" else {}), **suite.overrides,
+                **suite.args.finetune_overrides, **({"adapters_only": False} if row.all_weights else {})}
+    pre_key = pretrain_key(suite, row.kind) if row.pretrained else None
+    digest = config_hash(_hash_inputs(suite, row.kind, dataset, data_path, settings, "finetune", mode=row.mode,
+                                      pretrained=pre_key))
+    key = f"{row.table}|{row.name}|{seed}|{digest}"
+    if suite.results.find("runs", key):
+        return "skipped"
+    base = {"key": key, "table": row.table, "row": row.name, "kind": row.kind, "mode": row.mode,
+            "pretrained": row.pretrained, "dataset": dataset, "seed": seed, "config_hash": digest,
+            "settings": settings, "date": now(), "command": suite.args.command,
+            "machine": suite.results.data["machine"], "code": suite.results.data["code"]}
+    with suite.results.claim(key, wait=False) as mine:
+        if not mine:
+            return "busy"
+        if suite.results.find("runs", key):  # finished by another invocation a moment ago
+            return "skipped"
+        return _train_row(suite, row, base, settings, data_path)
+
+
+def _train_row(suite: Suite, row: Row, base: dict, settings: dict, data_path: Path) -> str:
+    seed, dataset = base["seed"], base["dataset"]
+    try:
+        _check(row.kind)
+        checkpoint = ensure_pretrained(suite, row.kind) if row.pretrained else None
+        spec = _spec(suite, "finetune", row.kind, dataset, data_path, seed, settings, row.mode, checkpoint)
+        record, cases = launch(suite, spec, f"{row.table}-{row.name}-{seed}-{base['config_hash']}")
+    except Unavailable as error:
+        suite.results.put("runs", {**base, "status": "unavailable", "message": str(error)})
+        return "unavailable"
+    except RuntimeError as error:
+        suite.results.put("runs", {**base, "status": "failed", "message": str(error)})
+        say(f"FAILED {row.table} / {row.name} / seed {seed}: {error}")
+        return "failed"
+    _remove_model(record, suite.args.keep_models)
+    suite.results.put("runs", {**base, "status": "ok", "pretrained_checkpoint": checkpoint, **record}, cases)
+    return "ok"
+
+
+def _remove_model(record: dict, keep: bool) -> None:
+    model_file = record.get("model_file")
+    if keep or not model_file:
+        return
+    for path in (Path(model_file), Path(model_file[: -len(".pth")] + "-resume.pth")):
+        if path.is_file():
+            path.unlink()
+    record["model_file"] = None
+
+
+def say(message: str) -> None:
+    tqdm.write(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr)
+
+
+def run_suite(suite: Suite, rows) -> dict:
+    plan = [(row, seed) for seed in suite.args.run_seeds for row in rows]
+    counts = {}
+    bar = tqdm(plan, desc="bench", unit="run", file=sys.stderr, disable=suite.args.no_progress or not watched())
+    for row, seed in bar:
+        bar.set_postfix_str(f"{row.table}: {row.name}, seed {seed}")
+        suite.progress = lambda line, row=row, seed=seed: bar.set_postfix_str(
+            f"{row.table}: {row.name}, seed {seed}: {line}")
+        status = run_row(suite, row, seed)
+        counts[status] = counts.get(status, 0) + 1
+        if status == "ok":
+            run = suite.results.data["runs"][-1]
+            say(f"{row.table} / {row.name} / seed {seed}: test NDCG@10 {run['test']['ndcg@10']:.4f}, "
+                f"{run['epochs']} epochs, {run['wall_seconds']:.0f}s")
+        elif status == "busy":
+            say(f"{row.table} / {row.name} / seed {seed}: another invocation is running it; not started here")
+        elif status == "unavailable":
+            say(f"{row.table} / {row.name} / seed {seed}: {suite.results.data['runs'][-1]['message']}")
+    bar.close()
+    return counts
