@@ -283,6 +283,7 @@ def _train_one_epoch(root, capsys, *extra) -> Path:
     (("Small",), "items 40 there, 30 here"),
     (("Tiny", "--hidden_size=64"), "hidden_size 32 there, 64 here"),
 ])
+@pytest.mark.slow
 def test_resume_refuses_another_run(other, differs, tiny_runs, workdir, capsys):
     resume_file = _train_one_epoch(tiny_runs, capsys)
     before, original = files_under(workdir), resume_file.read_bytes()

@@ -50,13 +50,15 @@ def quick_run(tmp_path_factory):
     return root, first
 
 
+@pytest.mark.slow
 def test_results_json_structure(quick_run):
     root, first = quick_run
     data = json.loads((root / "results" / "results.json").read_text())
     assert data["dataset"] == "Tiny" and data["seeds"] == [2020] and data["machine"]["cores"]
     assert data["split"]["users"] == {"pre": 20, "eval": 20}
     runs = {(r["table"], r["row"]): r for r in data["runs"]}
-    expected = {(t, name) for t in bench.TABLES for name in ROWS if t == "pretrained" or "pre-trained" not in name}
+    expected = {(t, name) for t in ("pretrained", "full") for name in ROWS  # the default tables (not "transfer")
+                if t == "pretrained" or "pre-trained" not in name}
     assert set(runs) == expected
     assert first["launched"] == len(expected) + 2  # + pre-training MISSRec and UniSRec once
     for (table, name), run in runs.items():
@@ -74,6 +76,7 @@ def test_results_json_structure(quick_run):
     assert pre_trained["pretrained_checkpoint"].endswith(".pth")
 
 
+@pytest.mark.slow
 def test_results_md_and_ranks(quick_run):
     root, _ = quick_run
     text = (root / "results" / "results.md").read_text()
@@ -89,6 +92,7 @@ def test_results_md_and_ranks(quick_run):
         assert len(ranks[f"{run['key']}|rank"]) == (20 if run["table"] == "pretrained" else 40)
 
 
+@pytest.mark.slow
 def test_second_invocation_runs_nothing(quick_run):
     root, _ = quick_run
     before = (root / "results" / "results.json").read_text()
@@ -97,6 +101,7 @@ def test_second_invocation_runs_nothing(quick_run):
     assert json.loads(before)["runs"] == json.loads((root / "results" / "results.json").read_text())["runs"]
 
 
+@pytest.mark.slow
 def test_finetune_overrides_reuse_the_pretraining_of_another_out_dir(quick_run, tmp_path):
     """--finetune.key=value changes the rows only; --pretrained_from reuses the recorded pre-training."""
     root, _ = quick_run
@@ -115,6 +120,7 @@ def test_finetune_overrides_reuse_the_pretraining_of_another_out_dir(quick_run, 
         bench.parse_args(["-d", "Tiny", f"--pretrained_from={tmp_path / 'none'}"])
 
 
+@pytest.mark.slow
 def test_ranks_follow_the_pessimistic_tie_rule(quick_run):
     """RecBole's reported test metrics equal those of ranks = #items scoring >= the target, for every
     model, and the inductive MISSRec (tied items) puts tied targets after their ties."""
@@ -124,6 +130,7 @@ def test_ranks_follow_the_pessimistic_tie_rule(quick_run):
         assert run["ranks_vs_metrics"] < 1e-4, run["row"]
 
 
+@pytest.mark.slow
 def test_user_split(quick_run):
     root, _ = quick_run
     source, halves = root / "data" / "Tiny", root / "work" / "datasets"
@@ -226,6 +233,7 @@ def _put_records(out_dir, writer, count, start):
         results.put("runs", {"key": key, "status": "ok"}, {"item": np.array([writer]), "rank": np.array([i])})
 
 
+@pytest.mark.slow
 def test_concurrent_invocations_share_results(tmp_path):
     """Two bench invocations writing one out_dir at the same time keep each other's runs and ranks."""
     import multiprocessing
@@ -295,6 +303,7 @@ def _launch_a_sleeping_worker(tmp_path):
         bench.launch(suite, {}, "sleeper")
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_parent_stops_its_worker(tmp_path):
     """``kill PID`` of a bench invocation must not leave its training worker running."""
     import signal
@@ -304,6 +313,7 @@ def test_sigterm_to_the_parent_stops_its_worker(tmp_path):
         assert not _alive(pids[0])  # stopped and reaped by the parent, not orphaned
 
 
+@pytest.mark.slow
 def test_a_run_in_progress_elsewhere_is_not_started_twice(monkeypatch, tmp_path):
     """A second invocation sharing out_dir, started while the first trains a run, leaves that run alone."""
     tiny_with_ties(tmp_path / "data")
@@ -380,6 +390,7 @@ def _sweep_of_sleeping_benches(tmp_path):
                f"--baseline={tmp_path / 'none.json'}", "--jobs=2", "dpc_k=3", "dpc_k=4", "dpc_k=5"])
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_sweep_stops_its_benches_and_starts_no_more(tmp_path):
     import signal
 
@@ -427,6 +438,7 @@ def test_only_seeds_runs_a_subset_and_keeps_the_pretraining_seed():
         bench.parse_args(["-d", "Scientific-mm", "--seeds", "2", "--only_seeds", "2022"])
 
 
+@pytest.mark.slow
 def test_transfer_table_pretrains_on_another_domain(tmp_path):
     """--pretrain_on: pre-training on another dataset, every row on the full target; MISSRec's pre-trained rows
     fine-tune the adapters only or (all weights) everything; results.md reports the transfer target."""

@@ -25,6 +25,7 @@ def test_numpy_aliases(monkeypatch):
     Config.compatibility_settings(None)  # what RecBole runs in every Config()
 
 
+@pytest.mark.slow
 def test_quick_start_imports_with_pinned_setuptools():
     code = "import missrec_recbole, recbole.quick_start; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -91,6 +92,7 @@ def test_recbole_checkpoints_load_with_weights_only(tmp_path, tiny_config):
     assert not list(tmp_path.glob(".tmp-*"))  # atomic write leaves no temp file
 
 
+@pytest.mark.slow
 def test_anomaly_detection_switched_off():
     probe = "import torch, {}; import recbole.model.sequential_recommender; print(torch.is_anomaly_enabled())"
     plain = subprocess.run([sys.executable, "-c", probe.format("numpy")], capture_output=True, text=True, timeout=300)

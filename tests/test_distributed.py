@@ -15,6 +15,8 @@ import torch
 from missrec_recbole.trainer import distributed
 from tests.conftest import tiny_overrides, write_dataset
 
+pytestmark = pytest.mark.slow  # trains in subprocesses (quick tier: -m "not slow")
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "ddp_worker.py"
 

@@ -336,6 +336,7 @@ def _blob_runs():
     return _blob_cache
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ratio", [0.02, 0.5])
 def test_approx_recovers_exact_centers(ratio):
     runs = _blob_runs()
@@ -361,6 +362,7 @@ def test_approx_recovers_exact_centers(ratio):
     assert set(approx.timings) >= {"knn_s", "density_s", "delta_s", "assign_s"}
 
 
+@pytest.mark.slow
 def test_approx_warm_start_from_state():
     runs = _blob_runs()
     x, first = runs["x"], runs[0.5][1]

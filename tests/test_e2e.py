@@ -10,6 +10,8 @@ import pytest
 from missrec_recbole.tools.demo import baseline_ndcg, ensure_demo_dataset
 from tests.conftest import SHARED
 
+pytestmark = pytest.mark.slow  # trains in subprocesses (quick tier: -m "not slow")
+
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--hidden_size=32", "--inner_size=64", "--n_heads=2", "--state=WARNING"]
 

@@ -384,6 +384,7 @@ def test_cli_prints_a_table_with_text(tiny, capsys):
                     "--allow_feature_only"]) == 0
 
 
+@pytest.mark.slow
 def test_recommend_script(tiny, tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "recommend.py"), "-p", tiny["transductive"], "-d", "Tiny",
                           f"--data_path={tiny['root']}", "--history", "ITEM3,ITEM4", "-k", "3", "--json",
@@ -455,6 +456,7 @@ def test_scientific_original_asins_and_text(tmp_path, capsys):
     assert len(out.strip().splitlines()) == 6 and rec.text_of(rows[0][0])[:40] in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["inductive", "transductive"])
 def test_recbole_load_data_and_model_reads_our_checkpoints(tiny, mode):
     """RecBole's own loader (patched by compat, weights_only loading kept) gives back the trained model: the same

@@ -99,6 +99,7 @@ def test_options_and_missing_dataset(demo, tmp_path, capsys):
     assert "Nope: dataset folder not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_module_entry_point_exit_code(broken):
     root, folder = broken
     _corrupt(folder, "item out of range")

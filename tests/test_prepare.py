@@ -77,6 +77,7 @@ def test_image_rows_are_taken_for_shared_items_only(tmp_path):
     assert found == 10 and rows.shape == (30, 4)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "Office").is_dir(), reason="../shared/datasets not present")
 def test_prepare_office_from_the_shared_folder(tmp_path):
     out = prepare_dataset(SHARED / "Office", tmp_path, log=lambda message: None)

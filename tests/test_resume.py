@@ -75,6 +75,7 @@ def test_not_a_resume_checkpoint(tiny_config, tmp_path):
         trainer.resume(final, train)
 
 
+@pytest.mark.slow
 def test_sigkill_during_pretraining_then_resume(tmp_path):
     ensure_demo_dataset(tmp_path / "data", ["Demo-A"])
     args = [sys.executable, str(ROOT / "run_missrec.py"), "--stage=pretrain", "-d", "Demo-A",

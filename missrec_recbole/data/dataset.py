@@ -127,6 +127,8 @@ def read_item2index(path: Path) -> dict[str, int]:
         if parts[0] in mapping:
             _fail(path, f"item id {parts[0]!r} is listed twice (line {number})", "List each item once.")
         mapping[parts[0]] = int(parts[1])
+    if not mapping:
+        _fail(path, "lists no items", "An item2index needs one 'original_id<TAB>index' line per item.")
     if sorted(mapping.values()) != list(range(len(mapping))):
         _fail(path, f"the indices of its {len(mapping)} items are not exactly 0..{len(mapping) - 1}",
               "Number the items 0, 1, 2, ... (each index once).")

@@ -195,10 +195,7 @@ def read_item_index(path: str | Path) -> list[str]:
     if not path.is_file():
         raise FeatureError(f"{path}: item index not found. Pass --item2index, or create NAME.item2index "
                            "(python -m missrec_recbole.tools.amazon writes it).")
-    ids = item_ids_by_index(path)
-    if not ids:
-        raise FeatureError(f"{path}: no items. The item index needs one 'original_id<TAB>index' line per item.")
-    return ids
+    return item_ids_by_index(path)
 
 
 def load_image(path: Path, item: str = ""):
