@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from missrec_recbole.config import parse_known_options  # noqa: E402
 from missrec_recbole.evaluation import metrics_from_ranks, pessimistic_ranks  # noqa: E402
 
 HEADER = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
@@ -276,13 +277,7 @@ def parse_args(argv=None):
     parser.add_argument("--work_dir", default=None, help="derived datasets, checkpoints, logs "
                                                          "(default: /tmp/missrec-cold-start/<dataset>)")
     parser.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/cold_start_<dataset>.json)")
-    args, extra = parser.parse_known_args(argv)
-    from missrec_recbole.quick_start import parse_overrides
-
-    try:
-        overrides = parse_overrides(extra)
-    except ValueError as error:
-        parser.error(str(error))
+    args, overrides = parse_known_options(parser, argv)
     args.config_files = [str(Path(f).resolve()) for f in args.config_files.replace(",", " ").split()]
     return args, overrides
 

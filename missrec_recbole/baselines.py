@@ -16,7 +16,8 @@ from missrec_recbole.trainer import MISSRecTrainer
 
 def run_unisrec(dataset, *, stage: str, mode: str, pretrained=None, config_dict=None, data_path=None,
                 trainer_class=MISSRecTrainer) -> dict:
-    """Pre-train or fine-tune the UniSRec baseline (props/common.yaml < props/UniSRec.yaml < props/<stage>.yaml < ``config_dict``).
+    """Pre-train or fine-tune the UniSRec baseline (props/common.yaml < props/UniSRec.yaml < props/<stage>.yaml
+    < ``config_dict``).
 
     ``dataset``: a name, or for ``stage="pretrain"`` a list of names (merged, as MISSRec pre-training).
     ``mode``: ``inductive`` (text only) or ``transductive`` (text + item ID embedding).

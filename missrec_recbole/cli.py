@@ -19,7 +19,7 @@ import sys
 
 from missrec_recbole import bench
 from missrec_recbole.command import DEBUG_HELP, run_command, watched
-from missrec_recbole.config import PROPS, parse_overrides
+from missrec_recbole.config import PROPS, parse_known_options
 from missrec_recbole.inference import cli as recommend_cli
 from missrec_recbole.quick_start import finetune, pretrain
 from missrec_recbole.tools import amazon, demo, features, images, inspect, merge, prepare, split_users
@@ -48,11 +48,7 @@ def parse_args(argv=None):
                         help="progress bars per epoch (default: when stderr is a terminal)")
     parser.add_argument("--result_json", help="also write the results to this JSON file")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    args, extra = parser.parse_known_args(argv)
-    try:
-        overrides = parse_overrides(extra)
-    except ValueError as error:
-        parser.error(str(error))
+    args, overrides = parse_known_options(parser, argv)
     for key in ("mode", "data_path"):
         if getattr(args, key):
             overrides[key] = getattr(args, key)

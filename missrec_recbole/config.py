@@ -33,6 +33,16 @@ def parse_overrides(items) -> dict:
     return overrides
 
 
+def parse_known_options(parser, argv, hint: str = ""):
+    """``(args, overrides)``: ``parser``'s own arguments and the ``--key=value`` config overrides of the rest;
+    anything else is a usage error (``hint``: an example added to its message)."""
+    args, extra = parser.parse_known_args(argv)
+    try:
+        return args, parse_overrides(extra)
+    except ValueError as error:
+        parser.error(f"{error}{hint}")
+
+
 @contextlib.contextmanager
 def without_argv():
     """RecBole's Config also parses sys.argv; we pass overrides explicitly instead."""

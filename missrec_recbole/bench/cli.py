@@ -12,10 +12,11 @@ from missrec_recbole.bench.processes import terminate_on_sigterm
 from missrec_recbole.bench.report import write_report
 from missrec_recbole.bench.rows import suite_rows
 from missrec_recbole.bench.runner import Suite, run_suite, say
-from missrec_recbole.bench.settings import BENCH_VERSION, FIRST_SEED, QUICK_DATASET, QUICK_PRETRAIN, QUICK_SETTINGS, SASREC_SETTINGS, TABLES
-from missrec_recbole.bench.store import Results, _git_version, machine, now
+from missrec_recbole.bench.settings import (BENCH_VERSION, FIRST_SEED, QUICK_DATASET, QUICK_PRETRAIN, QUICK_SETTINGS,
+                                            SASREC_SETTINGS, TABLES)
+from missrec_recbole.bench.store import Results, git_version, machine, now
 from missrec_recbole.bench.worker import RUN_KINDS, worker
-from missrec_recbole.config import DEFAULT_DATA_PATH, parse_overrides
+from missrec_recbole.config import DEFAULT_DATA_PATH, parse_known_options
 from missrec_recbole.tools.demo import DEMO_DOMAINS, ensure_demo_dataset
 from missrec_recbole.tools.split_users import split_users
 
@@ -55,14 +56,10 @@ def parse_args(argv):
     parser.add_argument("--keep_models", action="store_true", help="keep each run's best model file")
     parser.add_argument("--report", action="store_true", help="only rewrite results.md and longtail.png")
     parser.add_argument("--verbose", action="store_true", help="stream each run's RecBole log and progress bars")
-    parser.add_argument("--no_progress", action="store_true", help="no overall progress bar (shown only when stderr is a terminal)")
+    parser.add_argument("--no_progress", action="store_true",
+                        help="no overall progress bar (shown only when stderr is a terminal)")
     parser.add_argument("--log_level", default="INFO", help="RecBole log level of the runs (logs in work_dir)")
-    args, extra = parser.parse_known_args(argv)
-
-    try:
-        overrides = parse_overrides(extra)
-    except ValueError as error:
-        parser.error(str(error))
+    args, overrides = parse_known_options(parser, argv)
     pretrain_overrides = {k[len("pretrain."):]: v for k, v in overrides.items() if k.startswith("pretrain.")}
     args.finetune_overrides = {k[len("finetune."):]: v for k, v in overrides.items() if k.startswith("finetune.")}
     overrides = {k: v for k, v in overrides.items() if not k.startswith(("pretrain.", "finetune."))}
@@ -127,7 +124,7 @@ def make_suite(args, overrides, pretrain_overrides) -> Suite:
     log_dir.mkdir(parents=True, exist_ok=True)
     header = {"format": f"missrec-recbole-bench/{BENCH_VERSION}", "dataset": args.dataset, "quick": args.quick,
               "seeds": args.seed_list, "command": args.command, "updated": now(), "machine": machine(),
-              "code": _git_version(),
+              "code": git_version(),
               "protocol": PROTOCOL,
               "split": split and {k: split[k] for k in ("seed", "pre_ratio", "users", "rows", "pre", "eval")},
               "datasets": {"pre": pretrain_data[0], "eval": tables_data.get("pretrained", tables_data["full"])[0],

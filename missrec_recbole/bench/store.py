@@ -62,7 +62,7 @@ def machine() -> dict:
             "python": platform.python_version(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
 
 
-def _git_version():
+def git_version():
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PACKAGE_ROOT, capture_output=True,
                               text=True, timeout=10).stdout.strip()

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from missrec_recbole.command import run_command
-from missrec_recbole.config import build_config, parse_overrides
+from missrec_recbole.config import build_config, parse_known_options
 from missrec_recbole.config_schema import ConfigError
 from missrec_recbole.data.dataset import (REQUIRED_COLUMNS, DatasetFormatError, MISSRecDataset, _modality_names,
                                           count_rows, validate_dataset)
@@ -143,11 +143,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config_files", help="extra YAML config files (space- or comma-separated)")
     parser.add_argument("--json", action="store_true", help="print the statistics as JSON")
     parser.add_argument("--load", action="store_true", help="also build the MISSRecDataset (RecBole's full load)")
-    args, extra = parser.parse_known_args(argv)
-    try:
-        overrides = parse_overrides(extra)
-    except ValueError as error:
-        parser.error(str(error))
+    args, overrides = parse_known_options(parser, argv)
     if args.data_path:
         overrides["data_path"] = args.data_path
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from missrec_recbole.command import run_command
-from missrec_recbole.config import build_config, parse_overrides
+from missrec_recbole.config import build_config, parse_known_options
 from missrec_recbole.data.dataset import REQUIRED_COLUMNS, atomic_directory, validate_dataset
 from missrec_recbole.model import MISSRec
 
@@ -90,11 +90,7 @@ def main(argv=None):
     parser.add_argument("-o", "--output", required=True, help="name of the merged dataset")
     parser.add_argument("--data_path", default="dataset", help="folder holding the input datasets")
     parser.add_argument("--out_path", default=None, help="folder for the output (default: --data_path)")
-    args, extra = parser.parse_known_args(argv)
-    try:
-        overrides = parse_overrides(extra)
-    except ValueError as error:
-        parser.error(f"{error} (e.g. --text_dim=768)")
+    args, overrides = parse_known_options(parser, argv, hint=" (e.g. --text_dim=768)")
     config = build_config(args.datasets[0], stage="pretrain", config_dict={**overrides, "data_path": args.data_path},
                           model_class=MISSRec)
     out = merge_datasets(args.datasets, args.data_path, args.output, args.out_path or args.data_path, config)
