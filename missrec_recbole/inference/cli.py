@@ -12,6 +12,7 @@ import argparse
 import json
 
 from missrec_recbole.command import DEBUG_HELP, run_command
+from missrec_recbole.inference.predictor import MISSRecPredictor
 
 TEXT_WIDTH = 70
 
@@ -58,8 +59,6 @@ def format_table(rows, texts) -> str:
 def main(argv=None) -> list:
     """Run the command; returns the (id, score) rows. Errors propagate (see :func:`run`)."""
     args = parse_args(argv)
-    from missrec_recbole.inference.predictor import MISSRecPredictor
-
     history = [item.strip() for item in args.history.split(",") if item.strip()]
     predictor = MISSRecPredictor.load(args.model_file, dataset=args.dataset, data_path=args.data_path,
                                       allow_feature_only=args.allow_feature_only)
