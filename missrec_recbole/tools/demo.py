@@ -65,7 +65,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from missrec_recbole.command import run_command
-from missrec_recbole.data.dataset import TEXT_HEADER
+from missrec_recbole.data.dataset import TEXT_HEADER, read_feature_file
 from missrec_recbole.evaluation import metrics_from_ranks, pessimistic_ranks
 
 __all__ = [
@@ -557,14 +557,14 @@ def _read_inter(path: Path) -> tuple[np.ndarray, list[list[int]], np.ndarray]:
 
 
 def load_domain(domain_dir: str | Path, name: str | None = None, feature_dim: int = 512) -> dict:
-    """Load a domain in the section-2 format into numpy arrays (for checks and baselines)."""
+    """Load a domain (docs/design.md §2 format) into numpy arrays (for checks and baselines)."""
     domain_dir = Path(domain_dir)
     name = name or domain_dir.name
     out = {}
     for split in ("train", "valid", "test"):
         out[split] = _read_inter(domain_dir / f"{name}.{split}.inter")
     for key, suffix in (("text", TEXT_SUFFIX), ("image", IMAGE_SUFFIX)):
-        out[key] = np.fromfile(domain_dir / f"{name}.{suffix}", dtype="<f4").reshape(-1, feature_dim)
+        out[key] = read_feature_file(domain_dir / f"{name}.{suffix}", feature_dim, key)
     return out
 
 
