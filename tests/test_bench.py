@@ -56,7 +56,7 @@ def test_results_json_structure(quick_run):
     assert data["dataset"] == "Tiny" and data["seeds"] == [2020] and data["machine"]["cores"]
     assert data["split"]["users"] == {"pre": 20, "eval": 20}
     runs = {(r["table"], r["row"]): r for r in data["runs"]}
-    expected = {(t, name) for t in bench.TABLES for name in ROWS if t == "pretrained" or "pre-trained" not in name}
+    expected = {(t, name) for t in ("pretrained", "full") for name in ROWS if t == "pretrained" or "pre-trained" not in name}
     assert set(runs) == expected
     assert first["launched"] == len(expected) + 2  # + pre-training MISSRec and UniSRec once
     for (table, name), run in runs.items():
