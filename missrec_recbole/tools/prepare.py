@@ -31,10 +31,6 @@ from missrec_recbole.data.dataset import (DatasetFormatError, atomic_directory, 
                                           read_item2index, validate_dataset)
 from missrec_recbole.tools.features import extract_text_features, make_encoder, read_item_index, read_item_texts
 
-SPLITS = ("train", "valid", "test")
-ATOMIC_SUFFIXES = tuple(f"{split}.inter" for split in SPLITS) + ("item2index", "user2index", "text")
-
-
 def _defaults() -> dict:
     """The options the loader's checks read (suffixes, dims, modalities, splits, max length) from props/."""
     return merged_props("MISSRec", "finetune")
