@@ -25,8 +25,9 @@ from missrec_recbole.data.dataset import MISSRecDataset, validate_dataset
 from missrec_recbole.model import MISSRec, UniSRec
 from missrec_recbole.tools.demo import DEMO_DOMAINS, ensure_demo_dataset
 from missrec_recbole.tools.merge import merge_datasets
-from missrec_recbole.trainer import (CheckpointError, MISSRecTrainer, check_architecture, distributed, load_pretrained,
-                                     load_trained, read_checkpoint, read_resume_state, run_identity, saved_data_path)
+from missrec_recbole.trainer import MISSRecTrainer, distributed
+from missrec_recbole.trainer.checkpoint import (RESUME_HINT, Checkpoint, CheckpointError, CheckpointMismatchError,
+                                                run_identity, saved_data_path)
 
 def build_config(dataset: str, stage: str = "finetune", config_files=None, config_dict=None,
                  model_class=MISSRec):
@@ -62,11 +63,40 @@ def prepare_data(config, files=None):
     return dataset, train_data, valid_data, test_data
 
 
-def _check_inputs(config, resume):
-    """Everything a run reads, checked before it writes anything: dataset files, then the resume file."""
+def _check_inputs(config, resume: Checkpoint | None = None, pretrained: Checkpoint | None = None):
+    """Everything a run reads, checked before it writes anything: the dataset's files (which also give the feature
+    widths), then the checkpoints it starts from. Returns the dataset's files."""
     files = check_dataset(config)
-    state = read_resume_state(resume, run_identity(config, files)) if resume else None
-    return files, state
+    if pretrained is not None:
+        pretrained.check_architecture(config)
+    if resume is not None:
+        resume.check_run(run_identity(config, files))
+    return files
+
+
+def build_model(config, files, checkpoint: Checkpoint | None = None, transferable: bool = False,
+                model_class=MISSRec, split: bool = True):
+    """Dataset -> model -> weights: the one route from checked files (:func:`_check_inputs`) and a checkpoint to a
+    model, used by fine-tuning, resume, :func:`load_data_and_model` and the predictor.
+
+    ``transferable``: load only the weights that do not depend on the items (a pre-trained start); otherwise every
+    weight and the interest map. Returns ``(model, dataset, train_data, valid_data, test_data)``; with
+    ``split=False`` the dataset is not split into data loaders (the three are None)."""
+    if split:
+        dataset, train_data, valid_data, test_data = prepare_data(config, files)
+        source = train_data._dataset
+    else:
+        dataset, train_data, valid_data, test_data = MISSRecDataset(config, files), None, None, None
+        source = dataset
+    init_seed(config["seed"], config["reproducibility"])
+    model = model_class(config, source).to(config["device"])
+    if checkpoint is not None:
+        if transferable:
+            checkpoint.load_transferable(model)
+        else:
+            checkpoint.load_all(model, config["dataset"])
+        getLogger().info(f"Loaded {'pre-trained ' if transferable else ''}weights from {checkpoint.path}")
+    return model, dataset, train_data, valid_data, test_data
 
 
 def _setup(config):
@@ -100,15 +130,14 @@ def pretrain(datasets, config_files=None, config_dict=None, show_progress=False,
         distributed.main_first(lambda: _merge(datasets, data_root, name, merged_root, base))
         config_dict["data_path"] = str(merged_root)
     config = run_config(name, "pretrain", config_files, config_dict, model_class)
-    files, resume_state = _check_inputs(config, resume)
+    resume = Checkpoint.read(resume, RESUME_HINT) if resume else None
+    files = _check_inputs(config, resume)
     _setup(config)
-    _, train_data, _, _ = prepare_data(config, files)
-    init_seed(config["seed"], config["reproducibility"])
-    model = model_class(config, train_data._dataset).to(config["device"])
+    model, _, train_data, _, _ = build_model(config, files, model_class=model_class)
     getLogger().info(model)
     trainer = trainer_class(config, model)
     if resume:
-        trainer.resume(resume, train_data, resume_state)
+        trainer.resume(resume, train_data)
     return trainer.pretrain(train_data, show_progress=show_progress)
 
 
@@ -121,24 +150,19 @@ def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show
     ``*-resume.pth`` file of an interrupted run with the same arguments. ``best_epoch`` is 0-based.
     """
     config = run_config(dataset, "finetune", config_files, config_dict, model_class)
-    checkpoint = read_checkpoint(pretrained) if pretrained else None
-    files, resume_state = _check_inputs(config, resume)  # also reads the feature widths from the files
-    if checkpoint:  # fail before loading data
-        check_architecture(pretrained, checkpoint["config"], config)
+    checkpoint = Checkpoint.read(pretrained) if pretrained else None
+    resume = Checkpoint.read(resume, RESUME_HINT) if resume else None
+    files = _check_inputs(config, resume, checkpoint)
     _setup(config)
-    _, train_data, valid_data, test_data = prepare_data(config, files)
-    init_seed(config["seed"], config["reproducibility"])
-    model = model_class(config, train_data._dataset).to(config["device"])
-    if checkpoint:
-        load_pretrained(model, config, pretrained, checkpoint)
-        getLogger().info(f"Loaded pre-trained weights from {pretrained}")
+    model, _, train_data, valid_data, test_data = build_model(config, files, checkpoint, transferable=True,
+                                                              model_class=model_class)
     adapters_only = config["adapters_only"]
     if (checkpoint is not None and freeze) if adapters_only is None else adapters_only:
         model.freeze_for_finetune()
     getLogger().info(model)
     trainer = trainer_class(config, model)
     if resume:
-        trainer.resume(resume, train_data, resume_state)
+        trainer.resume(resume, train_data)
     start = time.time()
     best_valid_score, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=show_progress)
     epochs_run = len(trainer.train_loss_dict)
@@ -163,9 +187,39 @@ def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show
 
 
 MODELS = {"MISSRec": MISSRec, "UniSRec": UniSRec}
-# Options RecBole rewrites into another form while building a Config: the props give them again.
-DERIVED_OPTIONS = {"eval_args", "train_neg_sample_args", "valid_neg_sample_args", "test_neg_sample_args"}
+# Options a run continuing from a checkpoint does not take from it: RecBole rewrites the first ones into another
+# form while building a Config (the props give them again); the feature widths are read from the dataset's files
+# and then checked against the checkpoint's.
+NOT_INHERITED = {"eval_args", "train_neg_sample_args", "valid_neg_sample_args", "test_neg_sample_args",
+                 "text_dim", "image_dim", "stage"}
 TRAINED_HINT = "Pass a .pth written by training (saved/<model>-<dataset>-<mode>-....pth)."
+
+
+def checkpoint_model(checkpoint: Checkpoint):
+    """The model class a checkpoint was written by."""
+    saved = checkpoint.config
+    if saved.get("model") not in MODELS:
+        raise CheckpointError(f"{checkpoint.path}: names model {saved.get('model')!r}; expected one of "
+                              f"{sorted(MODELS)}. {TRAINED_HINT}")
+    return MODELS[saved["model"]]
+
+
+def checkpoint_config(checkpoint: Checkpoint, dataset: str | None = None, stage: str | None = None,
+                      config_dict=None):
+    """The Config of a run that continues from ``checkpoint``: its options (except :data:`NOT_INHERITED`) under
+    ``config_dict``, on ``dataset`` (default: the checkpoint's, in the checkpoint's data folder), at ``stage``
+    (default: the checkpoint's)."""
+    saved = checkpoint.config
+    dataset = dataset or saved.get("dataset")
+    if not dataset:
+        raise CheckpointMismatchError(f"{checkpoint.path}: checkpoint names no dataset; pass one.")
+    options = {key: value for key, value in saved.items()
+               if key in OPTIONS and key not in NOT_INHERITED and value is not None}
+    options.pop("data_path", None)
+    if saved.get("data_path") and dataset == saved.get("dataset"):
+        options["data_path"] = saved_data_path(saved)
+    return build_config(dataset, stage or saved.get("stage") or "finetune",
+                        config_dict={**options, **(config_dict or {})}, model_class=checkpoint_model(checkpoint))
 
 
 def load_data_and_model(model_file, config_dict=None):
@@ -175,21 +229,10 @@ def load_data_and_model(model_file, config_dict=None):
     the dataset is loaded and validated as in training, and the model gets the saved weights and interest map.
     Returns ``(config, model, dataset, train_data, valid_data, test_data)`` like RecBole's; RecBole's own
     ``recbole.quick_start.load_data_and_model`` calls this for our checkpoints (``compat.py``)."""
-    checkpoint = read_checkpoint(model_file, TRAINED_HINT)
-    saved = checkpoint["config"]
-    model_class = MODELS.get(saved.get("model"))
-    if model_class is None or not saved.get("dataset"):
-        raise CheckpointError(f"{model_file}: names model {saved.get('model')!r} and dataset {saved.get('dataset')!r}; "
-                              f"expected one of {sorted(MODELS)} and a dataset. {TRAINED_HINT}")
-    options = {key: value for key, value in saved.items()
-               if key in OPTIONS and key not in DERIVED_OPTIONS and value is not None}
-    if saved.get("data_path"):
-        options["data_path"] = saved_data_path(saved)
-    config = build_config(saved["dataset"], saved.get("stage") or "finetune",
-                          config_dict={**options, **(config_dict or {})}, model_class=model_class)
+    checkpoint = Checkpoint.read(model_file, TRAINED_HINT)
+    config = checkpoint_config(checkpoint, config_dict=config_dict)
+    files = _check_inputs(config, pretrained=checkpoint)
     _setup(config)
-    dataset, train_data, valid_data, test_data = prepare_data(config)
-    init_seed(config["seed"], config["reproducibility"])
-    model = model_class(config, train_data._dataset).to(config["device"])
-    load_trained(model, model_file, checkpoint, config["dataset"])
+    model, dataset, train_data, valid_data, test_data = build_model(config, files, checkpoint,
+                                                                    model_class=checkpoint_model(checkpoint))
     return config, model, dataset, train_data, valid_data, test_data

@@ -279,15 +279,15 @@ def test_checkpoint_dataset_mismatch_is_a_clear_error(tiny, tmp_path):
         MISSRecPredictor.load(tiny["inductive"], "Tiny", data_path=tmp_path)
     # other feature dims
     write_dataset(tmp_path / "narrow", "Tiny", dim=DIM // 2)
-    with pytest.raises(CheckpointMismatchError, match=r"expects text_dim=16, but .*Tiny.feat1CLS has 1280 bytes "
-                                                      r"\(8 floats per item\), not 40 x 16"):
+    with pytest.raises(CheckpointMismatchError, match=r"trained with text_dim=16 but this run has text_dim=8; the "
+                                                      r"dataset's feature files give this width"):
         MISSRecPredictor.load(tiny["inductive"], "Tiny", data_path=tmp_path / "narrow")
     # a missing dataset stays a dataset error
     from missrec_recbole.data import DatasetFormatError
     with pytest.raises(DatasetFormatError, match="dataset folder not found"):
         MISSRecPredictor.load(tiny["inductive"], "Tiny", data_path=tmp_path / "nowhere")
     # a configuration that contradicts the checkpoint
-    with pytest.raises(CheckpointMismatchError, match="hidden_size=32 but the configuration asks for hidden_size=64"):
+    with pytest.raises(CheckpointMismatchError, match="hidden_size=32 but this run has hidden_size=64"):
         MISSRecPredictor.load(tiny["inductive"], "Tiny", data_path=tiny["root"], config_dict={"hidden_size": 64})
     assert issubclass(CheckpointMismatchError, CheckpointError)
     with pytest.raises(CheckpointError, match="checkpoint file not found"):
@@ -301,6 +301,24 @@ def test_pretrained_checkpoint_is_used_zero_shot_on_another_dataset(tiny, tmp_pa
     other = MISSRecPredictor.load(path, "Fresh", data_path=tmp_path)
     assert other.model.has_interest_map and other.n_items == 30  # interests computed on load; ITEM5 unseen
     assert len(other.recommend(["ITEM1", "ITEM2"], k=5)) == 5
+
+
+def test_every_checkpoint_kind_goes_through_the_one_loader(tiny, tmp_path):
+    """Pre-trained, trained and resume files are told apart by the loader; a resume file also serves as a trained
+    model (it holds every weight and the interest map), another model's checkpoint is refused by name."""
+    from missrec_recbole.trainer import Checkpoint
+    rec = _load(tiny)
+    pretrained = save_pretrained(rec.model, rec.config, tmp_path / "pretrained.pth", epoch=1)
+    resume = tiny["inductive"][: -len(".pth")] + "-resume.pth"
+    kinds = {Checkpoint.read(path).kind for path in (pretrained, tiny["inductive"], resume)}
+    assert kinds == {"pretrained", "trained", "resume"}
+    from_resume = MISSRecPredictor.load(resume, "Tiny", data_path=tiny["root"])
+    assert from_resume.recommend(["ITEM1", "ITEM2"], k=5) == rec.recommend(["ITEM1", "ITEM2"], k=5)
+    content = torch.load(pretrained, weights_only=True)
+    content["config"]["model"] = "UniSRec"
+    torch.save(content, tmp_path / "unisrec.pth")
+    with pytest.raises(CheckpointMismatchError, match="a UniSRec checkpoint; the predictor serves MISSRec"):
+        MISSRecPredictor.load(tmp_path / "unisrec.pth", "Tiny", data_path=tiny["root"])
 
 
 # ----------------------------------------------------------------------------- export

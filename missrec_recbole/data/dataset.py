@@ -235,12 +235,13 @@ def feature_width(path: Path, n_items: int, field: str, given) -> int:
     return width
 
 
-def resolve_feature_options(config) -> None:
+def resolve_feature_options(config) -> int:
     """Fill in ``modalities`` and ``{text,image}_dim`` from the dataset's feature files where the config leaves
     them unset (``~``), and check them against the files where it sets them.
 
     ``modalities: ~`` = every modality whose feature file ``NAME.<suffix>`` exists (a text-only dataset runs
-    text-only); ``{m}_dim: ~`` = file size / (4 x items), items = lines of ``NAME.item2index``."""
+    text-only); ``{m}_dim: ~`` = file size / (4 x items), items = lines of ``NAME.item2index`` (without that file:
+    the largest item index + 1). Returns that item count."""
     name, folder = config["dataset"], Path(config["data_path"])
     if not folder.is_dir():
         _fail(folder, "dataset folder not found", "Pass --data_path=<folder that contains NAME/>.")
@@ -252,15 +253,17 @@ def resolve_feature_options(config) -> None:
             _fail(folder, f"no feature file ({suffixes})",
                   "Compute features first: python -m missrec_recbole.tools.prepare (see the README).")
         config["modalities"] = modalities
-    modalities = _modality_names(config)
-    n_items = None
+    modalities = modality_names(config)
     for m in modalities:
         path = feature_path(folder, name, config[f"{m}_suffix"])
         if not path.is_file():
             _fail(path, "feature file not found", f"Create it, set `{m}_suffix` to the right file suffix, or leave "
                                                   f"{m} out of `modalities`.")
-        n_items = _feature_rows(folder, name, config) if n_items is None else n_items
-        config[f"{m}_dim"] = feature_width(path, n_items, m, config[f"{m}_dim"])
+    n_items = _feature_rows(folder, name, config)
+    for m in modalities:
+        config[f"{m}_dim"] = feature_width(feature_path(folder, name, config[f"{m}_suffix"]), n_items, m,
+                                           config[f"{m}_dim"])
+    return n_items
 
 
 def validate_dataset(config) -> DatasetFiles:
@@ -273,7 +276,7 @@ def validate_dataset(config) -> DatasetFiles:
     """
     name = config["dataset"]
     folder = Path(config["data_path"])
-    resolve_feature_options(config)
+    n_items = resolve_feature_options(config)
     features = {m: read_feature_file(feature_path(folder, name, config[f"{m}_suffix"]), config[f"{m}_dim"], m)
                 for m in config["modalities"]}
     rows = {m: f.shape[0] for m, f in features.items()}
@@ -282,10 +285,7 @@ def validate_dataset(config) -> DatasetFiles:
     for m in sorted(features):
         digest.update(memoryview(np.ascontiguousarray(features[m])).cast("B"))
     if item_map.is_file():
-        n_items = len(read_item2index(item_map))
         digest.update(read_text(item_map).encode())
-    else:
-        n_items = max(rows.values())
     for m, n in rows.items():
         if n != n_items:
             source = f"{item_map.name} lists {n_items} items" if item_map.is_file() else f"other features have {n_items}"
@@ -305,11 +305,13 @@ def validate_dataset(config) -> DatasetFiles:
                         fingerprint=digest.hexdigest()[:16])
 
 
-def _modality_names(config) -> list[str]:
+def modality_names(config) -> list[str]:
+    """The config's ``modalities``, checked: a non-empty subset of :data:`MODALITIES`."""
     modalities = list(config["modalities"] or [])
-    unknown = [m for m in modalities if m not in ("text", "image")]
+    unknown = [m for m in modalities if m not in MODALITIES]
     if not modalities or unknown:
-        raise DatasetFormatError(f"config `modalities`: {modalities!r} must be a non-empty subset of [text, image].")
+        raise DatasetFormatError(f"config `modalities`: {modalities!r} must be a non-empty subset of "
+                                 f"[{', '.join(MODALITIES)}].")
     return modalities
 
 
@@ -324,7 +326,7 @@ class MISSRecDataset(SequentialDataset):
     def __init__(self, config, files: DatasetFiles | None = None):
         """``files``: the result of :func:`validate_dataset` for this config, if already checked."""
         self.files = files or validate_dataset(config)
-        self.modalities = _modality_names(config)
+        self.modalities = modality_names(config)
         super().__init__(config)
         self.features, self.present = {}, {}
         for m in self.modalities:

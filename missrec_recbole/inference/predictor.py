@@ -33,27 +33,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from missrec_recbole.compat import plain
-from missrec_recbole.config import build_config
-from missrec_recbole.data.dataset import MISSRecDataset, count_rows, feature_path, read_feature_file, read_item_texts
+from missrec_recbole.data.dataset import feature_path, read_feature_file, read_item_texts
 from missrec_recbole.data.dataset import read_item2index as read_item2index_file
 from missrec_recbole.inference.errors import (CheckpointMismatchError, DuplicateItemError, EmptyHistoryError,
                                               FeatureDimError, FeatureError, InferenceError, ItemIdError,
                                               TransductiveModeError, UnknownItemError)
 from missrec_recbole.inference.export import export_predictor
 from missrec_recbole.model import MISSRec
-from missrec_recbole.tools.demo import DEMO_DOMAINS, ensure_demo_dataset
-from missrec_recbole.trainer.checkpoint import (ARCHITECTURE_KEYS, FORMAT as PRETRAINED_FORMAT, load_pretrained,
-                                               load_trained, read_checkpoint, saved_data_path)
-
-# Config keys taken from the checkpoint (they define the model), on top of the repo's defaults.
-MODEL_KEYS = tuple(ARCHITECTURE_KEYS) + (
-    "mode", "text_suffix", "image_suffix", "hidden_dropout_prob", "adaptor_dropout_prob", "hidden_act",
-    "layer_norm_eps", "initializer_range", "temperature", "fusion_beta", "interest_ratio", "dpc_k",
-    "length_buckets", "USER_ID_FIELD", "ITEM_ID_FIELD", "LIST_SUFFIX", "ITEM_LIST_LENGTH_FIELD",
-)
-# Keys that must agree between the checkpoint and the configuration used for inference.
-MATCH_KEYS = tuple(ARCHITECTURE_KEYS) + ("mode",)
+from missrec_recbole.quick_start import build_model, check_dataset, checkpoint_config, checkpoint_model
+from missrec_recbole.trainer.checkpoint import ARCHITECTURE_KEYS, Checkpoint
 
 
 def read_item2index(folder: Path, name: str) -> dict[str, int] | None:
@@ -103,42 +91,28 @@ class MISSRecPredictor:
         dataset, other item count, other dims), ``CheckpointError`` for a missing/unreadable file,
         ``DatasetFormatError`` for bad dataset files.
         """
-        checkpoint = read_checkpoint(model_file)
-        saved = checkpoint["config"]
-        pretrained = checkpoint.get("format") == PRETRAINED_FORMAT
-        dataset = dataset or saved.get("dataset")
-        if not dataset:
-            raise CheckpointMismatchError(f"{model_file}: checkpoint names no dataset; pass dataset=...")
-        if not pretrained and saved.get("dataset") not in (None, dataset):
+        checkpoint = Checkpoint.read(model_file)
+        pretrained = checkpoint.kind == "pretrained"
+        saved_dataset = checkpoint.config.get("dataset")
+        dataset = dataset or saved_dataset
+        if not pretrained and saved_dataset not in (None, dataset):
             raise CheckpointMismatchError(
-                f"{model_file}: checkpoint was trained on dataset {saved['dataset']!r}, not {dataset!r}. "
-                f"A trained checkpoint fits only its own dataset's items; use -d {saved['dataset']} "
+                f"{model_file}: checkpoint was trained on dataset {saved_dataset!r}, not {dataset!r}. "
+                f"A trained checkpoint fits only its own dataset's items; use -d {saved_dataset} "
                 f"(or a pre-trained checkpoint for zero-shot use on another dataset).")
-        overrides = {key: saved[key] for key in MODEL_KEYS if key in saved}
+        if checkpoint_model(checkpoint) is not MISSRec:
+            raise CheckpointMismatchError(f"{model_file}: a {checkpoint.config['model']} checkpoint; the predictor "
+                                          f"serves MISSRec checkpoints.")
+        overrides = {"state": "ERROR", "show_progress": False, **(config_dict or {})}
         if data_path is not None:
             overrides["data_path"] = str(data_path)
-        elif saved.get("data_path") and dataset == saved.get("dataset"):
-            overrides["data_path"] = saved_data_path(saved)
-        overrides.update({"state": "ERROR", "show_progress": False})
-        overrides.update(config_dict or {})
-        config = build_config(dataset, "finetune", config_dict=overrides, model_class=MISSRec)
-        for key in MATCH_KEYS:
-            if key in saved and plain(config[key]) != saved[key]:
-                raise CheckpointMismatchError(
-                    f"{model_file}: checkpoint has {key}={saved[key]!r} but the configuration asks for "
-                    f"{key}={plain(config[key])!r}. Leave {key} out of config_dict: the checkpoint defines it.")
+        config = checkpoint_config(checkpoint, dataset, "finetune", overrides)
         if pretrained and config["mode"] == "transductive":
             raise CheckpointMismatchError(f"{model_file}: a pre-trained checkpoint has no ID embedding; "
                                           f"use it in inductive mode (or fine-tune it first).")
-        if dataset in DEMO_DOMAINS:  # like quick_start.prepare_data: generated on first use
-            ensure_demo_dataset(Path(config["data_path"]).parent, [dataset])
-        cls._check_feature_dims(config, model_file)
-        dataset_obj = MISSRecDataset(config)  # DatasetFormatError for bad or missing files
-        model = MISSRec(config, dataset_obj)
-        if pretrained:
-            load_pretrained(model, config, model_file, checkpoint)
-        else:
-            load_trained(model, model_file, checkpoint, dataset)
+        files = check_dataset(config)  # DatasetFormatError for bad or missing files; gives the feature widths
+        checkpoint.check_architecture(config, ARCHITECTURE_KEYS + ("mode",))
+        model, dataset_obj, *_ = build_model(config, files, checkpoint, transferable=pretrained, split=False)
         model = model.to(device).eval()
         if not model.has_interest_map:
             model.refresh_interests()
@@ -160,22 +134,6 @@ class MISSRecPredictor:
         if include_unseen:
             predictor._add_unseen(folder, dataset, config, index2id, tokens, allow_feature_only)
         return predictor
-
-    @staticmethod
-    def _check_feature_dims(config, model_file):
-        """The dataset's feature files must have the checkpoint's widths (rows = item2index lines)."""
-        folder, name = Path(config["data_path"]), config["dataset"]
-        n_items = count_rows(folder / f"{name}.item2index")
-        for m in config["modalities"]:
-            path = feature_path(folder, name, config[f"{m}_suffix"])
-            if not path.is_file():
-                continue  # MISSRecDataset reports missing files
-            dim, size = int(config[f"{m}_dim"]), path.stat().st_size
-            if size % (4 * dim) or (n_items and size != 4 * dim * n_items):
-                width = f" ({size // (4 * n_items)} floats per item)" if n_items and size % (4 * n_items) == 0 else ""
-                raise CheckpointMismatchError(
-                    f"{model_file}: the checkpoint expects {m}_dim={dim}, but {path} has {size} bytes{width}, not "
-                    f"{n_items or 'n'} x {dim} float32. Use features from the same extractor as in training.")
 
     def _add_unseen(self, folder, name, config, index2id, tokens, allow_feature_only):
         """Add the dataset's items that are in no .inter file (not in RecBole's vocabulary)."""

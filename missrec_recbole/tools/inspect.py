@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -32,7 +31,7 @@ import pandas as pd
 from missrec_recbole.command import run_command
 from missrec_recbole.config import build_config, parse_known_options
 from missrec_recbole.config_schema import ConfigError
-from missrec_recbole.data.dataset import (REQUIRED_COLUMNS, DatasetFormatError, MISSRecDataset, _modality_names,
+from missrec_recbole.data.dataset import (REQUIRED_COLUMNS, DatasetFormatError, MISSRecDataset, modality_names,
                                           count_rows, validate_dataset)
 from missrec_recbole.model import MISSRec
 
@@ -53,7 +52,7 @@ def inspect_dataset(config, load: bool = False) -> dict:
     Raises :class:`DatasetFormatError` (from the loader's own checks) for a dataset it would reject.
     """
     files = validate_dataset(config)
-    modalities = _modality_names(config)
+    modalities = modality_names(config)
     if load:
         MISSRecDataset(config)
     name, folder = files.name, files.folder

@@ -1,8 +1,11 @@
-"""Portable MISSRec checkpoints: dataset-independent weights + plain-typed config.
+"""Checkpoints: portable pre-training checkpoints, RecBole best-model files and resume files, read by one loader.
 
-A checkpoint is a dict of tensors and plain Python values, written atomically and always read
-with ``torch.load(weights_only=True)``. It leaves out everything tied to one dataset's items (ID
-embedding, features, interest map), so it loads into a dataset with a different item count.
+Every checkpoint is a dict of tensors and plain Python values, written atomically and always read with
+``torch.load(weights_only=True)``. :class:`Checkpoint` reads any of the three kinds once, checks that it fits a
+run (the options that fix the weights' shapes; for a resume file, the whole run), and loads its weights into a
+model: every weight (trained and resume files, plus the interest map) or only the transferable ones (fine-tuning
+from ``-p``, zero-shot use of a pre-training checkpoint). A pre-training checkpoint leaves out everything tied to
+one dataset's items (ID embedding, features, interest map), so it loads into a dataset with another item count.
 """
 
 from __future__ import annotations
@@ -16,9 +19,15 @@ from missrec_recbole.compat import atomic_torch_save, plain
 from missrec_recbole.errors import InputError
 
 FORMAT = "missrec-recbole/1"
+RESUME_FORMAT = "missrec-recbole-resume/2"
 # Config keys that fix the shapes of the transferable weights.
 ARCHITECTURE_KEYS = ("modalities", "text_dim", "image_dim", "hidden_size", "n_layers", "n_heads", "inner_size",
                      "item_fusion", "MAX_ITEM_LIST_LENGTH")
+FEATURE_WIDTH_KEYS = ("text_dim", "image_dim")  # read from the dataset's files, not set by options
+# Options a resumed run must share with the run that wrote the resume file (besides the dataset's files).
+RUN_KEYS = ("model", "dataset", "stage", "mode") + ARCHITECTURE_KEYS
+PRETRAINED_HINT = "Pass the .pth written by --stage=pretrain."
+RESUME_HINT = "Pass the *-resume.pth file named in the log of the interrupted run."
 
 
 class CheckpointError(InputError):
@@ -41,11 +50,8 @@ def save_pretrained(model, config, path, epoch: int) -> str:
     return os.fspath(path)
 
 
-PRETRAINED_HINT = "Pass the .pth written by --stage=pretrain."
-
-
 def read_checkpoint(path, missing_hint: str = PRETRAINED_HINT) -> dict:
-    """Load a checkpoint safely (``weights_only=True``) and check its format.
+    """Load a checkpoint file safely (``weights_only=True``) and check its layout.
     ``missing_hint``: what to do when the file does not exist."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: checkpoint file not found. {missing_hint}")
@@ -60,34 +66,13 @@ def read_checkpoint(path, missing_hint: str = PRETRAINED_HINT) -> dict:
     return checkpoint
 
 
-def check_architecture(path, saved: dict, config) -> None:
-    """Raise CheckpointError if the checkpoint's config fixes other shapes than ``config``."""
-    for key in ARCHITECTURE_KEYS:
-        mine = plain(config[key])
-        if key in saved and saved[key] != mine:
-            raise CheckpointError(
-                f"{path}: checkpoint was trained with {key}={saved[key]!r} but this run has {key}={mine!r}. "
-                f"Use the same {key} (features must have the same dims as in pre-training).")
-
-
-def load_pretrained(model, config, path, checkpoint=None) -> dict:
-    """Load transferable weights from ``path`` (or the already read ``checkpoint``) into ``model``;
-    returns the checkpoint's config."""
-    checkpoint = checkpoint or read_checkpoint(path)
-    check_architecture(path, checkpoint["config"], config)
-    weights = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("item_embedding.")}
-    expected = model.transferable_state_dict()
-    for key, value in weights.items():
-        if key not in expected:
-            raise CheckpointError(f"{path}: unexpected weight {key!r}; is it a MISSRec checkpoint?")
-        if expected[key].shape != value.shape:
-            raise CheckpointError(f"{path}: weight {key!r} has shape {tuple(value.shape)}, this model expects "
-                                  f"{tuple(expected[key].shape)}. Check the feature dims and hidden_size.")
-    missing = sorted(set(expected) - set(weights))
-    if missing:
-        raise CheckpointError(f"{path}: checkpoint lacks weights {missing[:5]}.")
-    model.load_state_dict(weights, strict=False)
-    return checkpoint["config"]
+def run_identity(config, files) -> dict:
+    """What a resume file belongs to: dataset (name, item/user counts, fingerprint of its files), mode,
+    stage and the options that shape the model. ``files``: the dataset's :class:`DatasetFiles`."""
+    identity = {key: plain(config[key]) for key in RUN_KEYS}
+    if files is not None:
+        identity.update(items=files.n_items, users=files.n_users, data_fingerprint=files.fingerprint)
+    return identity
 
 
 def saved_data_path(saved: dict) -> str | None:
@@ -95,34 +80,107 @@ def saved_data_path(saved: dict) -> str | None:
     return str(Path(saved["data_path"]).parent) if saved.get("data_path") else None
 
 
-def load_trained(model, path, checkpoint, dataset: str = "") -> None:
-    """Load a best-model checkpoint (RecBole's layout: ``state_dict`` + ``other_parameter``) into ``model`` built for
-    the same dataset (``dataset``: its name, for messages); every weight and the interest map are checked first."""
-    state = checkpoint["state_dict"]
-    expected = model.state_dict()
-    if "item_embedding.weight" in state and "item_embedding.weight" in expected:
-        saved_items = state["item_embedding.weight"].shape[0]
-        if saved_items != model.n_items:
+class Checkpoint:
+    """One checkpoint file, read once: ``kind`` is ``pretrained`` (:func:`save_pretrained`), ``resume`` (written
+    every epoch by the trainer) or ``trained`` (RecBole's best-model file)."""
+
+    def __init__(self, path, content: dict):
+        self.path = os.fspath(path)
+        self.content = content
+
+    @classmethod
+    def read(cls, path, missing_hint: str = PRETRAINED_HINT) -> "Checkpoint":
+        return cls(path, read_checkpoint(path, missing_hint))
+
+    @property
+    def kind(self) -> str:
+        found = self.content.get("format")
+        return "pretrained" if found == FORMAT else "resume" if found == RESUME_FORMAT else "trained"
+
+    @property
+    def config(self) -> dict:
+        """The options of the run that wrote it (plain values)."""
+        return self.content["config"]
+
+    def check_architecture(self, config, keys=ARCHITECTURE_KEYS) -> None:
+        """Raise :class:`CheckpointMismatchError` if the checkpoint's run had other ``keys`` (by default the options
+        that fix the weights' shapes) than ``config``."""
+        for key in keys:
+            mine = plain(config[key])
+            if key in self.config and self.config[key] != mine:
+                fix = ("the dataset's feature files give this width: use features from the same encoder as in "
+                       "training" if key in FEATURE_WIDTH_KEYS else f"use {key}={self.config[key]!r}, or leave "
+                       f"{key} out where the checkpoint defines it")
+                raise CheckpointMismatchError(f"{self.path}: checkpoint was trained with {key}={self.config[key]!r} "
+                                              f"but this run has {key}={mine!r}; {fix}.")
+
+    def check_run(self, identity: dict) -> None:
+        """A resume file must come from a run with ``identity`` (:func:`run_identity`); raises
+        :class:`CheckpointError` listing every difference."""
+        found = self.content.get("format")
+        if found != RESUME_FORMAT:
+            older = isinstance(found, str) and found.startswith(RESUME_FORMAT.split("/")[0])
+            raise CheckpointError(f"{self.path}: " + (
+                "written by an older version of missrec-recbole, which did not record its run; start the run "
+                "again without --resume." if older else "not a resume checkpoint (those end in -resume.pth)."))
+        saved = self.content.get("identity") or {}
+        differences = [f"{key} {saved.get(key)!r} there, {value!r} here" for key, value in identity.items()
+                       if saved.get(key) != value]
+        if differences:
+            raise CheckpointError(f"{self.path}: belongs to another run ({'; '.join(differences)}). Resume with the "
+                                  f"same dataset files and options, or start a new run without --resume.")
+
+    def load_transferable(self, model) -> None:
+        """Load the weights that do not depend on the dataset's items (all but the ID embedding) into ``model``,
+        whose item count may differ; every shape is checked first."""
+        weights = {k: v for k, v in self.content["state_dict"].items() if not k.startswith("item_embedding.")}
+        expected = model.transferable_state_dict()
+        for key, value in weights.items():
+            if key not in expected:
+                raise CheckpointMismatchError(f"{self.path}: unexpected weight {key!r}; is it a checkpoint of "
+                                              f"{type(model).__name__}?")
+            if expected[key].shape != value.shape:
+                raise CheckpointMismatchError(f"{self.path}: weight {key!r} has shape {tuple(value.shape)}, this "
+                                              f"model expects {tuple(expected[key].shape)}. Check the feature dims "
+                                              f"and hidden_size.")
+        missing = sorted(set(expected) - set(weights))
+        if missing:
+            raise CheckpointMismatchError(f"{self.path}: checkpoint lacks weights {missing[:5]}.")
+        model.load_state_dict(weights, strict=False)
+
+    def load_all(self, model, dataset: str = "") -> None:
+        """Load every weight and the interest map into ``model`` built for the same dataset (``dataset``: its name,
+        for messages); item counts and shapes are checked first."""
+        state, expected = self.content["state_dict"], model.state_dict()
+        if "item_embedding.weight" in state and "item_embedding.weight" in expected:
+            self._check_items(state["item_embedding.weight"].shape[0], model, dataset, "ID embedding has", "rows")
+        for key, value in state.items():
+            if key in expected and expected[key].shape != value.shape:
+                raise CheckpointMismatchError(f"{self.path}: weight {key!r} has shape {tuple(value.shape)}, this "
+                                              f"configuration expects {tuple(expected[key].shape)}.")
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise CheckpointMismatchError(f"{self.path}: weights do not fit the model (missing {missing[:5]}, "
+                                          f"unexpected {unexpected[:5]}).")
+        other = self.content.get("other_parameter") or {}
+        interests = other.get("item_interest")
+        if interests is not None and len(interests):
+            self._check_items(len(interests), model, dataset, "interest map covers", "items")
+        model.load_state_dict(state)
+        if other:  # the interest map and DPC-KNN's warm-start state (a resumed run refreshes as if never stopped)
+            model.load_other_parameter(other)
+
+    def _check_items(self, saved: int, model, dataset: str, what: str, unit: str) -> None:
+        if saved != model.n_items:
             raise CheckpointMismatchError(
-                f"{path}: checkpoint's ID embedding has {saved_items} rows (items + padding) but "
-                f"dataset {dataset!r} has {model.n_items}: the dataset's .inter files changed "
-                f"since training, or it is another dataset.")
-    for key, value in state.items():
-        if key in expected and expected[key].shape != value.shape:
-            raise CheckpointMismatchError(f"{path}: weight {key!r} has shape {tuple(value.shape)}, this "
-                                          f"configuration expects {tuple(expected[key].shape)}.")
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointMismatchError(f"{path}: weights do not fit the model (missing {missing[:5]}, "
-                                      f"unexpected {unexpected[:5]}).")
-    model.load_state_dict(state)
-    other = checkpoint.get("other_parameter") or {}
-    interests = other.get("item_interest")
-    if interests is not None and len(interests) not in (0, model.n_items):
-        raise CheckpointMismatchError(
-            f"{path}: checkpoint's interest map covers {len(interests)} items (+ padding) but "
-            f"dataset {dataset!r} has {model.n_items}: the dataset's .inter files changed "
-            f"since training, or it is another dataset.")
-    if interests is not None and len(interests):
-        model.load_other_parameter(other)
+                f"{self.path}: checkpoint's {what} {saved} {unit} (items + padding) but dataset {dataset!r} has "
+                f"{model.n_items}: the dataset's .inter files changed since training, or it is another dataset.")
+
+
+def load_pretrained(model, config, path) -> dict:
+    """Load the transferable weights of the checkpoint ``path`` into ``model`` (built with ``config``); returns the
+    checkpoint's config. The Python shortcut for :meth:`Checkpoint.check_architecture` + ``load_transferable``."""
+    checkpoint = Checkpoint.read(path)
+    checkpoint.check_architecture(config)
+    checkpoint.load_transferable(model)
+    return checkpoint.config

@@ -15,12 +15,8 @@ from recbole.utils import get_local_time, set_color
 from missrec_recbole.compat import atomic_torch_save, plain
 from missrec_recbole.evaluation import TieRuleEvaluation
 from missrec_recbole.trainer import distributed
-from missrec_recbole.trainer.checkpoint import ARCHITECTURE_KEYS, CheckpointError, read_checkpoint, save_pretrained
+from missrec_recbole.trainer.checkpoint import RESUME_FORMAT, RESUME_HINT, Checkpoint, run_identity, save_pretrained
 
-RESUME_FORMAT = "missrec-recbole-resume/2"
-RESUME_HINT = "Pass the *-resume.pth file named in the log of the interrupted run."
-# Options a resumed run must share with the run that wrote the resume file (besides the dataset's files).
-RUN_KEYS = ("model", "dataset", "stage", "mode") + ARCHITECTURE_KEYS
 _RUN_NUMBER = itertools.count()  # tells apart runs of one process started within the same second
 
 
@@ -37,34 +33,6 @@ def set_rng_state(state: dict, train_data) -> None:
     train_data.generator.set_state(state["loader"])
     kind, keys, position, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
-
-
-def run_identity(config, files) -> dict:
-    """What a resume file belongs to: dataset (name, item/user counts, fingerprint of its files), mode,
-    stage and the options that shape the model. ``files``: the dataset's :class:`DatasetFiles`."""
-    identity = {key: plain(config[key]) for key in RUN_KEYS}
-    if files is not None:
-        identity.update(items=files.n_items, users=files.n_users, data_fingerprint=files.fingerprint)
-    return identity
-
-
-def read_resume_state(path, identity: dict) -> dict:
-    """Read the resume file ``path`` and check that it belongs to a run with ``identity``; raises
-    :class:`CheckpointError` listing every difference."""
-    state = read_checkpoint(path, missing_hint=RESUME_HINT)
-    found = state.get("format")
-    if found != RESUME_FORMAT:
-        older = isinstance(found, str) and found.startswith(RESUME_FORMAT.split("/")[0])
-        raise CheckpointError(f"{path}: " + ("written by an older version of missrec-recbole, which did not record "
-                                             "its run; start the run again without --resume." if older else
-                                             "not a resume checkpoint (those end in -resume.pth)."))
-    saved = state.get("identity") or {}
-    differences = [f"{key} {saved.get(key)!r} there, {value!r} here" for key, value in identity.items()
-                   if saved.get(key) != value]
-    if differences:
-        raise CheckpointError(f"{path}: belongs to another run ({'; '.join(differences)}). Resume with the same "
-                              f"dataset files and options, or start a new run without --resume.")
-    return state
 
 
 class MISSRecTrainer(TieRuleEvaluation, Trainer):
@@ -159,17 +127,18 @@ class MISSRecTrainer(TieRuleEvaluation, Trainer):
         }
         atomic_torch_save(state, self.resume_file)
 
-    def resume(self, path, train_data, state=None) -> None:
-        """Continue the run that wrote the resume checkpoint ``path`` (same config and data: checked, see
-        :func:`read_resume_state`; ``state``: the file already read and checked). Keeps writing ``path``."""
-        if state is None:
-            state = read_resume_state(path, run_identity(self.config, getattr(train_data._dataset, "files", None)))
+    def resume(self, checkpoint, train_data) -> None:
+        """Continue the run that wrote the resume file ``checkpoint`` (a path or a :class:`Checkpoint`; same config
+        and data: checked, see :meth:`Checkpoint.check_run`). Keeps writing that file."""
+        if not isinstance(checkpoint, Checkpoint):
+            checkpoint = Checkpoint.read(checkpoint, RESUME_HINT)
+        checkpoint.check_run(run_identity(self.config, getattr(train_data._dataset, "files", None)))
+        state, path = checkpoint.content, checkpoint.path
         trainable = set(state["trainable"])
         for name, parameter in self.model.named_parameters():
             parameter.requires_grad = name in trainable
         self.optimizer = self._build_optimizer(params=[p for p in self.model.parameters() if p.requires_grad])
-        self.model.load_state_dict(state["state_dict"])
-        self.model.load_other_parameter(state["other_parameter"])
+        checkpoint.load_all(self.model, self.config["dataset"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.start_epoch, self.cur_step = state["next_epoch"], state["cur_step"]
         self.best_valid_score = state["best_valid_score"]
