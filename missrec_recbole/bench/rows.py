@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from missrec_recbole.bench.settings import MODES, PRETRAINED_TABLES, TABLES
+from missrec_recbole.bench.settings import MODES, PRETRAINED_TABLES
 from missrec_recbole.bench.worker import RUN_KINDS
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from missrec_recbole.bench.processes import follow, stop, terminate_on_sigterm, worker_command
+from missrec_recbole.bench.processes import follow, stop, worker_command
 from missrec_recbole.bench.rows import Row
 from missrec_recbole.bench.settings import BENCH_VERSION, PACKAGE_ROOT, SASREC_SETTINGS
-from missrec_recbole.bench.store import Results, config_hash, fingerprint, machine, now
+from missrec_recbole.bench.store import Results, config_hash, fingerprint, now
 from missrec_recbole.bench.worker import RUN_KINDS, Unavailable
 from missrec_recbole.command import watched
 from missrec_recbole.config import merged_props
