@@ -15,7 +15,7 @@ from missrec_recbole.trainer import MISSRecTrainer
 
 
 def run_unisrec(dataset, *, stage: str, mode: str, pretrained=None, config_dict=None, data_path=None,
-                trainer_class=MISSRecTrainer) -> dict:
+                trainer_class=MISSRecTrainer, resume=None) -> dict:
     """Pre-train or fine-tune the UniSRec baseline (props/common.yaml < props/UniSRec.yaml < props/<stage>.yaml
     < ``config_dict``).
 
@@ -24,7 +24,8 @@ def run_unisrec(dataset, *, stage: str, mode: str, pretrained=None, config_dict=
     ``pretrained``: a checkpoint written by the pretrain stage (fine-tuning; the item set may differ).
     Adaptor-only fine-tuning is ``config_dict={"adapters_only": True}``; by default it is on exactly
     when ``pretrained`` is given (props/finetune.yaml). ``trainer_class``: MISSRecTrainer or a subclass (it
-    skips the interest refresh for models without interests and names files after the model).
+    skips the interest refresh for models without interests and names files after the model). ``resume``: the
+    ``*-resume.pth`` file of an interrupted run with the same arguments.
 
     Returns, for ``finetune``: model, stage, dataset, mode, pretrained, best_valid_score, valid, test
     (metric -> value), epochs, best_epoch (0-based), seconds_per_epoch, interest_refresh_seconds (None),
@@ -39,11 +40,12 @@ def run_unisrec(dataset, *, stage: str, mode: str, pretrained=None, config_dict=
             raise ValueError("run_unisrec: `pretrained` is for stage='finetune'")
         datasets = [dataset] if isinstance(dataset, str) else list(dataset)
         start = time.time()
-        checkpoints = pretrain(datasets, config_dict=config_dict, model_class=UniSRec, trainer_class=trainer_class)
+        checkpoints = pretrain(datasets, config_dict=config_dict, model_class=UniSRec, trainer_class=trainer_class,
+                               resume=resume)
         return {"model": "UniSRec", "stage": stage, "dataset": "+".join(datasets), "mode": mode,
                 "checkpoints": checkpoints, "checkpoint": checkpoints[-1], "seconds": time.time() - start}
     if stage != "finetune":
         raise ValueError(f"run_unisrec: stage {stage!r} must be pretrain or finetune")
     result = finetune(dataset, pretrained=pretrained, config_dict=config_dict, model_class=UniSRec,
-                      trainer_class=trainer_class)
+                      trainer_class=trainer_class, resume=resume)
     return {"model": "UniSRec", "stage": stage, **result, "interest_refresh_seconds": None}

@@ -518,3 +518,52 @@ def test_valid_curves_compare_runs_at_equal_epoch_budgets(tmp_path, capsys):
     assert first["best_epoch"] == max(range(30), key=scores.__getitem__) and first["finished"]
     assert not rows[1]["finished"] and "stopped" in capsys.readouterr().out
     assert json.loads((tmp_path / "out.json").read_text())["runs"][1]["label"] == "stopped"
+
+
+def test_an_interrupted_run_continues_from_its_resume_file(tmp_path):
+    """launch: when the previous attempt's log names a resume file that still exists, the worker gets it as
+    ``resume`` and the log goes on; a finished run (resume file deleted) or a first attempt starts afresh."""
+    import types
+
+    resume = tmp_path / "MISSRec-Office-inductive-Nov-30-2026_12-16-24-24345-0-resume.pth"
+    later = tmp_path / "other-resume.pth"
+    log = tmp_path / "row.log"
+    log.write_text(f"INFO  Resume checkpoint (rewritten every epoch): {resume}\nINFO  epoch 0 evaluating\n")
+    assert bench.runner.previous_resume_file(log) is None  # not on disk: start afresh
+    resume.write_bytes(b"x")
+    assert bench.runner.previous_resume_file(log) == str(resume)
+    with open(log, "a") as handle:  # a resumed attempt keeps writing the file it continued
+        handle.write(f"INFO  Resume checkpoint (rewritten every epoch): {later}\n"
+                     f"INFO  Resumed from {resume}: continuing at epoch 3; this run keeps writing {resume}\n")
+    assert bench.runner.previous_resume_file(log) == str(resume)
+    assert bench.runner.previous_resume_file(tmp_path / "first-attempt.log") is None
+
+    seen = tmp_path / "seen.json"
+    copy = f"import shutil, sys; shutil.copy(sys.argv[1], {str(seen)!r}); sys.exit(3)"
+    real = bench.runner.worker_command
+    bench.runner.worker_command = lambda spec, out: [sys.executable, "-c", copy, str(spec)]
+    try:
+        suite = types.SimpleNamespace(launched=0, log_dir=tmp_path, progress=lambda line: None,
+                                      args=types.SimpleNamespace(verbose=False, work_dir=tmp_path))
+        with pytest.raises(RuntimeError, match="exit code 3"):
+            bench.launch(suite, {"kind": "missrec"}, "row")
+        assert json.loads(seen.read_text())["resume"] == str(resume)
+        assert "epoch 0 evaluating" in log.read_text()  # appended, not overwritten
+        with pytest.raises(RuntimeError):
+            bench.launch(suite, {"kind": "missrec"}, "fresh")
+        assert "resume" not in json.loads(seen.read_text())
+    finally:
+        bench.runner.worker_command = real
+
+
+def test_the_worker_passes_the_resume_file_to_every_resumable_run(monkeypatch):
+    from missrec_recbole.bench import worker
+    seen = []
+    monkeypatch.setattr(worker.quick_start, "finetune", lambda *a, **kw: seen.append(kw.get("resume")) or {})
+    monkeypatch.setattr(worker.quick_start, "pretrain", lambda *a, **kw: seen.append(kw.get("resume")) or ["c"])
+    monkeypatch.setattr(worker, "unisrec", lambda *a, **kw: seen.append(kw.get("resume")) or {"checkpoint": "c"})
+    spec = {"dataset": "D", "pretrained": None, "mode": "inductive", "config_files": [], "config_dict": {},
+            "show_progress": False, "resume": "r.pth"}
+    for run in (worker.run_missrec, worker.pretrain_missrec, worker.run_unisrec, worker.pretrain_unisrec):
+        run(spec)
+    assert seen == ["r.pth"] * 4

@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -95,12 +96,16 @@ def launch(suite: Suite, spec: dict, label: str) -> tuple[dict, dict | None]:
     """Run ``spec`` in a fresh ``python -m missrec_recbole.bench _worker`` process: (record, per-case ranks)."""
     suite.launched += 1
     log = suite.log_dir / f"{file_safe(label)}.log"
+    resume = previous_resume_file(log)
+    if resume:  # an earlier invocation was stopped during this run: continue it (its log goes on)
+        spec = {**spec, "resume": resume}
+        say(f"{label}: continuing the interrupted run from {resume}")
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_file.write_text(json.dumps(spec), encoding="utf-8")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
                                                                            os.environ.get("PYTHONPATH")]))}
-        with open(log, "w", encoding="utf-8") as handle:
+        with open(log, "a" if resume else "w", encoding="utf-8") as handle:
             output = None if suite.args.verbose else handle
             process = subprocess.Popen(worker_command(spec_file, out_file), cwd=suite.args.work_dir, env=env,
                                        stdout=output, stderr=output)
@@ -116,7 +121,23 @@ def launch(suite: Suite, spec: dict, label: str) -> tuple[dict, dict | None]:
         npz = out_file.with_suffix(".npz")
         cases = dict(np.load(npz)) if npz.is_file() else None
     record["log"] = str(log)
+    if resume:
+        record["resumed_from"] = resume
     return record, cases
+
+
+# What the trainer logs about its resume file: the file a fresh run writes, then (if resumed) the file it continues.
+RESUME_LINE = re.compile(r"(?:Resume checkpoint \(rewritten every epoch\): |Resumed from )(\S+?\.pth)")
+
+
+def previous_resume_file(log: Path) -> str | None:
+    """The resume file an interrupted earlier attempt of this run left (named in its log), if it is still on disk.
+    A finished run's resume file is deleted with its model (:func:`_remove_model`), so only interrupted runs
+    continue. SASRec's trainer writes none: it starts again."""
+    if not log.is_file():
+        return None
+    found = RESUME_LINE.findall(log.read_text(encoding="utf-8", errors="replace"))
+    return found[-1] if found and Path(found[-1]).is_file() else None
 
 
 def _check(kind: str) -> None:

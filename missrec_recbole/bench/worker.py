@@ -125,7 +125,7 @@ def run_sasrec(spec) -> tuple[dict, RecordingTrainer]:
 
 def _quick_start_kwargs(spec) -> dict:
     return {"config_files": spec["config_files"], "config_dict": spec["config_dict"],
-            "show_progress": spec["show_progress"]}
+            "show_progress": spec["show_progress"], "resume": spec.get("resume")}
 
 
 def run_missrec(spec):
@@ -149,13 +149,14 @@ def _unisrec_config(spec) -> dict:
 
 def run_unisrec(spec):
     result = unisrec(spec["dataset"], stage="finetune", mode=spec["mode"], pretrained=spec["pretrained"],
-                     config_dict=_unisrec_config(spec), trainer_class=recording(MISSRecTrainer))
+                     config_dict=_unisrec_config(spec), trainer_class=recording(MISSRecTrainer),
+                     resume=spec.get("resume"))
     return result, RecordingTrainer.last
 
 
 def pretrain_unisrec(spec) -> str:
     return unisrec(spec["dataset"].split(","), stage="pretrain", mode="inductive",
-                   config_dict=_unisrec_config(spec))["checkpoint"]
+                   config_dict=_unisrec_config(spec), resume=spec.get("resume"))["checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,8 @@ def _worker_finetune(spec, out: Path) -> dict:
                                                "interest_refresh_seconds", "trainable_parameters", "best_epoch")}
     record["model_file"] = result.get("model_file")
     if recorder is not None:
-        record["best_epoch"] = recorder.best_epoch
+        if not spec.get("resume"):  # a resumed run's recorder saw only this process's epochs: keep the trainer's
+            record["best_epoch"] = recorder.best_epoch
         record["train_seconds_per_epoch"] = float(np.mean(recorder.train_epoch_seconds))
         record["train_cpu_seconds_per_epoch"] = float(np.mean(recorder.train_epoch_cpu_seconds))
         if recorder.cases is not None:
