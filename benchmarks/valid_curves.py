@@ -4,7 +4,7 @@ Investigations on a transfer target run the benchmark suite with one changed set
 (``--finetune.epochs=25``, own ``--out_dir``); their results.json keeps only the best epoch. This reads each
 run's RecBole log (the ``log`` of every run in the given results.json files, plus ``LABEL=LOG`` pairs for runs
 that were stopped before the end) and reports, per run, the best valid NDCG@10 within the first 10 / 20 / 25
-epochs and overall, so a 25-epoch variant is compared with the full default run at the same budget.
+epochs (``--budgets``) and overall, so a 25-epoch variant is compared with the full default run at the same budget.
 
     python benchmarks/valid_curves.py results/Office/results.json results/Office/tuning/*/results.json \\
         --extra "MISSRec pre-trained inductive (stopped)=saved/bench/Office/logs/transfer-....log" \\
@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from missrec_recbole.bench.store import now  # noqa: E402
 
 VALID_LINE = re.compile(r"epoch (\d+) evaluating \[.*valid_score: ([0-9.]+)\]")
-BUDGETS = (10, 20, 25)
+BUDGETS = (10, 20, 25)  # default --budgets
 
 
 def valid_curve(log: Path) -> list[float]:
@@ -39,15 +39,15 @@ def valid_curve(log: Path) -> list[float]:
     return [scores[epoch] for epoch in sorted(scores)]
 
 
-def describe(label: str, curve: list[float], changes: dict, finished: bool) -> dict:
+def describe(label: str, curve: list[float], changes: dict, finished: bool, budgets=BUDGETS) -> dict:
     best = max(range(len(curve)), key=curve.__getitem__) if curve else None
     return {"label": label, "changes": changes, "finished": finished, "epochs": len(curve),
             "best": curve[best] if curve else None, "best_epoch": best,
-            **{f"best_in_{n}": max(curve[:n]) if len(curve) >= n else None for n in BUDGETS},
+            **{f"best_in_{n}": max(curve[:n]) if len(curve) >= n else None for n in budgets},
             "curve": curve}
 
 
-def runs_of(results_file: Path) -> list[dict]:
+def runs_of(results_file: Path, budgets=BUDGETS) -> list[dict]:
     data = json.loads(results_file.read_text(encoding="utf-8"))
     settings = data.get("settings", {})
     changes = {**settings.get("overrides", {}), **settings.get("finetune_overrides", {})}
@@ -57,7 +57,7 @@ def runs_of(results_file: Path) -> list[dict]:
         log = Path(run.get("log") or "")
         if run.get("status") == "ok" and log.is_file():
             label = run["row"] + "".join(f", {k}={v}" for k, v in changes.items())
-            found.append(describe(label, valid_curve(log), changes, True))
+            found.append(describe(label, valid_curve(log), changes, True, budgets))
     return found
 
 
@@ -65,20 +65,25 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="*", type=Path, help="results.json files of bench invocations")
     parser.add_argument("--extra", action="append", default=[], help="LABEL=LOG of a run not in any results.json")
+    parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)), help="epoch budgets, comma-separated")
     parser.add_argument("--out", type=Path, help="write the curves and summaries as JSON")
     args = parser.parse_args(argv)
-    rows = [row for path in args.results for row in runs_of(path)]
+    budgets = tuple(int(n) for n in args.budgets.split(","))
+    rows = [row for path in args.results for row in runs_of(path, budgets)]
     for pair in args.extra:
-        label, _, log = pair.partition("=")
-        rows.append(describe(label, valid_curve(Path(log)), {}, False))
+        label, _, log = pair.rpartition("=")  # the label may hold "key=value"
+        if not Path(log).is_file():
+            parser.error(f"--extra {pair!r}: log {log} not found")
+        rows.append(describe(label, valid_curve(Path(log)), {}, False, budgets))
     cell = lambda v: "   -  " if v is None else f"{v:.4f}"  # noqa: E731
-    print(f"{'run':70s} " + " ".join(f"<={n:<4d}" for n in BUDGETS) + "  best (epoch/of)")
+    print(f"{'run':70s} " + " ".join(f"<={n:<4d}" for n in budgets) + "  best (epoch/of)")
     for row in rows:
-        print(f"{row['label'][:70]:70s} " + " ".join(cell(row[f'best_in_{n}']) for n in BUDGETS)
+        print(f"{row['label'][:70]:70s} " + " ".join(cell(row[f'best_in_{n}']) for n in budgets)
               + f"  {cell(row['best'])} ({row['best_epoch']}/{row['epochs']}{'' if row['finished'] else ', stopped'})")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"date": now(), "metric": "valid NDCG@10", "runs": rows}, indent=1) + "\n",
+        args.out.write_text(json.dumps({"date": now(), "metric": "valid NDCG@10", "budgets": budgets, "runs": rows},
+                                       indent=1) + "\n",
                             encoding="utf-8")
     return rows
 
