@@ -63,12 +63,13 @@ def prepare_data(config, files=None):
     return dataset, train_data, valid_data, test_data
 
 
-def _check_inputs(config, resume: Checkpoint | None = None, pretrained: Checkpoint | None = None):
+def _check_inputs(config, resume: Checkpoint | None = None, start: Checkpoint | None = None):
     """Everything a run reads, checked before it writes anything: the dataset's files (which also give the feature
-    widths), then the checkpoints it starts from. Returns the dataset's files."""
+    widths), then the checkpoints it starts from (``start``: weights to load, ``resume``: a run to continue).
+    Returns the dataset's files."""
     files = check_dataset(config)
-    if pretrained is not None:
-        pretrained.check_architecture(config)
+    if start is not None:
+        start.check_architecture(config)
     if resume is not None:
         resume.check_run(run_identity(config, files))
     return files
@@ -231,7 +232,7 @@ def load_data_and_model(model_file, config_dict=None):
     ``recbole.quick_start.load_data_and_model`` calls this for our checkpoints (``compat.py``)."""
     checkpoint = Checkpoint.read(model_file, TRAINED_HINT)
     config = checkpoint_config(checkpoint, config_dict=config_dict)
-    files = _check_inputs(config, pretrained=checkpoint)
+    files = _check_inputs(config, start=checkpoint)
     _setup(config)
     model, dataset, train_data, valid_data, test_data = build_model(config, files, checkpoint,
                                                                     model_class=checkpoint_model(checkpoint))
