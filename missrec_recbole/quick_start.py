@@ -63,13 +63,14 @@ def prepare_data(config, files=None):
     return dataset, train_data, valid_data, test_data
 
 
-def _check_inputs(config, resume: Checkpoint | None = None, start: Checkpoint | None = None):
+def check_inputs(config, resume: Checkpoint | None = None, start: Checkpoint | None = None,
+                 transferable: bool = True):
     """Everything a run reads, checked before it writes anything: the dataset's files (which also give the feature
-    widths), then the checkpoints it starts from (``start``: weights to load, ``resume``: a run to continue).
-    Returns the dataset's files."""
+    widths), then the checkpoints it starts from (``start``: weights to load, only the transferable ones or, with
+    ``transferable=False``, all of them; ``resume``: a run to continue). Returns the dataset's files."""
     files = check_dataset(config)
     if start is not None:
-        start.check_architecture(config)
+        start.check_architecture(config, all_weights=not transferable)
     if resume is not None:
         resume.check_run(run_identity(config, files))
     return files
@@ -77,7 +78,7 @@ def _check_inputs(config, resume: Checkpoint | None = None, start: Checkpoint | 
 
 def build_model(config, files, checkpoint: Checkpoint | None = None, transferable: bool = False,
                 model_class=MISSRec, split: bool = True):
-    """Dataset -> model -> weights: the one route from checked files (:func:`_check_inputs`) and a checkpoint to a
+    """Dataset -> model -> weights: the one route from checked files (:func:`check_inputs`) and a checkpoint to a
     model, used by fine-tuning, resume, :func:`load_data_and_model` and the predictor.
 
     ``transferable``: load only the weights that do not depend on the items (a pre-trained start); otherwise every
@@ -132,7 +133,7 @@ def pretrain(datasets, config_files=None, config_dict=None, show_progress=False,
         config_dict["data_path"] = str(merged_root)
     config = run_config(name, "pretrain", config_files, config_dict, model_class)
     resume = Checkpoint.read(resume, RESUME_HINT) if resume else None
-    files = _check_inputs(config, resume)
+    files = check_inputs(config, resume)
     _setup(config)
     model, _, train_data, _, _ = build_model(config, files, model_class=model_class)
     getLogger().info(model)
@@ -153,7 +154,7 @@ def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show
     config = run_config(dataset, "finetune", config_files, config_dict, model_class)
     checkpoint = Checkpoint.read(pretrained) if pretrained else None
     resume = Checkpoint.read(resume, RESUME_HINT) if resume else None
-    files = _check_inputs(config, resume, checkpoint)
+    files = check_inputs(config, resume, checkpoint)
     _setup(config)
     model, _, train_data, valid_data, test_data = build_model(config, files, checkpoint, transferable=True,
                                                               model_class=model_class)
@@ -232,7 +233,7 @@ def load_data_and_model(model_file, config_dict=None):
     ``recbole.quick_start.load_data_and_model`` calls this for our checkpoints (``compat.py``)."""
     checkpoint = Checkpoint.read(model_file, TRAINED_HINT)
     config = checkpoint_config(checkpoint, config_dict=config_dict)
-    files = _check_inputs(config, start=checkpoint)
+    files = check_inputs(config, start=checkpoint, transferable=False)
     _setup(config)
     model, dataset, train_data, valid_data, test_data = build_model(config, files, checkpoint,
                                                                     model_class=checkpoint_model(checkpoint))

@@ -289,6 +289,8 @@ def test_checkpoint_dataset_mismatch_is_a_clear_error(tiny, tmp_path):
     # a configuration that contradicts the checkpoint
     with pytest.raises(CheckpointMismatchError, match="hidden_size=32 but this run has hidden_size=64"):
         MISSRecPredictor.load(tiny["inductive"], "Tiny", data_path=tiny["root"], config_dict={"hidden_size": 64})
+    with pytest.raises(CheckpointMismatchError, match="mode='inductive' but this run has mode='transductive'"):
+        MISSRecPredictor.load(tiny["inductive"], "Tiny", data_path=tiny["root"], config_dict={"mode": "transductive"})
     assert issubclass(CheckpointMismatchError, CheckpointError)
     with pytest.raises(CheckpointError, match="checkpoint file not found"):
         MISSRecPredictor.load(tmp_path / "none.pth", "Tiny", data_path=tiny["root"])
@@ -494,3 +496,6 @@ def test_recbole_load_data_and_model_reads_our_checkpoints(tiny, mode):
     again = ours(tiny[mode])[1]
     first = MISSRecTrainer(config, model).evaluate(test, load_best_model=False)
     assert first == MISSRecTrainer(config, again).evaluate(test, load_best_model=False)
+    other = "transductive" if mode == "inductive" else "inductive"  # every weight is loaded: the mode must match
+    with pytest.raises(CheckpointMismatchError, match=f"mode='{mode}' but this run has mode='{other}'"):
+        ours(tiny[mode], config_dict={"mode": other})

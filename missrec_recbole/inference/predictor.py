@@ -40,8 +40,8 @@ from missrec_recbole.inference.errors import (CheckpointMismatchError, Duplicate
                                               TransductiveModeError, UnknownItemError)
 from missrec_recbole.inference.export import export_predictor
 from missrec_recbole.model import MISSRec
-from missrec_recbole.quick_start import build_model, check_dataset, checkpoint_config, checkpoint_model
-from missrec_recbole.trainer.checkpoint import ARCHITECTURE_KEYS, Checkpoint
+from missrec_recbole.quick_start import build_model, check_inputs, checkpoint_config, checkpoint_model
+from missrec_recbole.trainer.checkpoint import Checkpoint
 
 
 def read_item2index(folder: Path, name: str) -> dict[str, int] | None:
@@ -110,8 +110,7 @@ class MISSRecPredictor:
         if pretrained and config["mode"] == "transductive":
             raise CheckpointMismatchError(f"{model_file}: a pre-trained checkpoint has no ID embedding; "
                                           f"use it in inductive mode (or fine-tune it first).")
-        files = check_dataset(config)  # DatasetFormatError for bad or missing files; gives the feature widths
-        checkpoint.check_architecture(config, ARCHITECTURE_KEYS + ("mode",))
+        files = check_inputs(config, start=checkpoint, transferable=pretrained)  # DatasetFormatError, mismatches
         model, dataset_obj, *_ = build_model(config, files, checkpoint, transferable=pretrained, split=False)
         model = model.to(device).eval()
         if not model.has_interest_map:

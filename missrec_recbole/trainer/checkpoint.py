@@ -102,10 +102,11 @@ class Checkpoint:
         """The options of the run that wrote it (plain values)."""
         return self.content["config"]
 
-    def check_architecture(self, config, keys=ARCHITECTURE_KEYS) -> None:
-        """Raise :class:`CheckpointMismatchError` if the checkpoint's run had other ``keys`` (by default the options
-        that fix the weights' shapes) than ``config``."""
-        for key in keys:
+    def check_architecture(self, config, all_weights: bool = False) -> None:
+        """Raise :class:`CheckpointMismatchError` if the checkpoint's run had other options that fix the weights'
+        shapes than ``config``; with ``all_weights`` (every weight is loaded, ID embedding included) also another
+        ``mode``."""
+        for key in ARCHITECTURE_KEYS + (("mode",) if all_weights else ()):
             mine = plain(config[key])
             if key in self.config and self.config[key] != mine:
                 fix = ("the dataset's feature files give this width: use features from the same encoder as in "
