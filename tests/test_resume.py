@@ -114,3 +114,24 @@ def test_resume_restores_the_warm_start_quantizer(tiny_config):
     after = fresh.model._dpc_state
     assert after.refreshes == before.refreshes
     assert (after.centroids == before.centroids).all()
+
+
+def test_the_benchmark_finds_the_resume_file_in_the_trainers_log(tiny_config, tmp_path, caplog):
+    """The bench continues a stopped run from the resume file its log names: read back from what the trainer
+    really logs, for a new run and for a resumed one (which keeps writing the file it continued)."""
+    import logging
+
+    from missrec_recbole.bench.runner import previous_resume_file
+
+    log = tmp_path / "run.log"
+    with caplog.at_level(logging.INFO):
+        trainer, train, valid, _ = _trainer(tiny_config, 1)
+        trainer.fit(train, valid, saved=False)
+    log.write_text(caplog.text)
+    assert previous_resume_file(log) == trainer.resume_file
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        fresh, train, _, _ = _trainer(tiny_config, 2)  # logs its own new file name first
+        fresh.resume(trainer.resume_file, train)
+    log.write_text(log.read_text() + caplog.text)
+    assert fresh.resume_file == trainer.resume_file and previous_resume_file(log) == trainer.resume_file

@@ -24,6 +24,7 @@ from missrec_recbole.bench.store import Results, config_hash, fingerprint, now
 from missrec_recbole.bench.worker import RUN_KINDS, Unavailable
 from missrec_recbole.command import watched
 from missrec_recbole.config import merged_props
+from missrec_recbole.trainer.trainer import RESUME_FILE_LOG, RESUMED_LOG
 
 
 @dataclass
@@ -127,7 +128,7 @@ def launch(suite: Suite, spec: dict, label: str) -> tuple[dict, dict | None]:
 
 
 # What the trainer logs about its resume file: the file a fresh run writes, then (if resumed) the file it continues.
-RESUME_LINE = re.compile(r"(?:Resume checkpoint \(rewritten every epoch\): |Resumed from )(\S+?\.pth)")
+RESUME_LINE = re.compile(f"(?:{re.escape(RESUME_FILE_LOG)}|{re.escape(RESUMED_LOG)})" + r"(\S+?\.pth)")
 
 
 def previous_resume_file(log: Path) -> str | None:

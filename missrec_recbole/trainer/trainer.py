@@ -17,6 +17,10 @@ from missrec_recbole.evaluation import TieRuleEvaluation
 from missrec_recbole.trainer import distributed
 from missrec_recbole.trainer.checkpoint import RESUME_FORMAT, RESUME_HINT, Checkpoint, run_identity, save_pretrained
 
+# Log lines naming the resume file (the benchmark reads them back to continue a stopped run): the file a new run
+# writes, and the file a resumed run continues (and keeps writing).
+RESUME_FILE_LOG = "Resume checkpoint (rewritten every epoch): "
+RESUMED_LOG = "Resumed from "
 _RUN_NUMBER = itertools.count()  # tells apart runs of one process started within the same second
 
 
@@ -71,7 +75,7 @@ class MISSRecTrainer(TieRuleEvaluation, Trainer):
         self.pretrain_prefix = distributed.broadcast(self._free_pretrain_prefix())
         self.interest_refresh_seconds = []
         self.epochs_resumed = 0  # epochs trained before resume() (by the interrupted process)
-        self.logger.info(f"Resume checkpoint (rewritten every epoch): {self.resume_file}")
+        self.logger.info(f"{RESUME_FILE_LOG}{self.resume_file}")
 
     @property
     def run_name(self) -> str:
@@ -149,7 +153,7 @@ class MISSRecTrainer(TieRuleEvaluation, Trainer):
         self._resume_file = os.fspath(path)
         self.epochs_resumed = len(self.train_loss_dict)
         set_rng_state(state["rng"], train_data)
-        self.logger.info(f"Resumed from {path}: continuing at epoch {self.start_epoch}; this run keeps writing "
+        self.logger.info(f"{RESUMED_LOG}{path}: continuing at epoch {self.start_epoch}; this run keeps writing "
                          f"{self.resume_file}")
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
