@@ -155,6 +155,8 @@ OPTIONS: dict[str, Option] = {
     # model
     "mode": _choice("inductive: item features only; transductive: features + item ID embedding",
                     "inductive", "transductive"),
+    "item_adapter": _choice("MISSRec's adapter per modality: linear (paper) or moe (UniSRec's whitening experts)",
+                            "linear", "moe"),
     "item_fusion": _choice("add: sum of modality embeddings; stack: one token per modality", "add", "stack"),
     "n_layers": _int("Transformer layers (interest encoder + item decoder)", 2),
     "n_heads": _int("attention heads (must divide hidden_size)", 1),
@@ -173,8 +175,8 @@ OPTIONS: dict[str, Option] = {
     "item_drop_ratio": _prob("share of items dropped in the L_ss views"),
     "item_drop_coefficient": _float("share of L_ss views made by item drop (UniSRec)", 0, 1),
     "loss_candidates": _choice("sequence-item loss negatives: all items or in-batch targets", "all", "batch"),
-    "n_exps": _int("experts of the MoE adaptor (UniSRec)", 1),
-    "gating_noise": _bool("noisy gating of the MoE adaptor (UniSRec)"),
+    "n_exps": _int("experts of the MoE adaptor (UniSRec; MISSRec with item_adapter: moe)", 1),
+    "gating_noise": _bool("noisy gating of the MoE adaptor (UniSRec; MISSRec with item_adapter: moe)"),
     "memory_chunk_rows": _int("recompute activations this many sequences at a time (0: off)", 0, null=True),
     "length_buckets": _int("length groups per batch (speed only)", 1),
     # interests

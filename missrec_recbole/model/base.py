@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch.utils.checkpoint import checkpoint
@@ -62,6 +63,42 @@ def left_align(values: torch.Tensor, keep: torch.Tensor, fill=0) -> tuple[torch.
     positions = torch.arange(values.shape[1], device=values.device)
     aligned = torch.where(positions < lengths[:, None], aligned, values.new_tensor(fill))
     return aligned, lengths
+
+
+class MoEAdaptor(nn.Module):
+    """Parametric whitening per expert + mixture-of-experts gating (paper, "Universal item representation").
+
+    Experts are stored as one weight [G, D, d] and bias [G, D] so all G whitenings are one matmul:
+    (x - b_k) W_k = x W_k - b_k W_k.
+    """
+
+    def __init__(self, feature_dim: int, hidden_size: int, n_experts: int, dropout: float, gating_noise: bool):
+        super().__init__()
+        self.n_experts, self.hidden_size = n_experts, hidden_size
+        self.whitening_bias = nn.Parameter(torch.zeros(n_experts, feature_dim))
+        self.whitening_weight = nn.Parameter(torch.empty(n_experts, feature_dim, hidden_size))
+        self.gate = nn.Linear(feature_dim, n_experts, bias=False)  # W_2
+        self.noise = nn.Linear(feature_dim, n_experts, bias=False) if gating_noise else None  # W_3
+        self.dropout = nn.Dropout(dropout)
+
+    def experts(self, x: torch.Tensor) -> torch.Tensor:
+        """x~^(k) for every expert: [N, G, d]."""
+        weight = self.whitening_weight.transpose(0, 1).reshape(x.shape[-1], -1)  # [D, G*d]
+        whitened = (x @ weight).view(-1, self.n_experts, self.hidden_size)
+        shift = torch.einsum("gD,gDd->gd", self.whitening_bias, self.whitening_weight)
+        return whitened - shift
+
+    def gates(self, x: torch.Tensor) -> torch.Tensor:
+        """g = Softmax(x W_2 + delta), delta = E * Softplus(x W_3) in training, 0 otherwise: [N, G]."""
+        logits = self.gate(x)
+        if self.training and self.noise is not None:
+            logits = logits + torch.randn_like(logits) * F.softplus(self.noise(x))
+        return torch.softmax(logits, dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """v = sum_k g_k x~^(k) for features x [N, D] -> [N, d]."""
+        x = self.dropout(x)
+        return torch.einsum("ng,ngd->nd", self.gates(x), self.experts(x))
 
 
 class FeatureSequentialRecommender(SequentialRecommender):

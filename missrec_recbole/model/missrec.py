@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from missrec_recbole.interests import DPCKNNState, dpc_knn, n_interests
 from missrec_recbole.interests.assign import nearest_center
-from missrec_recbole.model.base import FeatureSequentialRecommender, memory_chunk_rows, use_fast_dropout
+from missrec_recbole.model.base import FeatureSequentialRecommender, MoEAdaptor, memory_chunk_rows, use_fast_dropout
 
 MODALITY_INDEX = {"text": 0, "image": 1}
 
@@ -84,8 +84,7 @@ class MISSRec(FeatureSequentialRecommender):
         for m in self.modalities:
             self.register_buffer(f"{m}_features", dataset.features[m], persistent=False)
             self.register_buffer(f"{m}_present", dataset.present[m], persistent=False)
-        self.adapters = nn.ModuleDict(
-            {m: nn.Linear(config[f"{m}_dim"], self.hidden_size) for m in self.modalities})
+        self.adapters = nn.ModuleDict({m: self._adapter(config, config[f"{m}_dim"]) for m in self.modalities})
         self.adapter_dropout = nn.Dropout(config["adaptor_dropout_prob"])
         self.item_embedding = (nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
                                if self.transductive else None)
@@ -106,9 +105,19 @@ class MISSRec(FeatureSequentialRecommender):
 
         self.initializer_range = config["initializer_range"]
         self.apply(self._init_weights)
+        for adapter in self.adapters.values():
+            if isinstance(adapter, MoEAdaptor):
+                nn.init.normal_(adapter.whitening_weight, std=self.initializer_range)
         use_fast_dropout(self)
         self._reset_interest_map()
         self._item_token_cache = None
+
+    def _adapter(self, config, feature_dim: int) -> nn.Module:
+        """One modality's adapter: linear (the paper) or UniSRec's MoE of whitening experts (``item_adapter: moe``).
+        Its dropout is ``adapter_dropout``, applied outside so that interest refreshes see no dropout."""
+        if config["item_adapter"] == "moe":
+            return MoEAdaptor(feature_dim, self.hidden_size, config["n_exps"], 0.0, config["gating_noise"])
+        return nn.Linear(feature_dim, self.hidden_size)
 
     # ------------------------------------------------------------------ item tokens
     def _features(self, m):
