@@ -194,3 +194,41 @@ def test_memory_chunks_change_nothing_without_dropout(built):
 def test_memory_chunk_rows_is_checked(built, bad):
     with pytest.raises(ValueError, match="memory_chunk_rows"):
         built(memory_chunk_rows=bad)
+
+
+def test_moe_item_adapter(built, tmp_path):
+    """item_adapter: moe gives each modality UniSRec's MoE of whitening experts: scores stay consistent, the experts
+    learn, fine-tuning keeps them trainable, interest refreshes see no gating noise, and a checkpoint of the other
+    adapter kind (or one written before the option existed, i.e. linear) is refused by name."""
+    from missrec_recbole.model.base import MoEAdaptor
+    from missrec_recbole.trainer.checkpoint import CheckpointMismatchError, load_pretrained, save_pretrained
+
+    model, train, _, dataset = built(item_adapter="moe", n_exps=3, mode="inductive")
+    assert all(isinstance(adapter, MoEAdaptor) for adapter in model.adapters.values())
+    batch = _batch(train)
+    model.eval()
+    full = model.full_sort_predict(batch)
+    assert torch.allclose(model.predict(batch), full[torch.arange(len(batch)), batch["item_id"]], atol=1e-5)
+    model.train()
+    model.calculate_loss(batch).backward()
+    for name in ("adapters.text.whitening_weight", "adapters.text.gate.weight", "adapters.image.whitening_bias"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    model.refresh_interests()
+    first = model.item_interest.clone()
+    model.refresh_interests()
+    assert torch.equal(first, model.item_interest)  # gating noise is a training-time perturbation only
+    model.freeze_for_finetune()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "adapters.text.whitening_weight" in trainable and "interest_encoder.layers.0.linear1.weight" not in trainable
+
+    linear, _, _, linear_data = built(mode="inductive")
+    path = save_pretrained(linear, linear_data.config, tmp_path / "linear.pth", epoch=1)
+    with pytest.raises(CheckpointMismatchError, match="item_adapter='linear' but this run has item_adapter='moe'"):
+        load_pretrained(model, dataset.config, path)
+    content = torch.load(path, weights_only=True)
+    del content["config"]["item_adapter"]  # as written before the option existed
+    torch.save(content, tmp_path / "older.pth")
+    with pytest.raises(CheckpointMismatchError, match="item_adapter='linear'"):
+        load_pretrained(model, dataset.config, tmp_path / "older.pth")
+    load_pretrained(linear, linear_data.config, tmp_path / "older.pth")

@@ -30,3 +30,15 @@ def test_model_props_do_not_repeat_the_common_block():
     for model in ("MISSRec", "UniSRec"):
         repeated = sorted(set(common) & set(read_config_file(PROPS / f"{model}.yaml")))
         assert not repeated, f"props/{model}.yaml repeats {repeated} of props/common.yaml"
+
+
+def test_a_later_option_identifies_a_run_only_away_from_its_old_behaviour(monkeypatch):
+    from missrec_recbole.bench import runner
+
+    monkeypatch.setattr(runner, "merged_props", lambda model, stage: {"hidden_size": 8, "item_adapter": "linear",
+                                                                      "n_exps": 8, "gating_noise": True})
+    assert runner.effective_props("missrec", "finetune") == {"hidden_size": 8}
+    monkeypatch.setattr(runner, "merged_props", lambda model, stage: {"hidden_size": 8, "item_adapter": "moe",
+                                                                      "n_exps": 8, "gating_noise": True})
+    assert runner.effective_props("missrec", "finetune") == {"hidden_size": 8, "item_adapter": "moe", "n_exps": 8,
+                                                             "gating_noise": True}

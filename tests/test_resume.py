@@ -135,3 +135,16 @@ def test_the_benchmark_finds_the_resume_file_in_the_trainers_log(tiny_config, tm
         fresh.resume(trainer.resume_file, train)
     log.write_text(log.read_text() + caplog.text)
     assert fresh.resume_file == trainer.resume_file and previous_resume_file(log) == trainer.resume_file
+
+
+def test_a_resume_file_from_before_an_option_existed_counts_as_its_old_behaviour():
+    """Resume files written before item_adapter existed were linear: they resume a linear run, not a moe one; a model
+    that does not read the option (UniSRec: None) is not affected."""
+    from missrec_recbole.trainer.checkpoint import RESUME_FORMAT, Checkpoint
+
+    older = Checkpoint("old-resume.pth", {"format": RESUME_FORMAT, "identity": {"model": "MISSRec", "hidden_size": 8}})
+    older.check_run({"model": "MISSRec", "hidden_size": 8, "item_adapter": "linear"})
+    with pytest.raises(CheckpointError, match="item_adapter 'linear' there, 'moe' here"):
+        older.check_run({"model": "MISSRec", "hidden_size": 8, "item_adapter": "moe"})
+    Checkpoint("old-resume.pth", {"format": RESUME_FORMAT, "identity": {"model": "UniSRec"}}).check_run(
+        {"model": "UniSRec", "item_adapter": None})

@@ -67,15 +67,23 @@ def _file_hashes(paths) -> dict:
 
 
 SPEED_ONLY_OPTIONS = {"memory_chunk_rows"}  # same gradients, less memory (tests/test_model.py)
+# Options added after benchmark runs were recorded: option -> (the value that behaves as before it existed, the options
+# that only matter at other values). At that value none of them identifies a run, so finished runs stay valid.
+LATER_OPTIONS = {"item_adapter": ("linear", ("n_exps", "gating_noise"))}
 PROPS_MODEL = {"sasrec": "MISSRec", "unisrec": "UniSRec", "missrec": "MISSRec"}  # SASRec runs on MISSRec's props
 
 
 def effective_props(kind: str, stage: str) -> dict:
     """The defaults a run of ``kind`` reads from props/ (merged, later files win): what the run hash covers, so
     that rearranging or commenting the props files does not change it, while changing a value does. Options that
-    change speed or memory only (:data:`SPEED_ONLY_OPTIONS`) do not identify a run."""
+    change speed or memory only (:data:`SPEED_ONLY_OPTIONS`) and options added later at their old behaviour
+    (:data:`LATER_OPTIONS`) do not identify a run."""
     merged = merged_props(PROPS_MODEL[kind], stage)
-    return {key: value for key, value in merged.items() if key not in SPEED_ONLY_OPTIONS}
+    ignored = set(SPEED_ONLY_OPTIONS)
+    for option, (old_value, only_otherwise) in LATER_OPTIONS.items():
+        if option in merged and merged[option] == old_value:
+            ignored |= {option, *only_otherwise}
+    return {key: value for key, value in merged.items() if key not in ignored}
 
 
 def _hash_inputs(suite: Suite, kind: str, dataset: str, data_path: Path, settings: dict, stage: str,

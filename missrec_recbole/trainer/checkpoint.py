@@ -22,7 +22,9 @@ FORMAT = "missrec-recbole/1"
 RESUME_FORMAT = "missrec-recbole-resume/2"
 # Config keys that fix the shapes of the transferable weights.
 ARCHITECTURE_KEYS = ("modalities", "text_dim", "image_dim", "hidden_size", "n_layers", "n_heads", "inner_size",
-                     "item_fusion", "MAX_ITEM_LIST_LENGTH")
+                     "item_adapter", "item_fusion", "MAX_ITEM_LIST_LENGTH")
+# Architecture options added later, with the value that files written before they existed were trained with.
+OLDER_DEFAULTS = {"item_adapter": "linear"}
 FEATURE_WIDTH_KEYS = ("text_dim", "image_dim")  # read from the dataset's files, not set by options
 # Options a resumed run must share with the run that wrote the resume file (besides the dataset's files).
 RUN_KEYS = ("model", "dataset", "stage", "mode") + ARCHITECTURE_KEYS
@@ -75,6 +77,14 @@ def run_identity(config, files) -> dict:
     return identity
 
 
+def recorded(saved: dict, key: str, mine):
+    """``saved[key]``; for a file written before ``key`` existed, the value it behaved as (:data:`OLDER_DEFAULTS`),
+    or ``mine`` where the option does not apply (a model that does not read it)."""
+    if key in saved:
+        return saved[key]
+    return OLDER_DEFAULTS.get(key, mine) if mine is not None else None
+
+
 def saved_data_path(saved: dict) -> str | None:
     """The ``data_path`` option of a saved config (RecBole stores ``<data_path>/<dataset>``)."""
     return str(Path(saved["data_path"]).parent) if saved.get("data_path") else None
@@ -108,11 +118,12 @@ class Checkpoint:
         ``mode``."""
         for key in ARCHITECTURE_KEYS + (("mode",) if all_weights else ()):
             mine = plain(config[key])
-            if key in self.config and self.config[key] != mine:
+            theirs = recorded(self.config, key, mine)
+            if theirs != mine:
                 fix = ("the dataset's feature files give this width: use features from the same encoder as in "
-                       "training" if key in FEATURE_WIDTH_KEYS else f"use {key}={self.config[key]!r}, or leave "
+                       "training" if key in FEATURE_WIDTH_KEYS else f"use {key}={theirs!r}, or leave "
                        f"{key} out where the checkpoint defines it")
-                raise CheckpointMismatchError(f"{self.path}: checkpoint was trained with {key}={self.config[key]!r} "
+                raise CheckpointMismatchError(f"{self.path}: checkpoint was trained with {key}={theirs!r} "
                                               f"but this run has {key}={mine!r}; {fix}.")
 
     def check_run(self, identity: dict) -> None:
@@ -125,8 +136,8 @@ class Checkpoint:
                 "written by an older version of missrec-recbole, which did not record its run; start the run "
                 "again without --resume." if older else "not a resume checkpoint (those end in -resume.pth)."))
         saved = self.content.get("identity") or {}
-        differences = [f"{key} {saved.get(key)!r} there, {value!r} here" for key, value in identity.items()
-                       if saved.get(key) != value]
+        differences = [f"{key} {recorded(saved, key, value)!r} there, {value!r} here"
+                       for key, value in identity.items() if recorded(saved, key, value) != value]
         if differences:
             raise CheckpointError(f"{self.path}: belongs to another run ({'; '.join(differences)}). Resume with the "
                                   f"same dataset files and options, or start a new run without --resume.")
