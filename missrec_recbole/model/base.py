@@ -66,7 +66,8 @@ def left_align(values: torch.Tensor, keep: torch.Tensor, fill=0) -> tuple[torch.
 
 
 class MoEAdaptor(nn.Module):
-    """Parametric whitening per expert + mixture-of-experts gating (paper, "Universal item representation").
+    """UniSRec's item adaptor: parametric whitening per expert + mixture-of-experts gating (UniSRec paper,
+    "Universal item representation"; MISSRec with ``item_adapter: moe``).
 
     Experts are stored as one weight [G, D, d] and bias [G, D] so all G whitenings are one matmul:
     (x - b_k) W_k = x W_k - b_k W_k.
