@@ -27,7 +27,9 @@ Usage (each run trains 2 models per seed; run it in the background). The committ
 
 (about 8 min per seed and dataset on a busy 2-core machine). Any ``--key=value`` is a config override.
 
-Results go to ``benchmarks/results/cold_start_<dataset>.json``; a table is printed at the end.
+Results go to ``benchmarks/results/cold_start_<dataset>.json`` (``--out``) after every seed; a table is printed at the
+end. Seeds already in that file with the same settings are skipped, so a stopped run continues with the next seed
+and seeds can be split across invocations running side by side (``--seeds 2023`` / ``--seeds 2024``).
 """
 
 from __future__ import annotations
@@ -295,33 +297,62 @@ def main(argv=None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"cold_start_{args.dataset}.json").resolve()
     overrides.setdefault("state", "INFO")  # progress goes to <work_dir>/log/
+    identity = {"benchmark": "cold_start", "dataset": args.dataset, "cold_ratio": args.cold_ratio,
+                "settings": dict(overrides, mode="inductive", config_files=[Path(f).name for f in args.config_files])}
+    finished = finished_seeds(out, identity)
     os.chdir(work)  # RecBole writes log/ and log_tensorboard/ into the working directory
     start = time.time()
-    per_seed = []
+    result = None
     for seed in args.seeds:
-        per_seed.append(run_seed(args, overrides, seed, work))
+        if seed in finished:
+            print(f"seed {seed}: already in {out}, skipped", flush=True)
+            continue
+        outcome = run_seed(args, overrides, seed, work)
         print(f"seed {seed} done after {time.time() - start:.0f}s: cold-target recall@10 "
-              f"cold model {per_seed[-1]['results']['cold_model']['cold_targets']['recall@10']:.4f}, "
-              f"warm model {per_seed[-1]['results']['warm_model']['cold_targets']['recall@10']:.4f}", flush=True)
-        result = {
-            "benchmark": "cold_start",
-            "dataset": args.dataset,
-            "cold_ratio": args.cold_ratio,
-            "seeds": [r["seed"] for r in per_seed],
-            "settings": dict(overrides, mode="inductive", config_files=[Path(f).name for f in args.config_files]),
-            "protocol": "cold items: no interaction in train/valid/test of the cold model (not in its vocabulary); "
-                        "added back with MISSRecPredictor.add_items (features only, nearest-center interests). "
-                        "Evaluation on the original test rows, full ranking over all items, no history exclusion, "
-                        "pessimistic ties.",
-            "summary": summarize(per_seed),
-            "per_seed": per_seed,
-            "total_seconds": time.time() - start,
-        }
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "w", encoding="utf-8") as handle:  # after every seed: partial results survive
-            json.dump(result, handle, indent=1)
+              f"cold model {outcome['results']['cold_model']['cold_targets']['recall@10']:.4f}, "
+              f"warm model {outcome['results']['warm_model']['cold_targets']['recall@10']:.4f}", flush=True)
+        result = save_seed(out, identity, outcome)  # after every seed: partial results survive
+    if result is None:  # every seed was already there
+        result = json.loads(out.read_text(encoding="utf-8"))
     print(format_table(result))
     print(f"written: {out}")
+    return result
+
+
+PROTOCOL = ("cold items: no interaction in train/valid/test of the cold model (not in its vocabulary); added back "
+            "with MISSRecPredictor.add_items (features only, nearest-center interests). Evaluation on the original "
+            "test rows, full ranking over all items, no history exclusion, pessimistic ties.")
+
+
+def finished_seeds(out: Path, identity: dict) -> dict:
+    """Seeds already in ``out`` from a run with the same dataset, cold ratio and settings (they are skipped, so a
+    stopped invocation, or seeds split across invocations, add up). Other settings: refuse rather than overwrite."""
+    if not out.exists():
+        return {}
+    previous = json.loads(out.read_text(encoding="utf-8"))
+    differing = [key for key in identity if previous.get(key) != identity[key]]
+    if differing:
+        raise SystemExit(f"{out} holds a cold-start run with other {', '.join(differing)} "
+                         f"({', '.join(f'{k}={previous.get(k)!r}' for k in differing)}): pass another --out.")
+    return {r["seed"]: r for r in previous["per_seed"]}
+
+
+def save_seed(out: Path, identity: dict, outcome: dict) -> dict:
+    """Add one seed's ``outcome`` to ``out`` (re-read under a lock, so parallel invocations with other seeds keep
+    each other's results) and write it atomically; returns the whole result."""
+    import fcntl
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(out.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        per_seed = finished_seeds(out, identity)
+        per_seed[outcome["seed"]] = outcome
+        runs = [per_seed[seed] for seed in sorted(per_seed)]
+        result = {**identity, "seeds": sorted(per_seed), "protocol": PROTOCOL, "summary": summarize(runs),
+                  "per_seed": runs, "total_seconds": sum(sum(r["timings"].values()) for r in runs)}
+        temporary = out.with_name(out.name + ".tmp")
+        temporary.write_text(json.dumps(result, indent=1), encoding="utf-8")
+        os.replace(temporary, out)
     return result
 
 

@@ -442,6 +442,35 @@ def test_cold_split_removes_every_interaction_of_cold_items(tiny, tmp_path):
     assert (tmp_path / name / f"{name}.feat1CLS").resolve() == (folder / "Tiny.feat1CLS").resolve()
 
 
+def test_cold_start_seeds_add_up_across_invocations(tmp_path, monkeypatch):
+    """Finished seeds (same settings) are skipped and kept, seeds run elsewhere are merged in, and a file from other
+    settings is refused instead of overwritten."""
+    cold_start = _cold_start_module()
+    ran = []
+
+    def fake_run_seed(args, overrides, seed, work):
+        ran.append(seed)
+        metrics = {m: seed / 10000 for m in ("recall@10", "ndcg@10", "recall@50", "ndcg@50")}
+        groups = {g: metrics for g in ("cold_targets", "warm_targets", "all")}
+        return {"seed": seed, "cold_test_cases": 3, "timings": {"cold_train_seconds": 1.0},
+                "results": {**{m: groups for m in ("cold_model", "warm_model", "feature_knn")},
+                            "random": {"recall@10": 0.1}}}
+
+    monkeypatch.setattr(cold_start, "run_seed", fake_run_seed)
+    monkeypatch.chdir(tmp_path)  # main() moves into its work dir; restored after the test
+    out = tmp_path / "cold.json"
+    common = ["-d", "Tiny", "--data_path", str(tmp_path), "--work_dir", str(tmp_path / "work"), "--out", str(out),
+              "--epochs=2"]
+    cold_start.main(common + ["--seeds", "1"])
+    cold_start.main(common + ["--seeds", "2"])  # e.g. another invocation beside the first
+    result = cold_start.main(common + ["--seeds", "1", "2", "3"])
+    assert ran == [1, 2, 3] and result["seeds"] == [1, 2, 3]
+    assert json.loads(out.read_text())["summary"]["cold_model"]["all"]["recall@10"]["mean"] == pytest.approx(0.0002)
+    with pytest.raises(SystemExit, match="other settings.*pass another --out"):
+        cold_start.main(common[:-1] + ["--epochs=3", "--seeds", "4"])
+    assert ran == [1, 2, 3]
+
+
 def test_cold_start_metrics_match_brute_force():
     cold_start = _cold_start_module()
     scores = np.array([[0.0, 0.5, 0.5, 0.9, 0.1], [0.0, 0.2, 0.3, 0.3, 0.4]])
