@@ -140,7 +140,7 @@ def evaluate_predictor(predictor, histories, targets, groups: dict) -> dict:
 
 def feature_knn_scores(folder: Path, name: str, config, histories_idx, n_items: int, last_n: int = 3) -> np.ndarray:
     """Training-free reference: cos(mean of the last ``last_n`` history items, item), over item indices."""
-    from missrec_recbole.data.dataset import feature_path, read_feature_file
+    from missrec_recbole.data.dataset import feature_path, read_feature_file, resolve_feature_options
 
     def unit(a):
         norm = np.linalg.norm(a, axis=1, keepdims=True)
@@ -157,7 +157,7 @@ def feature_knn_scores(folder: Path, name: str, config, histories_idx, n_items: 
 def run_seed(args, overrides, seed: int, work: Path) -> dict:
     from missrec_recbole.inference import MISSRecPredictor
     from missrec_recbole.inference.predictor import read_item2index
-    from missrec_recbole.data.dataset import feature_path, read_feature_file
+    from missrec_recbole.data.dataset import feature_path, read_feature_file, resolve_feature_options
     from missrec_recbole.quick_start import build_config, finetune
 
     folder = Path(args.data_path) / args.dataset
@@ -181,6 +181,7 @@ def run_seed(args, overrides, seed: int, work: Path) -> dict:
     index2id = ({i: str(i) for i in used_items(folder, args.dataset)} if item2index is None
                 else {v: k for k, v in item2index.items()})
     config = build_config(args.dataset, "finetune", args.config_files, dict(config_dict, data_path=str(args.data_path)))
+    resolve_feature_options(config)  # modalities and widths come from the files
     features = {m: read_feature_file(feature_path(folder, args.dataset, config[f"{m}_suffix"]), config[f"{m}_dim"], m)
                 for m in config["modalities"]}
 

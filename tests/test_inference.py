@@ -471,6 +471,22 @@ def test_cold_start_seeds_add_up_across_invocations(tmp_path, monkeypatch):
     assert ran == [1, 2, 3]
 
 
+@pytest.mark.slow
+def test_cold_start_runs_end_to_end_with_widths_from_the_files(tiny, tmp_path, monkeypatch):
+    """The whole protocol on Tiny, no --text_dim/--image_dim given (the script reads the cold items' features with
+    the widths the files give, as every run does)."""
+    cold_start = _cold_start_module()
+    monkeypatch.chdir(tmp_path)
+    result = cold_start.main(["-d", "Tiny", "--data_path", str(tiny["root"]), "--work_dir", str(tmp_path / "work"),
+                              "--out", str(tmp_path / "cold.json"), "--seeds", "1", "--epochs=1", "--hidden_size=32",
+                              "--inner_size=64", "--n_heads=2", "--train_batch_size=64", "--eval_batch_size=64",
+                              "--dpc_k=3", "--faiss_threads=1", "--state=ERROR", "--topk=[5,10]"])
+    run = result["per_seed"][0]
+    assert run["n_cold_items"] == 4 and run["cold_test_cases"] > 0
+    for model in ("cold_model", "warm_model", "feature_knn"):
+        assert 0 <= run["results"][model]["cold_targets"]["recall@10"] <= 1
+
+
 def test_cold_start_metrics_match_brute_force():
     cold_start = _cold_start_module()
     scores = np.array([[0.0, 0.5, 0.5, 0.9, 0.1], [0.0, 0.2, 0.3, 0.3, 0.4]])
