@@ -138,27 +138,24 @@ def evaluate_predictor(predictor, histories, targets, groups: dict) -> dict:
     return {group: pessimistic_metrics(scores[rows], target_internal[rows], valid) for group, rows in groups.items()}
 
 
-def feature_knn_scores(folder: Path, name: str, config, histories_idx, n_items: int, last_n: int = 3) -> np.ndarray:
-    """Training-free reference: cos(mean of the last ``last_n`` history items, item), over item indices."""
-    from missrec_recbole.data.dataset import feature_path, read_feature_file, resolve_feature_options
+def feature_knn_scores(features: dict, histories_idx, n_items: int, last_n: int = 3) -> np.ndarray:
+    """Training-free reference: cos(mean of the last ``last_n`` history items, item), over item indices, on the
+    per-modality ``features`` (each normalised, then concatenated)."""
 
     def unit(a):
         norm = np.linalg.norm(a, axis=1, keepdims=True)
         return np.divide(a, norm, out=np.zeros_like(a), where=norm > 0)
 
-    parts = [unit(read_feature_file(feature_path(folder, name, config[f"{m}_suffix"]), config[f"{m}_dim"], m)
-                  .astype(np.float64)) for m in config["modalities"]]
-    features = np.concatenate(parts, axis=1)[:n_items]
-    query = np.stack([features[h[-last_n:]].mean(axis=0) for h in histories_idx])
-    return unit(query) @ unit(features).T
+    joined = np.concatenate([unit(f.astype(np.float64)) for f in features.values()], axis=1)[:n_items]
+    query = np.stack([joined[h[-last_n:]].mean(axis=0) for h in histories_idx])
+    return unit(query) @ unit(joined).T
 
 
 # ----------------------------------------------------------------------------- one seed
 def run_seed(args, overrides, seed: int, work: Path) -> dict:
     from missrec_recbole.inference import MISSRecPredictor
     from missrec_recbole.inference.predictor import read_item2index
-    from missrec_recbole.data.dataset import feature_path, read_feature_file, resolve_feature_options
-    from missrec_recbole.quick_start import build_config, finetune
+    from missrec_recbole.quick_start import build_config, check_dataset, finetune
 
     folder = Path(args.data_path) / args.dataset
     cold = choose_cold_items(folder, args.dataset, args.cold_ratio, seed)
@@ -181,9 +178,7 @@ def run_seed(args, overrides, seed: int, work: Path) -> dict:
     index2id = ({i: str(i) for i in used_items(folder, args.dataset)} if item2index is None
                 else {v: k for k, v in item2index.items()})
     config = build_config(args.dataset, "finetune", args.config_files, dict(config_dict, data_path=str(args.data_path)))
-    resolve_feature_options(config)  # modalities and widths come from the files
-    features = {m: read_feature_file(feature_path(folder, args.dataset, config[f"{m}_suffix"]), config[f"{m}_dim"], m)
-                for m in config["modalities"]}
+    features = check_dataset(config).features  # the loader's own reading: modalities and widths from the files
 
     start = time.time()
     cold_rec = MISSRecPredictor.load(cold_run["model_file"], cold_name, data_path=seed_dir / "data",
@@ -217,7 +212,7 @@ def run_seed(args, overrides, seed: int, work: Path) -> dict:
     indices = used_items(folder, args.dataset)
     valid = np.zeros(int(indices.max()) + 1, dtype=bool)
     valid[indices] = True
-    knn = feature_knn_scores(folder, args.dataset, config, [h for _, h, _ in rows], len(valid))
+    knn = feature_knn_scores(features, [h for _, h, _ in rows], len(valid))
     tgt = np.array([t for _, _, t in rows])
     results["feature_knn"] = {g: pessimistic_metrics(knn[r], tgt[r], valid) for g, r in groups.items()}
     n = int(valid.sum())
