@@ -82,6 +82,10 @@ class MoEAdaptor(nn.Module):
         self.noise = nn.Linear(feature_dim, n_experts, bias=False) if gating_noise else None  # W_3
         self.dropout = nn.Dropout(dropout)
 
+    def init_whitening(self, std: float) -> None:
+        """Normal init of the experts' W_k (the model's ``_init_weights`` covers only Linear and Embedding layers)."""
+        nn.init.normal_(self.whitening_weight, std=std)
+
     def experts(self, x: torch.Tensor) -> torch.Tensor:
         """x~^(k) for every expert: [N, G, d]."""
         weight = self.whitening_weight.transpose(0, 1).reshape(x.shape[-1], -1)  # [D, G*d]

@@ -107,7 +107,7 @@ class MISSRec(FeatureSequentialRecommender):
         self.apply(self._init_weights)
         for adapter in self.adapters.values():
             if isinstance(adapter, MoEAdaptor):
-                nn.init.normal_(adapter.whitening_weight, std=self.initializer_range)
+                adapter.init_whitening(self.initializer_range)
         use_fast_dropout(self)
         self._reset_interest_map()
         self._item_token_cache = None

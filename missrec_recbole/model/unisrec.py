@@ -72,7 +72,7 @@ class UniSRec(FeatureSequentialRecommender):
 
         self.initializer_range = config["initializer_range"]
         self.apply(self._init_weights)
-        nn.init.normal_(self.moe_adaptor.whitening_weight, std=self.initializer_range)
+        self.moe_adaptor.init_whitening(self.initializer_range)
         use_fast_dropout(self)  # same rates, cheaper masks on CPU
         self._item_cache = None
 
