@@ -24,6 +24,7 @@ from missrec_recbole.bench.store import Results, config_hash, fingerprint, now
 from missrec_recbole.bench.worker import RUN_KINDS, Unavailable
 from missrec_recbole.command import watched
 from missrec_recbole.config import merged_props
+from missrec_recbole.trainer.checkpoint import OLDER_DEFAULTS
 from missrec_recbole.trainer.trainer import RESUME_FILE_LOG, RESUMED_LOG
 
 
@@ -67,9 +68,9 @@ def _file_hashes(paths) -> dict:
 
 
 SPEED_ONLY_OPTIONS = {"memory_chunk_rows"}  # same gradients, less memory (tests/test_model.py)
-# Options added after benchmark runs were recorded: option -> (the value that behaves as before it existed, the options
-# that only matter at other values). At that value none of them identifies a run, so finished runs stay valid.
-LATER_OPTIONS = {"item_adapter": ("linear", ("n_exps", "gating_noise"))}
+# Options added after benchmark runs were recorded -> the options that only matter away from the value that behaves as
+# before (checkpoint.OLDER_DEFAULTS). At that value none of them identifies a run, so finished runs stay valid.
+LATER_OPTIONS = {"item_adapter": ("n_exps", "gating_noise")}
 PROPS_MODEL = {"sasrec": "MISSRec", "unisrec": "UniSRec", "missrec": "MISSRec"}  # SASRec runs on MISSRec's props
 
 
@@ -80,8 +81,8 @@ def effective_props(kind: str, stage: str) -> dict:
     (:data:`LATER_OPTIONS`) do not identify a run."""
     merged = merged_props(PROPS_MODEL[kind], stage)
     ignored = set(SPEED_ONLY_OPTIONS)
-    for option, (old_value, only_otherwise) in LATER_OPTIONS.items():
-        if option in merged and merged[option] == old_value:
+    for option, only_otherwise in LATER_OPTIONS.items():
+        if option in merged and merged[option] == OLDER_DEFAULTS[option]:
             ignored |= {option, *only_otherwise}
     return {key: value for key, value in merged.items() if key not in ignored}
 
