@@ -54,6 +54,13 @@ def without_argv():
         sys.argv = saved
 
 
+def given_options(config_files=None, config_dict=None) -> set:
+    """The options a run sets itself (its config files and overrides), as opposed to the props/ defaults. A file
+    that does not exist sets nothing here; :func:`build_config` reports it."""
+    files = [read_config_file(path) for path in config_files or [] if Path(path).is_file()]
+    return set(config_dict or {}).union(*files)
+
+
 def props_files(model: str, stage: str, dataset: str | None = None) -> list[Path]:
     """The props/ defaults a run of ``model`` at ``stage`` reads, lowest priority first."""
     files = [PROPS / COMMON_PROPS, PROPS / f"{model}.yaml", PROPS / f"{stage}.yaml"]

@@ -147,15 +147,20 @@ def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show
              freeze=True, resume=None, model_class=MISSRec, trainer_class=MISSRecTrainer) -> dict:
     """Fine-tune (or train from scratch) on ``dataset``; returns valid/test metrics and costs.
 
-    With ``pretrained``, the checkpoint's transferable weights are loaded and, if ``freeze``, only
+    With ``pretrained``, the run takes the options that define the pre-trained network from the checkpoint
+    (:data:`~missrec_recbole.trainer.checkpoint.MODEL_KEYS`, unless ``config_files``/``config_dict`` set them),
+    its transferable weights are loaded and, if ``freeze``, only
     adapters, beta, input LayerNorm and (transductive) ID embedding are trained. ``resume``: a
     ``*-resume.pth`` file of an interrupted run with the same arguments. ``best_epoch`` is 0-based.
     """
-    config = run_config(dataset, "finetune", config_files, config_dict, model_class)
     checkpoint = Checkpoint.read(pretrained) if pretrained else None
+    inherited = checkpoint.model_options(configuration.given_options(config_files, config_dict)) if checkpoint else {}
+    config = run_config(dataset, "finetune", config_files, {**inherited, **(config_dict or {})}, model_class)
     resume = Checkpoint.read(resume, RESUME_HINT) if resume else None
     files = check_inputs(config, resume, checkpoint)
     _setup(config)
+    if inherited:
+        getLogger().info("from the pre-trained checkpoint: " + ", ".join(f"{k}={v}" for k, v in inherited.items()))
     model, _, train_data, valid_data, test_data = build_model(config, files, checkpoint, transferable=True,
                                                               model_class=model_class)
     adapters_only = config["adapters_only"]

@@ -308,6 +308,26 @@ def test_resumed_run_keeps_writing_its_resume_file(tiny_runs, workdir, capsys, m
     assert f"this run keeps writing {resume_file}" in caplog.text
 
 
+def test_finetuning_takes_the_pretrained_network_from_the_checkpoint(tiny_runs, workdir, capsys):
+    """`-d NAME -p CHECKPOINT` alone fine-tunes the network that was pre-trained: the options that define it come
+    from the checkpoint unless the run gives them, and a given one that disagrees is refused by name."""
+    pretrain = tiny_args(tiny_runs, "Tiny", "--stage=pretrain", "--epochs=1", "--mode=inductive",
+                         "--item_adapter=moe", "--n_exps=3", "--hidden_size=16", "--inner_size=24")
+    assert cli(pretrain, capsys)[0] == 0
+    (checkpoint,) = Path("saved").glob("*-epoch1.pth")
+    finetune = ["-d", "Tiny", f"--data_path={tiny_runs}", "-p", checkpoint, "--epochs=1", "--topk=[5,10]",
+                "--train_batch_size=256", "--eval_batch_size=256", "--faiss_threads=1", "--state=ERROR"]
+    code, output = cli(finetune + [f"--result_json={workdir / 'result.json'}"], capsys)
+    assert code == 0, output[-3000:]
+    trained = read_checkpoint(json.loads((workdir / "result.json").read_text())["model_file"])["config"]
+    assert {key: trained[key] for key in ("item_adapter", "n_exps", "hidden_size", "inner_size", "n_heads")} == {
+        "item_adapter": "moe", "n_exps": 3, "hidden_size": 16, "inner_size": 24, "n_heads": 2}
+    before = files_under(workdir)
+    code, output = cli(finetune + ["--item_adapter=linear"], capsys)
+    assert_rejected(code, output, "item_adapter='moe' but this run has item_adapter='linear'; leave item_adapter "
+                    "out to take it from the checkpoint", workdir, before)
+
+
 def test_missing_and_garbage_checkpoints(tiny_runs, workdir, capsys):
     garbage = workdir.parent / "garbage.pth"
     garbage.write_bytes(b"PK\x03\x04 not a checkpoint" * 10)

@@ -26,6 +26,11 @@ ARCHITECTURE_KEYS = ("modalities", "text_dim", "image_dim", "hidden_size", "n_la
 # Architecture options added later, with the value that files written before they existed were trained with.
 OLDER_DEFAULTS = {"item_adapter": "linear"}
 FEATURE_WIDTH_KEYS = ("text_dim", "image_dim")  # read from the dataset's files, not set by options
+# What a fine-tuning run takes from its pre-trained checkpoint unless it sets the option itself: the options that
+# define the pre-trained network (shapes and the function its weights compute). Not the modalities and widths
+# (the target dataset's files give them) nor mode (an inductive checkpoint may be fine-tuned transductively).
+MODEL_KEYS = ("item_adapter", "n_exps", "item_fusion", "n_layers", "n_heads", "hidden_size", "inner_size",
+              "hidden_act", "layer_norm_eps", "MAX_ITEM_LIST_LENGTH")
 # Options a resumed run must share with the run that wrote the resume file (besides the dataset's files).
 RUN_KEYS = ("model", "dataset", "stage", "mode") + ARCHITECTURE_KEYS
 PRETRAINED_HINT = "Pass the .pth written by --stage=pretrain."
@@ -112,6 +117,12 @@ class Checkpoint:
         """The options of the run that wrote it (plain values)."""
         return self.content["config"]
 
+    def model_options(self, given) -> dict:
+        """The :data:`MODEL_KEYS` options of the checkpoint's run that are not in ``given`` (options the new run
+        sets itself): a fine-tuning run that leaves them out gets the pre-trained network."""
+        return {key: self.config[key] for key in MODEL_KEYS
+                if key not in given and self.config.get(key) is not None}
+
     def check_architecture(self, config, all_weights: bool = False) -> None:
         """Raise :class:`CheckpointMismatchError` if the checkpoint's run had other options that fix the weights'
         shapes than ``config``; with ``all_weights`` (every weight is loaded, ID embedding included) also another
@@ -121,8 +132,8 @@ class Checkpoint:
             theirs = recorded(self.config, key, mine)
             if theirs != mine:
                 fix = ("the dataset's feature files give this width: use features from the same encoder as in "
-                       "training" if key in FEATURE_WIDTH_KEYS else f"use {key}={theirs!r}, or leave "
-                       f"{key} out where the checkpoint defines it")
+                       "training" if key in FEATURE_WIDTH_KEYS else f"leave {key} out to take it from the "
+                       f"checkpoint" if key in MODEL_KEYS else f"use {key}={theirs!r}")
                 raise CheckpointMismatchError(f"{self.path}: checkpoint was trained with {key}={theirs!r} "
                                               f"but this run has {key}={mine!r}; {fix}.")
 
