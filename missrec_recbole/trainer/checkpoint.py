@@ -164,8 +164,9 @@ class Checkpoint:
                                               f"{type(model).__name__}?")
             if expected[key].shape != value.shape:
                 raise CheckpointMismatchError(f"{self.path}: weight {key!r} has shape {tuple(value.shape)}, this "
-                                              f"model expects {tuple(expected[key].shape)}. Check the feature dims "
-                                              f"and hidden_size.")
+                                              f"model expects {tuple(expected[key].shape)}: an option that shapes the "
+                                              f"network (e.g. n_exps) differs from the checkpoint's; leave it out to "
+                                              f"take it from the checkpoint.")
         missing = sorted(set(expected) - set(weights))
         if missing:
             raise CheckpointMismatchError(f"{self.path}: checkpoint lacks weights {missing[:5]}.")
