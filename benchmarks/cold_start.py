@@ -28,8 +28,9 @@ Usage (each run trains 2 models per seed; run it in the background). The committ
 (about 8 min per seed and dataset on a busy 2-core machine). Any ``--key=value`` is a config override.
 
 Results go to ``benchmarks/results/cold_start_<dataset>.json`` (``--out``) after every seed; a table is printed at the
-end. Seeds already in that file with the same settings are skipped, so a stopped run continues with the next seed
-and seeds can be split across invocations running side by side (``--seeds 2023`` / ``--seeds 2024``).
+end. Seeds already in that file with the same settings are skipped, and inside a seed a trained model is kept in
+``--work_dir`` (a stopped model continues from its resume file), so a stopped run continues where it was; seeds can
+be split across invocations running side by side (``--seeds 2023`` / ``--seeds 2024``).
 """
 
 from __future__ import annotations
@@ -155,23 +156,19 @@ def feature_knn_scores(features: dict, histories_idx, n_items: int, last_n: int 
 def run_seed(args, overrides, seed: int, work: Path) -> dict:
     from missrec_recbole.inference import MISSRecPredictor
     from missrec_recbole.inference.predictor import read_item2index
-    from missrec_recbole.quick_start import build_config, check_dataset, finetune
+    from missrec_recbole.quick_start import build_config, check_dataset
 
     folder = Path(args.data_path) / args.dataset
     cold = choose_cold_items(folder, args.dataset, args.cold_ratio, seed)
     seed_dir = work / f"seed{seed}"
     cold_name, split_stats = make_cold_dataset(folder, args.dataset, seed_dir / "data", cold)
     config_dict = dict(overrides, mode="inductive", seed=seed, checkpoint_dir=str(seed_dir / "saved"))
-    timings = {}
 
-    start = time.time()
-    cold_run = finetune(cold_name, config_files=args.config_files,
-                        config_dict=dict(config_dict, data_path=str(seed_dir / "data")))
-    timings["cold_train_seconds"] = time.time() - start
-    start = time.time()
-    warm_run = finetune(args.dataset, config_files=args.config_files,
-                        config_dict=dict(config_dict, data_path=str(args.data_path)))
-    timings["warm_train_seconds"] = time.time() - start
+    cold_run = train_once(seed_dir, "cold", cold_name, args.config_files,
+                          dict(config_dict, data_path=str(seed_dir / "data")))
+    warm_run = train_once(seed_dir, "warm", args.dataset, args.config_files,
+                          dict(config_dict, data_path=str(args.data_path)))
+    timings = {"cold_train_seconds": cold_run["train_seconds"], "warm_train_seconds": warm_run["train_seconds"]}
 
     # ids and features of the cold items
     item2index = read_item2index(folder, args.dataset)
@@ -233,6 +230,40 @@ def run_seed(args, overrides, seed: int, work: Path) -> dict:
         "results": results,
         "cold_items": [index2id[int(i)] for i in cold],
     }
+
+
+def train_once(seed_dir: Path, role: str, dataset: str, config_files, config_dict: dict) -> dict:
+    """:func:`~missrec_recbole.quick_start.finetune` for one model (``role``: cold or warm) of a seed, once across
+    invocations: ``<seed_dir>/<role>_run.json`` records its settings before training and its result after, so a
+    finished model is read back and a stopped one continues from the resume file it left (the run's own resume,
+    same epochs and random states); a record with other settings is refused rather than mixed in."""
+    from missrec_recbole.quick_start import finetune
+
+    record = seed_dir / f"{role}_run.json"
+    settings = json.loads(json.dumps({"dataset": dataset, "config_files": [str(f) for f in config_files],
+                                      "config_dict": config_dict}))
+    saved = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
+    if saved is not None and saved["settings"] != settings:
+        raise SystemExit(f"{record}: the {role} model of this seed was started with other settings: pass "
+                         f"another --work_dir.")
+    if saved is not None and saved["run"] is not None:
+        return saved["run"]
+    _write_json(record, {"settings": settings, "run": None})
+    resume_files = sorted(Path(config_dict["checkpoint_dir"]).glob(f"MISSRec-{dataset}-inductive-*-resume.pth"),
+                          key=lambda path: path.stat().st_mtime)
+    start = time.time()
+    run = finetune(dataset, config_files=config_files, config_dict=config_dict,
+                   resume=str(resume_files[-1]) if resume_files else None)
+    run["train_seconds"] = time.time() - start  # this invocation's share when it continued a stopped run
+    _write_json(record, {"settings": settings, "run": run})
+    Path(run["resume_file"]).unlink(missing_ok=True)  # only stopped runs leave one (found by the glob above)
+    return run
+
+
+def _write_json(path: Path, content) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(content, indent=1, default=float), encoding="utf-8")
+    os.replace(temporary, path)
 
 
 def summarize(per_seed: list[dict]) -> dict:
@@ -346,9 +377,7 @@ def save_seed(out: Path, identity: dict, outcome: dict) -> dict:
         runs = [per_seed[seed] for seed in sorted(per_seed)]
         result = {**identity, "seeds": sorted(per_seed), "protocol": PROTOCOL, "summary": summarize(runs),
                   "per_seed": runs, "total_seconds": sum(sum(r["timings"].values()) for r in runs)}
-        temporary = out.with_name(out.name + ".tmp")
-        temporary.write_text(json.dumps(result, indent=1), encoding="utf-8")
-        os.replace(temporary, out)
+        _write_json(out, result)
     return result
 
 

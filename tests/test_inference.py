@@ -471,6 +471,38 @@ def test_cold_start_seeds_add_up_across_invocations(tmp_path, monkeypatch):
     assert ran == [1, 2, 3]
 
 
+def test_cold_start_models_survive_a_stop(tmp_path, monkeypatch):
+    """Inside a seed, a trained model is read back instead of retrained, a stopped one continues from the resume file
+    it left (which goes once the model is done), and a record from other settings is refused."""
+    from missrec_recbole import quick_start
+
+    cold_start = _cold_start_module()
+    calls = []
+
+    def fake_finetune(dataset, config_files=None, config_dict=None, resume=None):
+        calls.append((dataset, resume))
+        if dataset == "Tiny" and resume is None:  # the warm model's first attempt is stopped after an epoch
+            (saved / "MISSRec-Tiny-inductive-Nov-30-2026_10-00-00-1-0-resume.pth").write_bytes(b"state")
+            raise KeyboardInterrupt
+        return {"test": {"ndcg@10": 0.5}, "model_file": str(saved / f"{dataset}.pth"), "resume_file": resume or str(saved / f"{dataset}-resume.pth")}
+
+    monkeypatch.setattr(quick_start, "finetune", fake_finetune)
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    settings = {"checkpoint_dir": str(saved), "seed": 1}
+    cold = cold_start.train_once(tmp_path, "cold", "Tiny-cold", [], settings)
+    with pytest.raises(KeyboardInterrupt):
+        cold_start.train_once(tmp_path, "warm", "Tiny", [], settings)
+    (resume,) = saved.glob("*-resume.pth")
+    # the next invocation: the cold model is read back, the warm one continues from its resume file
+    assert cold_start.train_once(tmp_path, "cold", "Tiny-cold", [], settings) == json.loads(json.dumps(cold))
+    warm = cold_start.train_once(tmp_path, "warm", "Tiny", [], settings)
+    assert calls == [("Tiny-cold", None), ("Tiny", None), ("Tiny", str(resume))]
+    assert warm["test"] == {"ndcg@10": 0.5} and not resume.exists()
+    with pytest.raises(SystemExit, match="other settings: pass another --work_dir"):
+        cold_start.train_once(tmp_path, "warm", "Tiny", [], {**settings, "seed": 2})
+
+
 @pytest.mark.slow
 def test_cold_start_runs_end_to_end_with_widths_from_the_files(tiny, tmp_path, monkeypatch):
     """The whole protocol on Tiny, no --text_dim/--image_dim given (the script reads the cold items' features with
