@@ -21,11 +21,12 @@ Protocol (per seed):
 Usage (each run trains 2 models per seed; run it in the background). The committed results came from::
 
     OMP_NUM_THREADS=1 nohup python benchmarks/cold_start.py -d Scientific-mm --data_path=../shared/datasets \\
-        --hidden_size=128 --epochs=5 --stopping_step=10 --seeds 2023 2024 2025 > cold-sci.log 2>&1 &
+        --seeds 2023 --out benchmarks/results/cold_start_Scientific-mm_full.json > cold-2023.log 2>&1 &
+    # ... the same with --seeds 2024 and --seeds 2025 beside it (55-90 min per seed on a busy 2-core machine)
     OMP_NUM_THREADS=1 nohup python benchmarks/cold_start.py -d Demo-D --data_path=/tmp/demo-data \\
         --config_files=props/demo-finetune.yaml --epochs=5 --stopping_step=10 --seeds 2023 2024 2025 > cold-demo.log 2>&1 &
 
-(about 8 min per seed and dataset on a busy 2-core machine). Any ``--key=value`` is a config override.
+(Demo-D: about 8 min per seed). Any ``--key=value`` is a config override.
 
 Results go to ``benchmarks/results/cold_start_<dataset>.json`` (``--out``) after every seed; a table is printed at the
 end. Seeds already in that file with the same settings are skipped, and inside a seed a trained model is kept in
