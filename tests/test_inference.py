@@ -484,7 +484,8 @@ def test_cold_start_models_survive_a_stop(tmp_path, monkeypatch):
         if dataset == "Tiny" and resume is None:  # the warm model's first attempt is stopped after an epoch
             (saved / "MISSRec-Tiny-inductive-Nov-30-2026_10-00-00-1-0-resume.pth").write_bytes(b"state")
             raise KeyboardInterrupt
-        return {"test": {"ndcg@10": 0.5}, "model_file": str(saved / f"{dataset}.pth"), "resume_file": resume or str(saved / f"{dataset}-resume.pth")}
+        return {"test": {"ndcg@10": 0.5}, "model_file": str(saved / f"{dataset}.pth"),
+                "resume_file": resume or str(saved / f"{dataset}-resume.pth")}
 
     monkeypatch.setattr(quick_start, "finetune", fake_finetune)
     saved = tmp_path / "saved"

@@ -3,7 +3,7 @@
 import pytest
 
 from missrec_recbole import bench
-from missrec_recbole.config import PROPS, props_files
+from missrec_recbole.config import PROPS, given_options, props_files
 from missrec_recbole.config_schema import read_config_file
 
 # config_hash(effective_props(kind, stage)) as recorded at c8c2ad9, before props/common.yaml existed: finished
@@ -42,3 +42,18 @@ def test_a_later_option_identifies_a_run_only_away_from_its_old_behaviour(monkey
                                                                       "n_exps": 8, "gating_noise": True})
     assert runner.effective_props("missrec", "finetune") == {"hidden_size": 8, "item_adapter": "moe", "n_exps": 8,
                                                              "gating_noise": True}
+
+
+def test_fine_tuning_inherits_only_what_the_run_does_not_give(tmp_path):
+    """The options a run gives itself come from its config files (a missing one is reported later, by build_config)
+    and overrides; the checkpoint supplies the network-defining ones among the rest, never None or training options."""
+    from missrec_recbole.trainer.checkpoint import Checkpoint
+
+    given_file = tmp_path / "mine.yaml"
+    given_file.write_text("hidden_size: 64\nepochs: 3\n")
+    given = given_options([given_file, tmp_path / "missing.yaml"], {"n_layers": 4})
+    assert given == {"hidden_size", "epochs", "n_layers"}
+    saved = Checkpoint("pre.pth", {"state_dict": {}, "config": {
+        "hidden_size": 300, "n_layers": 2, "n_heads": 4, "item_adapter": "moe", "item_fusion": None, "epochs": 100,
+        "learning_rate": 0.001, "mode": "inductive", "text_dim": 512}})
+    assert saved.model_options(given) == {"n_heads": 4, "item_adapter": "moe"}
