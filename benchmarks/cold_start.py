@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from missrec_recbole.bench.store import write_json  # noqa: E402
 from missrec_recbole.config import parse_known_options  # noqa: E402
 from missrec_recbole.evaluation import metrics_from_ranks, pessimistic_ranks  # noqa: E402
 
@@ -249,22 +250,16 @@ def train_once(seed_dir: Path, role: str, dataset: str, config_files, config_dic
                          f"another --work_dir.")
     if saved is not None and saved["run"] is not None:
         return saved["run"]
-    _write_json(record, {"settings": settings, "run": None})
+    write_json(record, {"settings": settings, "run": None})
     resume_files = sorted(Path(config_dict["checkpoint_dir"]).glob(f"MISSRec-{dataset}-inductive-*-resume.pth"),
                           key=lambda path: path.stat().st_mtime)
     start = time.time()
     run = finetune(dataset, config_files=config_files, config_dict=config_dict,
                    resume=str(resume_files[-1]) if resume_files else None)
     run["train_seconds"] = time.time() - start  # this invocation's share when it continued a stopped run
-    _write_json(record, {"settings": settings, "run": run})
+    write_json(record, {"settings": settings, "run": run})
     Path(run["resume_file"]).unlink(missing_ok=True)  # only stopped runs leave one (found by the glob above)
     return run
-
-
-def _write_json(path: Path, content) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(content, indent=1, default=float), encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def summarize(per_seed: list[dict]) -> dict:
@@ -378,7 +373,7 @@ def save_seed(out: Path, identity: dict, outcome: dict) -> dict:
         runs = [per_seed[seed] for seed in sorted(per_seed)]
         result = {**identity, "seeds": sorted(per_seed), "protocol": PROTOCOL, "summary": summarize(runs),
                   "per_seed": runs, "total_seconds": sum(sum(r["timings"].values()) for r in runs)}
-        _write_json(out, result)
+        write_json(out, result)
     return result
 
 
