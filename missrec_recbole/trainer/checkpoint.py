@@ -27,10 +27,10 @@ ARCHITECTURE_KEYS = ("modalities", "text_dim", "image_dim", "hidden_size", "n_la
 OLDER_DEFAULTS = {"item_adapter": "linear"}
 FEATURE_WIDTH_KEYS = ("text_dim", "image_dim")  # read from the dataset's files, not set by options
 # What a fine-tuning run takes from its pre-trained checkpoint unless it sets the option itself: the options that
-# define the pre-trained network (shapes and the function its weights compute). Not the modalities and widths
-# (the target dataset's files give them) nor mode (an inductive checkpoint may be fine-tuned transductively).
-MODEL_KEYS = ("item_adapter", "n_exps", "item_fusion", "n_layers", "n_heads", "hidden_size", "inner_size",
-              "hidden_act", "layer_norm_eps", "MAX_ITEM_LIST_LENGTH")
+# define the pre-trained network (its shapes, plus what its weights compute). Not the modalities and widths (the
+# target dataset's files give them) nor mode (an inductive checkpoint may be fine-tuned transductively).
+MODEL_KEYS = tuple(key for key in ARCHITECTURE_KEYS if key not in FEATURE_WIDTH_KEYS + ("modalities",)) + (
+    "n_exps", "hidden_act", "layer_norm_eps")
 # Options a resumed run must share with the run that wrote the resume file (besides the dataset's files).
 RUN_KEYS = ("model", "dataset", "stage", "mode") + ARCHITECTURE_KEYS
 PRETRAINED_HINT = "Pass the .pth written by --stage=pretrain."
