@@ -11,30 +11,12 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from missrec_recbole.bench.settings import PACKAGE_ROOT
-
-
-def atomic_write(path: Path, write) -> None:
-    """``write(handle)`` into a temp file beside ``path``, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_json(path: Path, data) -> None:
-    atomic_write(path, lambda h: h.write(json.dumps(data, indent=1, default=float).encode("utf-8")))
+from missrec_recbole.compat import atomic_write, write_json
 
 
 @functools.lru_cache(maxsize=None)

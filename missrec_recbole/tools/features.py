@@ -31,7 +31,6 @@ import importlib
 import json
 import os
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from missrec_recbole.command import run_command, watched
+from missrec_recbole.compat import write_json
 from missrec_recbole.data.dataset import DatasetFormatError, item_ids_by_index, read_item_texts
 from missrec_recbole.tools.images import find_images, image_stem
 
@@ -241,15 +241,6 @@ def _sha1(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def _run_resumable(out_path: Path, n_items: int, fingerprint: dict, compute: Callable[[int, int], np.ndarray],
                    batch_size: int, force: bool, progress: bool, desc: str, result: ExtractionResult):
     """Append ``compute(start, stop)`` blocks to ``out_path.partial`` and rename when all rows are done."""
@@ -300,8 +291,7 @@ def _run_resumable(out_path: Path, n_items: int, fingerprint: dict, compute: Cal
             handle.write(block.tobytes())
             handle.flush()
             os.fsync(handle.fileno())
-            _write_json_atomic(state_path, {"fingerprint": fingerprint, "dim": dim, "rows": stop,
-                                            "items": n_items})
+            write_json(state_path, {"fingerprint": fingerprint, "dim": dim, "rows": stop, "items": n_items})
             bar.update(stop - start)
     os.replace(partial, out_path)
     state_path.unlink(missing_ok=True)
