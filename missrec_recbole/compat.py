@@ -41,18 +41,18 @@ from __future__ import annotations
 
 import ast
 import enum
-import json
 import importlib
 import importlib.abc
 import importlib.util
 import os
 import sys
-import tempfile
 import warnings
 
 import numpy as np
 import pandas as pd
 import torch
+
+from missrec_recbole.files import atomic_torch_save
 
 _NUMPY_ALIASES = {"float_": np.float64, "complex_": np.complex128, "unicode_": np.str_, "bool8": np.bool_}
 _applied = False
@@ -210,35 +210,6 @@ def plain(value):
     if isinstance(value, enum.Enum):
         return value.name
     return str(value)
-
-
-def atomic_write(path, write) -> None:
-    """``write(handle)`` into a temp file beside ``path`` (binary), flushed to disk, then renamed over ``path``:
-    a reader never sees a half-written file, and a failure leaves no temp file behind."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_json(path, data) -> None:
-    """Write ``data`` as JSON with :func:`atomic_write` (numpy scalars as floats)."""
-    atomic_write(path, lambda handle: handle.write(json.dumps(data, indent=1, default=float).encode("utf-8")))
-
-
-def atomic_torch_save(obj, path) -> None:
-    """Write a checkpoint with :func:`atomic_write`: never half-written."""
-    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def save_checkpoint(self, epoch, verbose=True, **kwargs) -> None:

@@ -1,6 +1,5 @@
 """Each RecBole 1.2.1 workaround: the failure without it, and that the package's fix removes it."""
 
-import json
 import os
 import subprocess
 import sys
@@ -175,18 +174,3 @@ def test_config_dict_strings_are_read_as_literals_not_executed(tmp_path):
                                                "name": "abc", "off": "false", "none": "None"})
     assert not marker.exists() and values == {"data_path": code, "topk": [5, 10], "flag": True, "lr": 0.001,
                                               "name": "abc", "off": False, "none": None}
-
-
-def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
-    target = tmp_path / "results.json"
-    compat.write_json(target, {"ndcg@10": np.float32(0.5)})
-    assert json.loads(target.read_text()) == {"ndcg@10": 0.5}
-
-    def fail_halfway(handle):
-        handle.write(b'{"ndcg@10": ')
-        raise OSError("disk full")
-
-    with pytest.raises(OSError, match="disk full"):
-        compat.atomic_write(target, fail_halfway)
-    assert json.loads(target.read_text()) == {"ndcg@10": 0.5}  # the reader still sees the complete old file
-    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # and no temp file is left

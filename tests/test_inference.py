@@ -65,7 +65,8 @@ def tiny(tmp_path_factory):
 def _untrained_checkpoint(root, name, mode) -> str:
     """A best-model checkpoint in the trainer's format (compat.save_checkpoint) for random weights:
     exporting and retrieval must be exact whatever the weights, so the export test skips training."""
-    from missrec_recbole.compat import atomic_torch_save, plain
+    from missrec_recbole.compat import plain
+    from missrec_recbole.files import atomic_torch_save
 
     config = _config(root, name, mode=mode)
     torch.manual_seed(1)

@@ -10,7 +10,7 @@ import numpy as np
 from missrec_recbole.bench.rows import suite_rows
 from missrec_recbole.bench.settings import MODES, TABLES
 from missrec_recbole.bench.store import Results
-from missrec_recbole.compat import atomic_write
+from missrec_recbole.files import atomic_write
 from missrec_recbole.data.dataset import tab_rows
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from missrec_recbole.bench.settings import PACKAGE_ROOT
-from missrec_recbole.compat import atomic_write, write_json
+from missrec_recbole.files import atomic_write, write_json
 
 
 @functools.lru_cache(maxsize=None)

@@ -40,7 +40,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from missrec_recbole.command import run_command, watched
-from missrec_recbole.compat import write_json
+from missrec_recbole.files import write_json
 from missrec_recbole.data.dataset import DatasetFormatError, item_ids_by_index, read_item_texts
 from missrec_recbole.tools.images import find_images, image_stem
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from missrec_recbole.compat import atomic_torch_save, plain
+from missrec_recbole.compat import plain
+from missrec_recbole.files import atomic_torch_save
 from missrec_recbole.errors import InputError
 
 FORMAT = "missrec-recbole/1"

@@ -12,7 +12,8 @@ import torch
 from recbole.trainer import Trainer
 from recbole.utils import get_local_time, set_color
 
-from missrec_recbole.compat import atomic_torch_save, plain
+from missrec_recbole.compat import plain
+from missrec_recbole.files import atomic_torch_save
 from missrec_recbole.evaluation import TieRuleEvaluation
 from missrec_recbole.trainer import distributed
 from missrec_recbole.trainer.checkpoint import RESUME_FORMAT, RESUME_HINT, Checkpoint, run_identity, save_pretrained
