@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from missrec_recbole.bench.store import write_json  # noqa: E402
+from missrec_recbole.files import write_json  # noqa: E402
 from missrec_recbole.config import parse_known_options  # noqa: E402
 from missrec_recbole.evaluation import metrics_from_ranks, pessimistic_ranks  # noqa: E402
 
