@@ -10,18 +10,24 @@ import tempfile
 import torch
 
 
-def atomic_write(path, write) -> None:
+TEMP_PREFIX = ".tmp-"
+
+
+def atomic_write(path, write, mode: int | None = None) -> None:
     """``write(handle)`` into a temp file beside ``path`` (binary), flushed to disk, then renamed over ``path``:
-    a reader never sees a half-written file, and a failure leaves no temp file behind."""
+    a reader never sees a half-written file, and a failure leaves no temp file behind. The file keeps the temp
+    file's private mode (0o600) unless ``mode`` is given (e.g. 0o644 for files meant to be shared)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.path.basename(path)}-", dir=folder)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -30,3 +30,10 @@ def test_atomic_torch_save_loads_with_weights_only(tmp_path):
     loaded = torch.load(target, weights_only=True)
     assert loaded["epoch"] == 3 and torch.equal(loaded["weight"], torch.ones(2))
     assert [p.name for p in target.parent.iterdir()] == ["model.pth"]
+
+
+def test_atomic_write_mode_private_by_default_or_as_given(tmp_path):
+    files.atomic_write(tmp_path / "private.pth", lambda handle: handle.write(b"x"))
+    files.atomic_write(tmp_path / "shared.png", lambda handle: handle.write(b"x"), mode=0o644)
+    assert (tmp_path / "private.pth").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "shared.png").stat().st_mode & 0o777 == 0o644

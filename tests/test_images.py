@@ -90,6 +90,8 @@ def test_download_retries_timeouts_and_resume(server, tmp_path):
     entries = [("B01", f"{s}/png/1"), ("B02", f"{s}/jpg/2"), ("B03", f"{s}/flaky/3"), ("B04", f"{s}/missing/4"),
                ("B05", f"{s}/slow/5"), ("B06", f"{s}/html"), ("id with/slash", f"{s}/png/7")]
     out = tmp_path / "images"
+    out.mkdir()
+    (out / ".tmp-B01.png-killed").write_bytes(b"\x89PNG half")  # left by a killed run
     report = download_images(entries, out, workers=3, retries=2, timeout=0.4, backoff=0.0, proxies={})
     assert report.downloaded == 4 and report.skipped == 0
     assert {k: v[1].split(":")[0] for k, v in report.failed.items()} == {
@@ -101,7 +103,8 @@ def test_download_retries_timeouts_and_resume(server, tmp_path):
     assert server.requests["/flaky/3"] == 2  # retried after 503
     assert server.requests["/missing/4"] == 1  # 404 is not retried
     assert server.requests["/slow/5"] == 3  # timed out: first attempt + 2 retries
-    assert not list(out.glob(".dl-*"))  # no partial files
+    assert not list(out.glob(".tmp-*"))  # no partial files, the killed run's one removed
+    assert all(path.stat().st_mode & 0o777 == 0o644 for path in files.values())  # readable by others, like a download
     failures = (out / FAILURES_FILE).read_text().splitlines()
     assert [line.split("\t")[0] for line in failures] == ["B04", "B05", "B06"]
 

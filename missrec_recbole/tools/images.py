@@ -14,8 +14,8 @@
   (connect + read, whole body).
 * Resumable: items whose image file is already present and readable are skipped; a file that
   Pillow cannot read is downloaded again. Each image is written to a hidden temporary file and
-  renamed, so an interrupted run leaves no partial image (stale ``.dl-*.part`` files are removed on
-  the next run).
+  renamed, so an interrupted run leaves no partial image (a killed run's hidden ``.tmp-*`` files are
+  removed on the next run).
 * Failures are listed in ``<out>/download_failures.tsv`` (``original_id<TAB>url<TAB>reason``);
   items without an image get an all-zero image feature row, which MISSRec treats as "missing".
 """
@@ -25,10 +25,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import io
-import os
 import socket
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -41,6 +39,7 @@ from typing import Sequence
 
 from missrec_recbole.command import run_command
 from missrec_recbole.data.dataset import tab_rows
+from missrec_recbole.files import TEMP_PREFIX, atomic_write
 
 __all__ = ["IMAGE_EXTENSIONS", "DownloadReport", "ImageListError", "download_images", "find_images", "image_stem",
            "read_url_list", "is_readable_image"]
@@ -184,18 +183,9 @@ def _image_extension(data: bytes) -> str:
 
 def _save(out_dir: Path, stem: str, data: bytes, ext: str, existing: Path | None) -> Path:
     target = out_dir / f"{stem}{ext}"
-    fd, tmp = tempfile.mkstemp(prefix=".dl-", suffix=".part", dir=out_dir)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        if existing is not None and existing != target and existing.exists():
-            existing.unlink()
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    if existing is not None and existing != target:
+        existing.unlink(missing_ok=True)  # unreadable (why it is downloaded again); two files for one stem would be ambiguous
+    atomic_write(target, lambda handle: handle.write(data), mode=0o644)
     return target
 
 
@@ -232,7 +222,7 @@ def download_images(entries, out_dir, workers: int = 8, retries: int = 3, timeou
     if out_dir.exists() and not out_dir.is_dir():
         raise ImageListError(f"{out_dir}: exists and is not a folder. Choose another -o.")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(".dl-*.part"):
+    for stale in out_dir.glob(f"{TEMP_PREFIX}*"):  # temp files of a killed run
         stale.unlink(missing_ok=True)
     present = find_images(out_dir)
     report = DownloadReport()
@@ -291,12 +281,9 @@ def _write_failures(out_dir: Path, report: DownloadReport) -> None:
     if not report.failed:
         path.unlink(missing_ok=True)
         return
-    fd, tmp = tempfile.mkstemp(prefix=".dl-", suffix=".part", dir=out_dir)
-    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-        for item_id, (url, reason) in sorted(report.failed.items()):
-            handle.write(f"{item_id}\t{url}\t{' '.join(reason.split())}\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    lines = "".join(f"{item_id}\t{url}\t{' '.join(reason.split())}\n"
+                    for item_id, (url, reason) in sorted(report.failed.items()))
+    atomic_write(path, lambda handle: handle.write(lines.encode("utf-8")), mode=0o644)
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
