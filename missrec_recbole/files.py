@@ -13,10 +13,20 @@ import torch
 TEMP_PREFIX = ".tmp-"
 
 
-def atomic_write(path, write, mode: int | None = None) -> None:
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it; read once, at import, so threads never race on it
+    os.umask(mask)
+    return mask
+
+
+# the mode open() would give: mkstemp's temp file is private (0o600), the renamed file should not be
+FILE_MODE = 0o666 & ~_umask()
+
+
+def atomic_write(path, write) -> None:
     """``write(handle)`` into a temp file beside ``path`` (binary), flushed to disk, then renamed over ``path``:
-    a reader never sees a half-written file, and a failure leaves no temp file behind. The file keeps the temp
-    file's private mode (0o600) unless ``mode`` is given (e.g. 0o644 for files meant to be shared)."""
+    a reader never sees a half-written file, and a failure leaves no temp file behind. The file gets the
+    permissions ``open()`` would give it (umask applied)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -26,8 +36,7 @@ def atomic_write(path, write, mode: int | None = None) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -37,7 +46,7 @@ def atomic_write(path, write, mode: int | None = None) -> None:
 
 def write_json(path, data) -> None:
     """Write ``data`` as JSON with :func:`atomic_write` (numpy scalars as floats)."""
-    atomic_write(path, lambda handle: handle.write(json.dumps(data, indent=1, default=float).encode("utf-8")))
+    atomic_write(path, lambda handle: handle.write((json.dumps(data, indent=1, default=float) + "\n").encode("utf-8")))
 
 
 def atomic_torch_save(obj, path) -> None:

@@ -185,7 +185,7 @@ def _save(out_dir: Path, stem: str, data: bytes, ext: str, existing: Path | None
     target = out_dir / f"{stem}{ext}"
     if existing is not None and existing != target:
         existing.unlink(missing_ok=True)  # unreadable (why it is downloaded again); two files for one stem would be ambiguous
-    atomic_write(target, lambda handle: handle.write(data), mode=0o644)
+    atomic_write(target, lambda handle: handle.write(data))
     return target
 
 
@@ -283,7 +283,7 @@ def _write_failures(out_dir: Path, report: DownloadReport) -> None:
         return
     lines = "".join(f"{item_id}\t{url}\t{' '.join(reason.split())}\n"
                     for item_id, (url, reason) in sorted(report.failed.items()))
-    atomic_write(path, lambda handle: handle.write(lines.encode("utf-8")), mode=0o644)
+    atomic_write(path, lambda handle: handle.write(lines.encode("utf-8")))
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
