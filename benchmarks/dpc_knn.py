@@ -406,6 +406,8 @@ def main(argv=None) -> int:
     if args.quick:
         args.sizes, args.dims, args.sample, args.recall_queries = [5000, 20000], [64], 10000, 200
         args.exact_max, args.flat_sizes = 10000, [20000]
+    from missrec_recbole.files import write_json  # after the child branch: children set threads before torch loads
+
     core = coretype()
     refresh_n = args.refresh_n or max(args.sizes, default=0)
     rows: list[dict] = []
@@ -418,7 +420,7 @@ def main(argv=None) -> int:
     def emit(row):
         rows.append(row)
         print(table([row]).splitlines()[1], f"  [{time.time() - t_start:.0f}s]", flush=True)
-        out.write_text(json.dumps(rows, indent=1, default=float) + "\n")
+        write_json(out, rows)
 
     with tempfile.TemporaryDirectory() as tmp:
         # flat data last: the pathological case (see the module docstring)

@@ -16,7 +16,6 @@ Output: a table and ``benchmarks/results/interest_stats_<dataset>.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -62,6 +61,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="default: benchmarks/results/interest_stats_<dataset>.json")
     args = ap.parse_args(argv)
     import missrec_recbole  # noqa: F401  (RecBole compatibility fixes)
+    from missrec_recbole.files import write_json
 
     rows = [interest_stats(args.dataset, args.data_path, ratio) for ratio in args.ratios]
     print("interest_ratio | interests | items/seq | item tokens/seq | interests/seq | sequences with a merge")
@@ -69,8 +69,7 @@ def main(argv=None) -> int:
         print(f"{r['interest_ratio']} | {r['interests']} of {r['tokens']} tokens | {r['mean_items']} | "
               f"{r['mean_item_tokens']} | {r['mean_interests']} | {r['share_with_a_merge']:.1%}")
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"interest_stats_{args.dataset}.json")
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "dataset": args.dataset, "rows": rows}, indent=1)
-                   + "\n", encoding="utf-8")
+    write_json(out, {"date": time.strftime("%Y-%m-%d"), "dataset": args.dataset, "rows": rows})
     print(f"written: {out}")
     return 0
 

@@ -208,7 +208,9 @@ def main(argv=None) -> int:
               "users_per_domain": args.users_per_domain, "dim": args.dim, "epochs": args.epochs,
               "config": "props/common.yaml + props/MISSRec.yaml + props/pretrain.yaml", "rows": rows}
     if not args.quick:
-        out.write_text(json.dumps(result, indent=1) + "\n")
+        from missrec_recbole.files import write_json  # lazy like the script's other imports (threads set first)
+
+        write_json(out, result)
     print(table(rows))
     return 0
 

@@ -16,7 +16,6 @@ sentence-transformers): it is measured here for comparison only and is not a dep
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from missrec_recbole.bench.store import machine, now  # noqa: E402
 from missrec_recbole.data.dataset import read_item2index, read_item_texts  # noqa: E402
 from missrec_recbole.evaluation import metrics_from_ranks, pessimistic_ranks  # noqa: E402
+from missrec_recbole.files import write_json  # noqa: E402
 from missrec_recbole.tools.features import make_encoder  # noqa: E402
 
 
@@ -112,7 +112,7 @@ def main(argv=None) -> dict:
     result = {"date": now(), "machine": machine(), "threads": torch.get_num_threads(), "command":
               "python benchmarks/text_encoders.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "rows": rows}
-    Path(args.out).write_text(json.dumps(result, indent=1), encoding="utf-8")
+    write_json(args.out, result)
     print(f"written: {args.out}")
     return result
 

@@ -18,7 +18,6 @@ NDCG@10, test reported at the best valid epoch. Results: a table and
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -54,6 +53,7 @@ def summarise(runs: dict) -> dict:
 
 
 def main(argv=None) -> int:
+    from missrec_recbole.files import write_json
     from missrec_recbole.quick_start import PROPS, parse_overrides, pretrain
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -78,13 +78,12 @@ def main(argv=None) -> int:
             print(f"seed {seed} {row}: test NDCG@10 {result['test']['ndcg@10']:.4f}", flush=True)
     table = summarise(runs)
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"transfer_{args.target}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "pretrain": args.pretrain, "target": args.target,
-                               "pretrain_epochs": args.pretrain_epochs, "pretrain_seconds": pretrain_s, "checkpoint": checkpoint,
-                               "seeds": args.seeds, "overrides": {k: v for k, v in overrides.items() if k != "data_path"},
-                               "table": table,
-                               "runs": {row: [{k: r[k] for k in ("valid", "test", "best_epoch", "epochs")} for r in results]
-                                        for row, results in runs.items()}}, indent=1) + "\n")
+    write_json(out, {"date": time.strftime("%Y-%m-%d"), "pretrain": args.pretrain, "target": args.target,
+                     "pretrain_epochs": args.pretrain_epochs, "pretrain_seconds": pretrain_s, "checkpoint": checkpoint,
+                     "seeds": args.seeds, "overrides": {k: v for k, v in overrides.items() if k != "data_path"},
+                     "table": table,
+                     "runs": {row: [{k: r[k] for k in ("valid", "test", "best_epoch", "epochs")} for r in results]
+                              for row, results in runs.items()}})
     print(f"\n{args.target}, mean ± std over seeds {args.seeds} (pre-trained on {'+'.join(args.pretrain)}, "
           f"{args.pretrain_epochs} epochs):")
     print("row | " + " | ".join(METRICS) + " | trainable")

@@ -37,6 +37,7 @@ if str(ROOT) not in sys.path:  # run as a script from a clone
     sys.path.insert(0, str(ROOT))
 
 from missrec_recbole.bench import FIRST_SEED, file_safe, stop, terminate_on_sigterm  # noqa: E402
+from missrec_recbole.files import write_json  # noqa: E402
 
 
 def parse_candidate(text: str) -> tuple[str, object]:
@@ -183,7 +184,7 @@ def main(argv=None) -> int:
 
     summary = summarise(args, seeds, fixed, plan, codes, baseline, baseline_file)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tuning.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    write_json(args.out / "tuning.json", summary)
     print_table(summary)
     print(f"written: {args.out / 'tuning.json'}")
     return 0 if all(code == 0 for code in codes.values()) else 1

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from missrec_recbole.bench.store import now  # noqa: E402
+from missrec_recbole.files import write_json  # noqa: E402
 
 VALID_LINE = re.compile(r"epoch (\d+) evaluating \[.*valid_score: ([0-9.]+)\]")
 BUDGETS = (10, 20, 25)  # default --budgets
@@ -82,9 +83,7 @@ def main(argv=None) -> list[dict]:
               + f"  {cell(row['best'])} ({row['best_epoch']}/{row['epochs']}{'' if row['finished'] else ', stopped'})")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"date": now(), "metric": "valid NDCG@10", "budgets": budgets, "runs": rows},
-                                       indent=1) + "\n",
-                            encoding="utf-8")
+        write_json(args.out, {"date": now(), "metric": "valid NDCG@10", "budgets": budgets, "runs": rows})
     return rows
 
 
