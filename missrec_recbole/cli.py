@@ -14,12 +14,12 @@ Every option is checked before anything runs (python -m missrec_recbole.config_s
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from missrec_recbole import bench
 from missrec_recbole.command import DEBUG_HELP, run_command, watched
 from missrec_recbole.config import PROPS, parse_known_options
+from missrec_recbole.files import write_json
 from missrec_recbole.inference import cli as recommend_cli
 from missrec_recbole.quick_start import finetune, pretrain
 from missrec_recbole.tools import amazon, demo, features, images, inspect, merge, prepare, split_users
@@ -93,8 +93,7 @@ def main(argv=None):
     if "test" in result:
         print(format_results(result))
     if args.result_json:
-        with open(args.result_json, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
+        write_json(args.result_json, result)
     return result
 
 

@@ -22,6 +22,7 @@ from missrec_recbole.baselines import run_unisrec as unisrec
 from missrec_recbole.bench.settings import METRICS, SASREC_SETTINGS
 from missrec_recbole.config import props_files, without_argv
 from missrec_recbole.evaluation import TieRuleTrainer, metrics_from_ranks, pessimistic_ranks
+from missrec_recbole.files import write_json
 from missrec_recbole.trainer import MISSRecTrainer
 
 
@@ -207,4 +208,4 @@ def worker(spec_file: str, out_file: str) -> None:
     else:
         record = _worker_finetune(spec, out)
     record.update(wall_seconds=time.time() - start, peak_rss_bytes=peak_rss_bytes(), threads=torch.get_num_threads())
-    out.write_text(json.dumps(record, default=float), encoding="utf-8")
+    write_json(out, record)  # atomic: the parent never reads half a record
