@@ -199,8 +199,8 @@ def test_memory_chunk_rows_is_checked(built, bad):
 def test_moe_item_adapter(built, tmp_path):
     """item_adapter: moe gives each modality UniSRec's MoE of whitening experts: scores stay consistent, the experts
     learn, fine-tuning keeps them trainable, interest refreshes see no gating noise, and a checkpoint of the other
-    adapter kind (or one written before the option existed, i.e. linear) is refused by name, another expert count
-    before any weight loads."""
+    adapter kind (or one written before the option existed, i.e. linear) is refused by name, so is another expert
+    count (but not on a linear checkpoint, which has no experts)."""
     from missrec_recbole.model.base import MoEAdaptor
     from missrec_recbole.trainer.checkpoint import CheckpointMismatchError, load_pretrained, save_pretrained
 
@@ -235,5 +235,7 @@ def test_moe_item_adapter(built, tmp_path):
     load_pretrained(linear, linear_data.config, tmp_path / "older.pth")
     more_experts, _, _, more_data = built(item_adapter="moe", n_exps=4, mode="inductive")
     moe_path = save_pretrained(model, dataset.config, tmp_path / "moe.pth", epoch=1)
-    with pytest.raises(CheckpointMismatchError, match="differs from the checkpoint's; leave it out"):
+    with pytest.raises(CheckpointMismatchError, match="n_exps=3 but this run has n_exps=4; leave n_exps out"):
         load_pretrained(more_experts, more_data.config, moe_path)
+    other_count, _, _, other_data = built(n_exps=4, mode="inductive")  # the linear adapter has no experts
+    load_pretrained(other_count, other_data.config, path)

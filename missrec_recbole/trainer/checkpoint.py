@@ -23,7 +23,9 @@ FORMAT = "missrec-recbole/1"
 RESUME_FORMAT = "missrec-recbole-resume/2"
 # Config keys that fix the shapes of the transferable weights.
 ARCHITECTURE_KEYS = ("modalities", "text_dim", "image_dim", "hidden_size", "n_layers", "n_heads", "inner_size",
-                     "item_adapter", "item_fusion", "MAX_ITEM_LIST_LENGTH")
+                     "item_adapter", "n_exps", "item_fusion", "MAX_ITEM_LIST_LENGTH")
+# Keys that shape weights only under another option's value: elsewhere the model never reads them.
+SHAPES_ONLY_WITH = {"n_exps": ("item_adapter", "moe")}
 # Architecture options added later, with the value that files written before they existed were trained with.
 OLDER_DEFAULTS = {"item_adapter": "linear"}
 FEATURE_WIDTH_KEYS = ("text_dim", "image_dim")  # read from the dataset's files, not set by options
@@ -31,7 +33,7 @@ FEATURE_WIDTH_KEYS = ("text_dim", "image_dim")  # read from the dataset's files,
 # define the pre-trained network (its shapes, plus what its weights compute). Not the modalities and widths (the
 # target dataset's files give them) nor mode (an inductive checkpoint may be fine-tuned transductively).
 MODEL_KEYS = tuple(key for key in ARCHITECTURE_KEYS if key not in FEATURE_WIDTH_KEYS + ("modalities",)) + (
-    "n_exps", "hidden_act", "layer_norm_eps")
+    "hidden_act", "layer_norm_eps")
 # Options a resumed run must share with the run that wrote the resume file (besides the dataset's files).
 RUN_KEYS = ("model", "dataset", "stage", "mode") + ARCHITECTURE_KEYS
 PRETRAINED_HINT = "Pass the .pth written by --stage=pretrain."
@@ -91,6 +93,11 @@ def recorded(saved: dict, key: str, mine):
     return OLDER_DEFAULTS.get(key, mine) if mine is not None else None
 
 
+def _shapes_weights(config, key: str) -> bool:
+    condition = SHAPES_ONLY_WITH.get(key)
+    return condition is None or plain(config[condition[0]]) == condition[1]
+
+
 def saved_data_path(saved: dict) -> str | None:
     """The ``data_path`` option of a saved config (RecBole stores ``<data_path>/<dataset>``)."""
     return str(Path(saved["data_path"]).parent) if saved.get("data_path") else None
@@ -129,6 +136,8 @@ class Checkpoint:
         shapes than ``config``; with ``all_weights`` (every weight is loaded, ID embedding included) also another
         ``mode``."""
         for key in ARCHITECTURE_KEYS + (("mode",) if all_weights else ()):
+            if not _shapes_weights(config, key):
+                continue
             mine = plain(config[key])
             theirs = recorded(self.config, key, mine)
             if theirs != mine:
@@ -166,7 +175,7 @@ class Checkpoint:
             if expected[key].shape != value.shape:
                 raise CheckpointMismatchError(f"{self.path}: weight {key!r} has shape {tuple(value.shape)}, this "
                                               f"model expects {tuple(expected[key].shape)}: an option that shapes the "
-                                              f"network (e.g. n_exps) differs from the checkpoint's; leave it out to "
+                                              f"network differs from the checkpoint's; leave it out to "
                                               f"take it from the checkpoint.")
         missing = sorted(set(expected) - set(weights))
         if missing:
