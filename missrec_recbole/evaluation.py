@@ -5,7 +5,7 @@ arbitrarily. Under the pessimistic rule a target ranks after every other item sc
 rank = 1 + #{j != target : score_j >= score_target} = #{j : score_j >= score_target}.
 
 - :class:`TieRuleEvaluation`: a RecBole ``Trainer`` mixin applying the config's ``tie_rule`` in full ranking
-  (MISSRecTrainer, and :class:`TieRuleTrainer` = RecBole's Trainer with it, for SASRec in the benchmark);
+  (MISSRecTrainer, and :class:`TieRuleTrainer` = RecBole's Trainer with it, for any other RecBole model);
 - :func:`pessimistic_ranks` and :func:`metrics_from_ranks`: the same rule on a score matrix (numpy or torch),
   for evaluators outside RecBole's loop (benchmark rank files, demo baselines, cold-start benchmark).
 """

@@ -172,8 +172,6 @@ def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show
         trainer.resume(resume, train_data)
     start = time.time()
     best_valid_score, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=show_progress)
-    epochs_run = len(trainer.train_loss_dict)
-    epochs_here = epochs_run - trainer.epochs_resumed  # seconds_per_epoch: this process's time and epochs
     seconds = time.time() - start
     test = trainer.evaluate(test_data, load_best_model=True, show_progress=show_progress)
     return {
@@ -183,9 +181,9 @@ def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show
         "best_valid_score": float(best_valid_score),
         "valid": dict(best_valid),
         "test": dict(test),
-        "epochs": epochs_run,
-        "best_epoch": max(trainer.train_loss_dict, default=-1) - trainer.cur_step * config["eval_step"],
-        "seconds_per_epoch": seconds / max(epochs_here, 1),
+        "epochs": len(trainer.train_loss_dict),
+        "best_epoch": trainer.best_valid_epoch,
+        "seconds_per_epoch": seconds / max(trainer.epochs_run_here, 1),  # this process's time and epochs
         "interest_refresh_seconds": sum(trainer.interest_refresh_seconds) / max(len(trainer.interest_refresh_seconds), 1),
         "trainable_parameters": model.trainable_parameters(),
         "model_file": trainer.saved_model_file,

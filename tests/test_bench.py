@@ -201,6 +201,31 @@ def test_sasrec_and_missrec_trainers_share_the_tie_rule(tmp_path):
     assert (ranks["sasrec"] == ranks["missrec"]).all()
 
 
+def test_sasrec_resumes_exactly(tmp_path, monkeypatch):
+    """The benchmark's SASRec writes a resume file every epoch like MISSRec/UniSRec (the bench continues a stopped
+    run from it): 2 epochs, then resumed to 4, give the uninterrupted 4-epoch run's weights, epochs and test."""
+    from tests.conftest import tiny_overrides
+
+    monkeypatch.chdir(tmp_path)  # RecBole's logger writes ./log
+    write_dataset(tmp_path, "Tiny", n_items=80)
+
+    def sasrec(epochs, folder, resume=None):
+        overrides = tiny_overrides(data_path=str(tmp_path), checkpoint_dir=str(tmp_path / folder), topk=[10, 50],
+                                   epochs=epochs, stopping_step=100)
+        return bench.worker.run_sasrec({"dataset": "Tiny", "config_files": [], "config_dict": overrides,
+                                        "show_progress": False, "resume": resume})
+
+    straight, straight_trainer = sasrec(4, "straight")
+    _, first = sasrec(2, "stopped")
+    resumed, resumed_trainer = sasrec(4, "stopped", resume=first.resume_file)
+    assert resumed_trainer.resume_file == first.resume_file  # it keeps writing the file it continued
+    assert (resumed["epochs"], resumed["best_epoch"]) == (straight["epochs"], straight["best_epoch"]) and resumed["epochs"] == 4
+    assert resumed["test"] == straight["test"] and resumed["valid"] == straight["valid"]
+    expected = straight_trainer.model.state_dict()
+    for name, value in resumed_trainer.model.state_dict().items():
+        assert torch.allclose(value, expected[name], atol=1e-6), name
+
+
 def test_metrics_from_ranks():
     out = bench.metrics_from_ranks([1, 3, 11, 60])
     assert out["recall@10"] == 0.5 and out["recall@50"] == 0.75

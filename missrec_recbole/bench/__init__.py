@@ -15,7 +15,8 @@ Protocol (docs/design.md §5):
   same max sequence length, batch size and schedule, the epoch with the best valid NDCG@10 is tested
   once; full ranking over all items with the pessimistic tie rule (a target ranks after every item
   scoring >= it) for every model - SASRec (RecBole's, hidden 300, 2 layers, 2 heads, dropout 0.5,
-  CE loss) is evaluated by :class:`missrec_recbole.evaluation.TieRuleTrainer`, the MISSRec trainer's rule.
+  CE loss) is trained and evaluated by the MISSRec trainer (its tie rule and per-epoch resume files; SASRec has no
+  interests to refresh; same numbers as RecBole's Trainer with the rule).
 * Each training runs in its own subprocess, so its peak RSS is its own (``ru_maxrss``).
 
 ``--quick``: Demo-D split into Demo-D-pre/Demo-D-eval the same way (so the quick run goes through every

@@ -21,7 +21,7 @@ from missrec_recbole import quick_start
 from missrec_recbole.baselines import run_unisrec as unisrec
 from missrec_recbole.bench.settings import METRICS, SASREC_SETTINGS
 from missrec_recbole.config import props_files, without_argv
-from missrec_recbole.evaluation import TieRuleTrainer, metrics_from_ranks, pessimistic_ranks
+from missrec_recbole.evaluation import metrics_from_ranks, pessimistic_ranks
 from missrec_recbole.files import write_json
 from missrec_recbole.trainer import MISSRecTrainer
 
@@ -91,9 +91,8 @@ def recording(trainer_class):
 
 
 def _finetune_result(trainer, best_valid, test, seconds, model) -> dict:
-    epochs = len(trainer.train_loss_dict)
-    return {"valid": dict(best_valid), "test": dict(test), "epochs": epochs,
-            "seconds_per_epoch": seconds / max(epochs, 1),
+    return {"valid": dict(best_valid), "test": dict(test), "epochs": len(trainer.train_loss_dict),
+            "best_epoch": trainer.best_valid_epoch, "seconds_per_epoch": seconds / max(trainer.epochs_run_here, 1),
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "model_file": trainer.saved_model_file}
 
@@ -116,7 +115,9 @@ def run_sasrec(spec) -> tuple[dict, RecordingTrainer]:
     train_data, valid_data, test_data = data_preparation(config, create_dataset(config))
     init_seed(config["seed"], config["reproducibility"])
     model = SASRec(config, train_data._dataset).to(config["device"])
-    trainer = recording(TieRuleTrainer)(config, model)
+    trainer = recording(MISSRecTrainer)(config, model)  # for its resume files; SASRec has no interests to refresh
+    if spec.get("resume"):
+        trainer.resume(spec["resume"], train_data)
     start = time.time()
     _, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=spec["show_progress"])
     seconds = time.time() - start

@@ -41,7 +41,7 @@ def set_rng_state(state: dict, train_data) -> None:
 
 
 class MISSRecTrainer(TieRuleEvaluation, Trainer):
-    """Trainer for MISSRec.
+    """Trainer for MISSRec (the benchmark also trains UniSRec and RecBole's SASRec with it).
 
     - refreshes the DPC-KNN interest map before every training epoch (and logs its cost);
     - optimises only parameters with ``requires_grad`` (parameter-efficient fine-tuning);
@@ -80,8 +80,10 @@ class MISSRecTrainer(TieRuleEvaluation, Trainer):
 
     @property
     def run_name(self) -> str:
-        """``<model>-<dataset>-<mode>``: the prefix of every file this trainer writes."""
-        return f"{self.config['model']}-{self.config['dataset']}-{self.config['mode']}"
+        """``<model>-<dataset>-<mode>`` (no mode for a model without one, e.g. SASRec): the prefix of every file
+        this trainer writes."""
+        mode = self.config["mode"]
+        return f"{self.config['model']}-{self.config['dataset']}" + (f"-{mode}" if mode else "")
 
     def refresh_interests(self, epoch_idx) -> None:
         """DPC-KNN on rank 0, broadcast to the others: every rank uses the identical map.
@@ -97,6 +99,16 @@ class MISSRecTrainer(TieRuleEvaluation, Trainer):
         self.interest_refresh_seconds.append(seconds)
         self.logger.info(f"epoch {epoch_idx} interest refresh: {info['tokens']} tokens -> "
                          f"{info['interests']} interests in {seconds:.2f}s")
+
+    @property
+    def best_valid_epoch(self) -> int:
+        """The epoch of the kept (best) model: early stopping counts the evaluations since it; -1 before any."""
+        return max(self.train_loss_dict, default=-1) - self.cur_step * self.config["eval_step"]
+
+    @property
+    def epochs_run_here(self) -> int:
+        """Epochs trained by this process (a resumed run's earlier epochs ran in another)."""
+        return len(self.train_loss_dict) - self.epochs_resumed
 
     @property
     def resume_file(self) -> str:
