@@ -57,8 +57,9 @@ def runs_of(results_file: Path, budgets=BUDGETS) -> list[dict]:
     for run in data.get("runs", []):
         log = Path(run.get("log") or "")
         if run.get("status") == "ok" and log.is_file():
-            label = run["row"] + "".join(f", {k}={v}" for k, v in changes.items())
-            found.append(describe(label, valid_curve(log), changes, True, budgets))
+            seed = f", seed {run['seed']}" if "seed" in run else ""  # one row per seed: tell them apart
+            label = run["row"] + seed + "".join(f", {k}={v}" for k, v in changes.items())
+            found.append({**describe(label, valid_curve(log), changes, True, budgets), "seed": run.get("seed")})
     return found
 
 
@@ -77,9 +78,9 @@ def main(argv=None) -> list[dict]:
             parser.error(f"--extra {pair!r}: log {log} not found")
         rows.append(describe(label, valid_curve(Path(log)), {}, False, budgets))
     cell = lambda v: "   -  " if v is None else f"{v:.4f}"  # noqa: E731
-    print(f"{'run':70s} " + " ".join(f"<={n:<4d}" for n in budgets) + "  best (epoch/of)")
+    print(f"{'run':80s} " + " ".join(f"<={n:<4d}" for n in budgets) + "  best (epoch/of)")
     for row in rows:
-        print(f"{row['label'][:70]:70s} " + " ".join(cell(row[f'best_in_{n}']) for n in budgets)
+        print(f"{row['label'][:80]:80s} " + " ".join(cell(row[f'best_in_{n}']) for n in budgets)
               + f"  {cell(row['best'])} ({row['best_epoch']}/{row['epochs']}{'' if row['finished'] else ', stopped'})")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -522,7 +522,7 @@ def test_run_hash_follows_props_values_not_their_layout(monkeypatch, tmp_path):
 
 def test_valid_curves_compare_runs_at_equal_epoch_budgets(tmp_path, capsys):
     """benchmarks/valid_curves.py: valid NDCG@10 per epoch from each run's log (a resumed log's later epochs
-    included), best within 10/20/25 epochs, the changed setting in the label, unfinished runs marked."""
+    included), best within 10/20/25 epochs, the seed and changed setting in the label, unfinished runs marked."""
     spec = importlib.util.spec_from_file_location("valid_curves", bench.PACKAGE_ROOT / "benchmarks" / "valid_curves.py")
     curves = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(curves)
@@ -533,9 +533,10 @@ def test_valid_curves_compare_runs_at_equal_epoch_budgets(tmp_path, capsys):
     log.write_text("\n".join(lines[:12] + ["INFO  Resumed from x: continuing at epoch 12"] + lines[12:]) + "\n")
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"settings": {"overrides": {}, "finetune_overrides": {"epochs": 25, "lr": 0.005}},
-                                   "runs": [{"row": "MISSRec scratch inductive", "status": "ok", "log": str(log)}]}))
+                                   "runs": [{"row": "MISSRec scratch inductive", "seed": 2021, "status": "ok",
+                                             "log": str(log)}]}))
     rows = curves.main([str(results), "--extra", f"stopped={log}", "--out", str(tmp_path / "out.json")])
-    assert [row["label"] for row in rows] == ["MISSRec scratch inductive, lr=0.005", "stopped"]
+    assert [row["label"] for row in rows] == ["MISSRec scratch inductive, seed 2021, lr=0.005", "stopped"]
     first = rows[0]
     assert first["curve"] == [float(f"{s:.6f}") for s in scores]
     assert first["best_in_10"] == pytest.approx(max(scores[:10]), abs=1e-6)
