@@ -219,7 +219,7 @@ def test_sasrec_resumes_exactly(tmp_path, monkeypatch):
     _, first = sasrec(2, "stopped")
     resumed, resumed_trainer = sasrec(4, "stopped", resume=first.resume_file)
     assert resumed_trainer.resume_file == first.resume_file  # it keeps writing the file it continued
-    assert (resumed["epochs"], resumed["best_epoch"]) == (straight["epochs"], straight["best_epoch"]) and resumed["epochs"] == 4
+    assert resumed["epochs"] == straight["epochs"] == 4 and resumed["best_epoch"] == straight["best_epoch"]
     assert resumed["test"] == straight["test"] and resumed["valid"] == straight["valid"]
     expected = straight_trainer.model.state_dict()
     for name, value in resumed_trainer.model.state_dict().items():

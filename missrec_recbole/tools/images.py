@@ -183,8 +183,8 @@ def _image_extension(data: bytes) -> str:
 
 def _save(out_dir: Path, stem: str, data: bytes, ext: str, existing: Path | None) -> Path:
     target = out_dir / f"{stem}{ext}"
-    if existing is not None and existing != target:
-        existing.unlink(missing_ok=True)  # unreadable (why it is downloaded again); two files for one stem would be ambiguous
+    if existing is not None and existing != target:  # unreadable (why it is downloaded again), other extension:
+        existing.unlink(missing_ok=True)  # two files for one stem would be ambiguous
     atomic_write(target, lambda handle: handle.write(data))
     return target
 
