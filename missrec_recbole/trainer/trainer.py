@@ -80,10 +80,8 @@ class MISSRecTrainer(TieRuleEvaluation, Trainer):
 
     @property
     def run_name(self) -> str:
-        """``<model>-<dataset>-<mode>`` (no mode for a model without one, e.g. SASRec): the prefix of every file
-        this trainer writes."""
-        mode = self.config["mode"]
-        return f"{self.config['model']}-{self.config['dataset']}" + (f"-{mode}" if mode else "")
+        """``<model>-<dataset>-<mode>``: the prefix of every file this trainer writes."""
+        return f"{self.config['model']}-{self.config['dataset']}-{self.config['mode']}"
 
     def refresh_interests(self, epoch_idx) -> None:
         """DPC-KNN on rank 0, broadcast to the others: every rank uses the identical map.
