@@ -31,7 +31,7 @@ class Unavailable(RuntimeError):
 
 
 class RecordingTrainer:
-    """Trainer mixin: per-epoch training seconds, valid scores and per-test-case pessimistic ranks.
+    """Trainer mixin: per-epoch training seconds and per-test-case pessimistic ranks.
 
     Put it first: ``recording(MISSRecTrainer)``. It sees the scores after the trainer's own tie rule.
     """
@@ -40,9 +40,8 @@ class RecordingTrainer:
 
     def __init__(self, config, model):
         super().__init__(config, model)
-        self.train_epoch_seconds, self.train_epoch_cpu_seconds, self.valid_scores = [], [], []
+        self.train_epoch_seconds, self.train_epoch_cpu_seconds = [], []
         self.cases, self._batches = None, None
-        self._epoch = -1
         RecordingTrainer.last = self
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
@@ -50,13 +49,7 @@ class RecordingTrainer:
         loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
         self.train_epoch_seconds.append(time.perf_counter() - start)
         self.train_epoch_cpu_seconds.append(time.process_time() - cpu)
-        self._epoch = epoch_idx
         return loss
-
-    def _valid_epoch(self, valid_data, show_progress=False):
-        score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
-        self.valid_scores.append((self._epoch, float(score)))
-        return score, result
 
     def _full_sort_batch_eval(self, batched_data):
         interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
@@ -75,15 +68,6 @@ class RecordingTrainer:
         finally:
             self._batches = None
         return result
-
-    @property
-    def best_epoch(self):
-        """RecBole's early stopping keeps the last epoch whose valid score is >= the best so far."""
-        best, best_epoch = -np.inf, None
-        for epoch, score in self.valid_scores:
-            if score >= best:
-                best, best_epoch = score, epoch
-        return best_epoch
 
 
 def recording(trainer_class):
@@ -188,8 +172,6 @@ def _worker_finetune(spec, out: Path) -> dict:
                                                "interest_refresh_seconds", "trainable_parameters", "best_epoch")}
     record["model_file"] = result.get("model_file")
     if recorder is not None:
-        if not spec.get("resume"):  # a resumed run's recorder saw only this process's epochs: keep the trainer's
-            record["best_epoch"] = recorder.best_epoch
         record["train_seconds_per_epoch"] = float(np.mean(recorder.train_epoch_seconds))
         record["train_cpu_seconds_per_epoch"] = float(np.mean(recorder.train_epoch_cpu_seconds))
         if recorder.cases is not None:
