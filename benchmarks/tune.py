@@ -183,7 +183,6 @@ def main(argv=None) -> int:
             raise
 
     summary = summarise(args, seeds, fixed, plan, codes, baseline, baseline_file)
-    args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "tuning.json", summary)
     print_table(summary)
     print(f"written: {args.out / 'tuning.json'}")

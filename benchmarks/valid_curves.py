@@ -83,7 +83,6 @@ def main(argv=None) -> list[dict]:
         print(f"{row['label'][:80]:80s} " + " ".join(cell(row[f'best_in_{n}']) for n in budgets)
               + f"  {cell(row['best'])} ({row['best_epoch']}/{row['epochs']}{'' if row['finished'] else ', stopped'})")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         write_json(args.out, {"date": now(), "metric": "valid NDCG@10", "budgets": budgets, "runs": rows})
     return rows
 
