@@ -1,5 +1,7 @@
 """MISSRecDataset: feature remap to RecBole ids, missing-modality mask, and one clear error per bad input."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -176,3 +178,32 @@ def test_atomic_directory_replaces_whole_or_not_at_all(tmp_path):
         (tmp / "D.inter").write_bytes(b"")
     assert [p.name for p in target.iterdir()] == ["D.inter"]
     assert [p.name for p in tmp_path.iterdir()] == ["D"]  # no temp folders left
+
+
+def test_atomic_directory_keeps_a_target_another_process_completed(tmp_path, monkeypatch):
+    """keep_existing=True keeps the target (asked after the block); a lost rename race is settled by it too."""
+    import os
+    from missrec_recbole.data import dataset as dataset_module
+
+    target = tmp_path / "D"
+    target.mkdir()
+    (target / "theirs").write_bytes(b"")
+    with dataset_module.atomic_directory(target, keep_existing=lambda: True) as tmp:
+        (tmp / "ours").write_bytes(b"")
+    assert [p.name for p in target.iterdir()] == ["theirs"] and [p.name for p in tmp_path.iterdir()] == ["D"]
+
+    real_replace = os.replace
+
+    def another_process_wins(src, dst):  # their folder lands on target between our two renames
+        if Path(dst) == target and Path(src).name.startswith(".tmp-D-"):
+            target.mkdir()
+            (target / "theirs2").write_bytes(b"")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(dataset_module.os, "replace", another_process_wins)
+    answers = iter([False, True])  # replace what is there; after the lost race, keep theirs
+    with dataset_module.atomic_directory(target, keep_existing=lambda: next(answers)) as tmp:
+        (tmp / "ours").write_bytes(b"")
+    assert [p.name for p in target.iterdir()] == ["theirs2"] and [p.name for p in tmp_path.iterdir()] == ["D"]
+    with pytest.raises(OSError), dataset_module.atomic_directory(target) as tmp:  # nobody to keep it: the error
+        (tmp / "ours").write_bytes(b"")

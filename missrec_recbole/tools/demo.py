@@ -55,8 +55,6 @@ import argparse
 import json
 import os
 import re
-import shutil
-import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -65,7 +63,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from missrec_recbole.command import run_command
-from missrec_recbole.data.dataset import TEXT_HEADER, read_feature_file
+from missrec_recbole.data.dataset import TEXT_HEADER, atomic_directory, read_feature_file
 from missrec_recbole.evaluation import metrics_from_ranks, pessimistic_ranks
 
 __all__ = [
@@ -459,33 +457,16 @@ def _generate_into(dom_dir: Path, name: str, seed: int, feature_dim: int, shared
 def _atomic_generate(
     out_dir: Path, name: str, seed: int, feature_dim: int, shared: _Shared, overwrite: bool = True
 ) -> Path:
-    """Generate ``out_dir/name`` in a temp dir next to it, then swap it in with ``os.replace``.
-
-    An interrupted run leaves at most a hidden ``.tmp-NAME-*`` directory, never a half-written
-    domain. With ``overwrite=False`` a complete domain that appeared meanwhile (e.g. written by a
-    concurrent process) is kept and the fresh copy discarded.
-    """
+    """Generate ``out_dir/name`` through data.dataset.atomic_directory: an interrupted run never leaves a
+    half-written domain. With ``overwrite=False`` a complete domain that appeared meanwhile (e.g. written by a
+    concurrent process) is kept and the fresh copy discarded."""
     target = out_dir / name
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=out_dir))
-    old = None
-    try:
+
+    def complete_one_kept() -> bool:
+        return not overwrite and is_demo_domain_complete(out_dir, name, seed=seed, feature_dim=feature_dim)
+
+    with atomic_directory(target, keep_existing=complete_one_kept) as tmp:
         _generate_into(tmp, name, seed, feature_dim, shared)
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0o700
-        if not overwrite and is_demo_domain_complete(out_dir, name, seed=seed, feature_dim=feature_dim):
-            return target
-        if target.exists() or target.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".tmp-old-{name}-", dir=out_dir))
-            os.replace(target, old / name)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            # a concurrent process put a domain in place first: keep it if it is complete
-            if not is_demo_domain_complete(out_dir, name, seed=seed, feature_dim=feature_dim):
-                raise
-    finally:
-        for d in (tmp, old):
-            if d is not None and d.exists():
-                shutil.rmtree(d, ignore_errors=True)
     return target
 
 
