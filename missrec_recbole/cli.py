@@ -22,7 +22,7 @@ from missrec_recbole.config import PROPS, parse_known_options
 from missrec_recbole.files import write_json
 from missrec_recbole.inference import cli as recommend_cli
 from missrec_recbole.quick_start import finetune, pretrain
-from missrec_recbole.tools import amazon, demo, features, images, inspect, merge, prepare, split_users
+from missrec_recbole.tools import amazon, demo, features, from_recbole, images, inspect, merge, prepare, split_users
 from missrec_recbole.trainer import distributed
 
 DEMO_PRETRAIN = ["Demo-A", "Demo-B", "Demo-C"]
@@ -108,7 +108,8 @@ def run(argv=None) -> int:
 
 # ----------------------------------------------------------------------------- the `missrec` console command
 TOOLS = {"features": features._main, "prepare": prepare.main, "inspect": inspect._main, "amazon": amazon._main,
-         "images": images._main, "demo": demo._main, "merge": merge.main, "split_users": split_users.main}
+         "from_recbole": from_recbole.main, "images": images._main, "demo": demo._main, "merge": merge.main,
+         "split_users": split_users.main}
 COMMANDS = ("train", "pretrain", "recommend", "bench", *TOOLS)
 USAGE = f"""usage: missrec {{{','.join(COMMANDS)}}} [options]
 
@@ -116,7 +117,7 @@ USAGE = f"""usage: missrec {{{','.join(COMMANDS)}}} [options]
   missrec pretrain -d A,B,C [--key=value ...]                pre-train (python run_missrec.py --stage=pretrain ...)
   missrec recommend -p MODEL.pth -d NAME --history ID1,ID2   recommend (python recommend.py ...)
   missrec bench [...]                                        benchmark (python -m missrec_recbole.bench ...)
-  missrec features|prepare|inspect|amazon|images|demo|merge|split_users [...]
+  missrec features|prepare|inspect|amazon|from_recbole|images|demo|merge|split_users [...]
                                                              offline tools (python -m missrec_recbole.tools.NAME ...)
 
 `missrec COMMAND --help` describes each command."""

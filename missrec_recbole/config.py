@@ -8,6 +8,7 @@ options with :func:`parse_overrides`.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -94,5 +95,9 @@ def build_config(dataset: str, stage: str = "finetune", config_files=None, confi
     if not any("data_path" in values for _, values in layers[n_generic:]):
         config_dict["data_path"] = str(DEFAULT_DATA_PATH)
     with without_argv():
-        return Config(model=model_class, dataset=dataset, config_file_list=[str(f) for f in files],
-                      config_dict=config_dict)
+        config = Config(model=model_class, dataset=dataset, config_file_list=[str(f) for f in files],
+                        config_dict=config_dict)
+    # RecBole reads a dataset named ml-100k from its own bundled copy whatever data_path says
+    # (Config._set_default_parameters); here every dataset, ml-100k converted by tools.from_recbole too, is under it
+    config["data_path"] = os.path.join(config.external_config_dict["data_path"], dataset)
+    return config

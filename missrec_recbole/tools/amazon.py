@@ -239,8 +239,12 @@ def item_text(meta: dict) -> str:
     title = clean_text(meta.get("title"))
     brand = meta.get("brand")
     brand = clean_text(_BY.sub("", brand)) if isinstance(brand, str) else ""
-    parts = [p for p in (title, " ".join(_categories(meta)), brand) if p]
-    text = " ".join(p if p.endswith(".") else p + "." for p in parts)
+    return join_text([title, " ".join(_categories(meta)), brand])
+
+
+def join_text(parts) -> str:
+    """``"part one. part two."``: the non-empty parts, each ending in a full stop, cut at MAX_TEXT_CHARS."""
+    text = " ".join(p if p.endswith(".") else p + "." for p in parts if p)
     return text[:MAX_TEXT_CHARS].strip()
 
 
@@ -368,7 +372,8 @@ def split_rows(sequences, max_len: int = 50):
     return rows
 
 
-def _write_outputs(folder: Path, name: str, user_ids, item_ids, sequences, texts, urls, max_len) -> int:
+def write_atomic_files(folder: Path, name: str, user_ids, item_ids, sequences, texts, urls, max_len) -> int:
+    """The dataset's atomic files (``NAME.images`` only when ``urls`` is not None); returns the train rows."""
     rows = split_rows(sequences, max_len)
     for split, data in rows.items():
         with open(folder / f"{name}.{split}.inter", "w", encoding="utf-8", newline="\n") as handle:
@@ -381,15 +386,29 @@ def _write_outputs(folder: Path, name: str, user_ids, item_ids, sequences, texts
     with open(folder / f"{name}.text", "w", encoding="utf-8", newline="\n") as handle:
         handle.write(TEXT_HEADER + "\n")
         handle.writelines(f"{iid}\t{texts.get(iid, '')}\n" for iid in item_ids)
-    with open(folder / f"{name}.images", "w", encoding="utf-8", newline="\n") as handle:
-        handle.writelines(f"{iid}\t{urls[iid]}\n" for iid in item_ids if iid in urls)
+    if urls is not None:
+        with open(folder / f"{name}.images", "w", encoding="utf-8", newline="\n") as handle:
+            handle.writelines(f"{iid}\t{urls[iid]}\n" for iid in item_ids if iid in urls)
     return len(rows["train"])
 
 
-def _check_id(path, kind: str, value: str) -> None:
+def check_id(path, kind: str, value: str) -> None:
     if any(c in value for c in "\t\n\r") or " " in value:
         raise RawDataError(f"{path}: {kind} {value!r} contains whitespace, which the tab/space-separated atomic "
                            "files cannot hold. Fix the id in the raw file.")
+
+
+def check_output_folder(out_dir: Path, name: str | None, force: bool) -> str:
+    """The dataset name (``name`` or the folder's name), after checking that ``out_dir`` may be written."""
+    name = name or out_dir.resolve().name
+    if not name or any(c.isspace() or c in "/\\" for c in name):
+        raise RawDataError(f"{out_dir}: dataset name {name!r} is not usable as a file prefix. Pass --name.")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RawDataError(f"{out_dir}: exists and is not a folder. Choose another -o.")
+    if out_dir.is_dir() and not force and any(not p.is_dir() for p in out_dir.iterdir()):
+        raise RawDataError(f"{out_dir}: the folder already holds files. Pass --force to replace its files "
+                           "(sub-folders such as images/ are kept) or choose another -o.")
+    return name
 
 
 def convert_amazon(reviews, meta, out_dir, name: str | None = None, kcore: int = 5, max_len: int = 50,
@@ -401,14 +420,7 @@ def convert_amazon(reviews, meta, out_dir, name: str | None = None, kcore: int =
     if max_len < 1:
         raise RawDataError(f"--max_len {max_len}: must be at least 1.")
     out_dir = Path(out_dir)
-    name = name or out_dir.resolve().name
-    if not name or any(c.isspace() or c in "/\\" for c in name):
-        raise RawDataError(f"{out_dir}: dataset name {name!r} is not usable as a file prefix. Pass --name.")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RawDataError(f"{out_dir}: exists and is not a folder. Choose another -o.")
-    if out_dir.is_dir() and not force and any(not p.is_dir() for p in out_dir.iterdir()):
-        raise RawDataError(f"{out_dir}: the folder already holds files. Pass --force to replace its files "
-                           "(sub-folders such as images/ are kept) or choose another -o.")
+    name = check_output_folder(out_dir, name, force)
     for path, what in ((reviews, "--reviews"), (meta, "--meta")):
         if not Path(path).is_file():
             raise RawDataError(f"{path}: file not found. Pass the downloaded file as {what}.")
@@ -429,9 +441,9 @@ def convert_amazon(reviews, meta, out_dir, name: str | None = None, kcore: int =
                            f"{max(kcore, MIN_SEQUENCE)} interactions with items that have text). "
                            "Use a larger category, a smaller --kcore, or --keep_items_without_text.")
     for uid in user_ids:
-        _check_id(reviews, "reviewerID", uid)
+        check_id(reviews, "reviewerID", uid)
     for iid in item_ids:
-        _check_id(reviews, "asin", iid)
+        check_id(reviews, "asin", iid)
     texts = {item_names[c]: t for c, t in texts_by_code.items()}
     urls = {item_names[c]: u for c, u in urls_by_code.items()}
     stats.users, stats.items = len(user_ids), len(item_ids)
@@ -440,7 +452,7 @@ def convert_amazon(reviews, meta, out_dir, name: str | None = None, kcore: int =
     stats.items_with_image_url = sum(1 for iid in item_ids if iid in urls)
 
     with atomic_directory(out_dir.resolve(), keep_subfolders=True) as tmp:  # keeps downloaded images etc.
-        stats.train_rows = _write_outputs(tmp, name, user_ids, item_ids, sequences, texts, urls, max_len)
+        stats.train_rows = write_atomic_files(tmp, name, user_ids, item_ids, sequences, texts, urls, max_len)
     return stats
 
 
