@@ -53,7 +53,6 @@ import sys
 
 import argparse
 import json
-import os
 import re
 import time
 import zlib
