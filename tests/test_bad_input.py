@@ -16,7 +16,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 import run_missrec
 from missrec_recbole import quick_start
