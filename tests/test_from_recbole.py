@@ -94,6 +94,9 @@ def test_command_line(tmp_path, capsys):
     assert "3 users, 4 items" in capsys.readouterr().out
     assert run_command(main, [str(tmp_path / "nowhere"), "-o", str(tmp_path / "o2" / "X")]) == 1
     assert "nowhere.inter: file not found" in capsys.readouterr().err
+    # a path that does not exist is an error even when its last part names a dataset RecBole ships
+    assert run_command(main, [str(tmp_path / "raw" / "ml-100k"), "-o", str(tmp_path / "o3" / "X")]) == 1
+    assert "raw/ml-100k/ml-100k.inter: file not found" in capsys.readouterr().err
 
 
 @pytest.mark.slow

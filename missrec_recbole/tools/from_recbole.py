@@ -110,7 +110,7 @@ def convert_recbole(source, out_dir, name: str | None = None, text_fields: Seque
     if kcore < 1 or max_len < 1:
         raise RawDataError(f"--kcore {kcore} / --max_len {max_len}: both must be at least 1.")
     source = Path(source)
-    if not source.is_dir():
+    if not source.is_dir() and len(source.parts) == 1:  # a bare name: one of RecBole's bundled datasets
         source = recbole_example(source.name) or source
     source_name = source.name
     inter_path, item_path = source / f"{source_name}.inter", source / f"{source_name}.item"
