@@ -332,7 +332,8 @@ def _rank(names: list[str]) -> np.ndarray:
 
 
 def build_sequences(user_names, item_names, users, items, times, kcore=5, stats=None):
-    """Dedup, k-core, order: returns (user ids in index order, item ids in index order, sequences of item indices)."""
+    """Dedup, k-core, order: returns (user ids in index order, item ids in index order, sequences of item indices);
+    ``stats`` gets the duplicates and the kept users, items, sequence lengths and interactions."""
     stats = stats or ConversionStats()
     user_rank, item_rank = _rank(user_names), _rank(item_names)
     # duplicates: keep the earliest review of each (user, item) pair (then the first in file order)
@@ -357,6 +358,9 @@ def build_sequences(user_names, item_names, users, items, times, kcore=5, stats=
         sequences.append([item_index.setdefault(int(code), len(item_index)) for code in items[a:b]])
     user_ids = [user_names[int(users[a])] for a in starts]
     item_ids = [item_names[code] for code in item_index]
+    stats.users, stats.items = len(user_ids), len(item_ids)
+    stats.sequence_lengths = [len(s) for s in sequences]
+    stats.interactions = int(sum(stats.sequence_lengths))
     return user_ids, item_ids, sequences
 
 
@@ -398,6 +402,12 @@ def check_id(path, kind: str, value: str) -> None:
                            "files cannot hold. Fix the id in the raw file.")
 
 
+def check_limits(kcore: int, max_len: int) -> None:
+    for value, option in ((kcore, "--kcore"), (max_len, "--max_len")):
+        if value < 1:
+            raise RawDataError(f"{option} {value}: must be at least 1.")
+
+
 def check_output_folder(out_dir: Path, name: str | None, force: bool) -> str:
     """The dataset name (``name`` or the folder's name), after checking that ``out_dir`` may be written."""
     name = name or out_dir.resolve().name
@@ -415,10 +425,7 @@ def convert_amazon(reviews, meta, out_dir, name: str | None = None, kcore: int =
                    keep_items_without_text: bool = False, skip_bad_lines: bool = False, force: bool = False,
                    progress: bool = False) -> ConversionStats:
     """Convert raw Amazon reviews + metadata into the atomic files of dataset ``name`` in ``out_dir``."""
-    if kcore < 1:
-        raise RawDataError(f"--kcore {kcore}: must be at least 1.")
-    if max_len < 1:
-        raise RawDataError(f"--max_len {max_len}: must be at least 1.")
+    check_limits(kcore, max_len)
     out_dir = Path(out_dir)
     name = check_output_folder(out_dir, name, force)
     for path, what in ((reviews, "--reviews"), (meta, "--meta")):
@@ -446,9 +453,6 @@ def convert_amazon(reviews, meta, out_dir, name: str | None = None, kcore: int =
         check_id(reviews, "asin", iid)
     texts = {item_names[c]: t for c, t in texts_by_code.items()}
     urls = {item_names[c]: u for c, u in urls_by_code.items()}
-    stats.users, stats.items = len(user_ids), len(item_ids)
-    stats.sequence_lengths = [len(s) for s in sequences]
-    stats.interactions = int(sum(stats.sequence_lengths))
     stats.items_with_image_url = sum(1 for iid in item_ids if iid in urls)
 
     with atomic_directory(out_dir.resolve(), keep_subfolders=True) as tmp:  # keeps downloaded images etc.

@@ -37,7 +37,7 @@ import pandas as pd
 
 from missrec_recbole.command import run_command
 from missrec_recbole.data.dataset import atomic_directory
-from missrec_recbole.tools.amazon import (ConversionStats, RawDataError, build_sequences, check_id,
+from missrec_recbole.tools.amazon import (ConversionStats, RawDataError, build_sequences, check_id, check_limits,
                                           check_output_folder, clean_text, join_text, write_atomic_files)
 
 TEXT_TYPES = ("token", "token_seq")
@@ -107,8 +107,7 @@ def convert_recbole(source, out_dir, name: str | None = None, text_fields: Seque
                     kcore: int = 5, max_len: int = 50, keep_items_without_text: bool = False,
                     force: bool = False) -> ConversionStats:
     """Convert the RecBole dataset ``source`` (folder or bundled name) into dataset ``name`` in ``out_dir``."""
-    if kcore < 1 or max_len < 1:
-        raise RawDataError(f"--kcore {kcore} / --max_len {max_len}: both must be at least 1.")
+    check_limits(kcore, max_len)
     source = Path(source)
     if not source.is_dir() and len(source.parts) == 1:  # a bare name: one of RecBole's bundled datasets
         source = recbole_example(source.name) or source
@@ -137,9 +136,6 @@ def convert_recbole(source, out_dir, name: str | None = None, text_fields: Seque
         check_id(inter_path, user_field, uid)
     for iid in item_ids:
         check_id(inter_path, item_field, iid)
-    stats.users, stats.items = len(user_ids), len(item_ids)
-    stats.sequence_lengths = [len(s) for s in sequences]
-    stats.interactions = int(sum(stats.sequence_lengths))
     with atomic_directory(out_dir.resolve()) as tmp:
         stats.train_rows = write_atomic_files(tmp, name, user_ids, item_ids, sequences, texts, None, max_len)
     return stats
