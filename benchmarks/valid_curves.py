@@ -51,12 +51,13 @@ def describe(label: str, curve: list[float], changes: dict, finished: bool, budg
 def runs_of(results_file: Path, budgets=BUDGETS) -> list[dict]:
     data = json.loads(results_file.read_text(encoding="utf-8"))
     settings = data.get("settings", {})
-    changes = {**settings.get("overrides", {}), **settings.get("finetune_overrides", {})}
-    changes.pop("epochs", None)
     found = []
     for run in data.get("runs", []):
         log = Path(run.get("log") or "")
         if run.get("status") == "ok" and log.is_file():
+            changes = {**settings.get("overrides", {}), **settings.get("model_overrides", {}).get(run.get("kind"), {}),
+                       **settings.get("finetune_overrides", {})}  # as the bench merges them (runner.Suite.settings)
+            changes.pop("epochs", None)
             seed = f", seed {run['seed']}" if "seed" in run else ""  # one row per seed: tell them apart
             label = run["row"] + seed + "".join(f", {k}={v}" for k, v in changes.items())
             found.append({**describe(label, valid_curve(log), changes, True, budgets), "seed": run.get("seed")})

@@ -501,6 +501,55 @@ def test_transfer_options_go_together():
     assert len(names) == 11 and "MISSRec pre-trained (all weights) transductive" in names
 
 
+@pytest.mark.parametrize("option, message", [
+    ("--finetune.learning_rat=0.005", "unknown option 'learning_rat' (in --finetune.KEY): did you mean 'learning_rate'?"),
+    ("--missrec.item_adapter=mo", "option 'item_adapter' (in --missrec.KEY): got 'mo', must be one of linear, moe"),
+    ("--pretrain.epochs=0", "option 'epochs' (in --pretrain.KEY): got 0"),
+    ("--hidden_size=30", "'hidden_size'=30 and 'n_heads'=4"),  # against the props default of n_heads
+    ("--sasrec.n_heads=7", "'hidden_size'=300 and 'n_heads'=7"),  # against props/bench.yaml's SASRec settings
+])
+def test_overrides_are_checked_before_any_run(option, message, capsys):
+    """A bad --key=value ends the invocation at once, naming the option and its scope - not hours later in the
+    fine-tuning that follows a pre-training."""
+    with pytest.raises(SystemExit) as exit_:
+        bench.parse_args(["-d", "X", "--pretrain_on=Y", option])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_model_scoped_overrides_leave_the_other_models_runs_alone(tmp_path):
+    """--missrec.key=value reaches MISSRec's pre-training and rows only: the other models' settings and run hashes
+    stay those of an invocation without it, and MISSRec's equal those of --pretrain.key + --finetune.key."""
+    tiny_with_ties(tmp_path / "data")
+
+    def suite(*extra):
+        return bench.make_suite(*bench.parse_args(bench_args(tmp_path, "--finetune.learning_rate=0.005", *extra)))
+
+    plain, scoped = suite(), suite("--missrec.item_adapter=moe")
+    staged = suite("--pretrain.item_adapter=moe", "--finetune.item_adapter=moe")
+    assert scoped.settings("missrec", "finetune")["item_adapter"] == "moe"
+    assert scoped.settings("missrec", "pretrain")["item_adapter"] == "moe"
+    assert scoped.settings("missrec", "finetune")["learning_rate"] == 0.005  # the stage's override still applies
+    assert scoped.settings("unisrec", "finetune") == plain.settings("unisrec", "finetune")
+    assert "item_adapter" not in scoped.settings("sasrec", "finetune")
+    assert bench.pretrain_key(scoped, "unisrec") == bench.pretrain_key(plain, "unisrec")
+    assert bench.pretrain_key(scoped, "missrec") != bench.pretrain_key(plain, "missrec")
+    assert bench.pretrain_key(scoped, "missrec") == bench.pretrain_key(staged, "missrec")
+    assert scoped.results.data["settings"]["model_overrides"] == {"missrec": {"item_adapter": "moe"}}
+
+
+def test_a_missing_dataset_folder_is_one_error_line(tmp_path, capsys):
+    from missrec_recbole.command import run_command
+
+    tiny_with_ties(tmp_path / "data")
+    for argv, message in ((["-d", "Nope"], "there is no folder"),
+                          (["-d", "Tiny", "--pretrain_on=Tiny,Nope"], "give --pretrain_data_path the folder")):
+        code = run_command(bench.main, [*argv, f"--data_path={tmp_path / 'data'}", f"--out_dir={tmp_path / 'out'}",
+                                        f"--work_dir={tmp_path / 'work'}", "--no_progress"])
+        err = capsys.readouterr().err
+        assert code == 1 and err.startswith("error: dataset 'Nope'") and message in err
+        assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
 def test_run_hash_follows_props_values_not_their_layout(monkeypatch, tmp_path):
     """Comments or key order in props/ leave the run hash alone; a changed default changes it."""
     import shutil
@@ -532,18 +581,21 @@ def test_valid_curves_compare_runs_at_equal_epoch_budgets(tmp_path, capsys):
              enumerate(scores)]
     log.write_text("\n".join(lines[:12] + ["INFO  Resumed from x: continuing at epoch 12"] + lines[12:]) + "\n")
     results = tmp_path / "results.json"
-    results.write_text(json.dumps({"settings": {"overrides": {}, "finetune_overrides": {"epochs": 25, "lr": 0.005}},
-                                   "runs": [{"row": "MISSRec scratch inductive", "seed": 2021, "status": "ok",
-                                             "log": str(log)}]}))
+    settings = {"overrides": {}, "finetune_overrides": {"epochs": 25, "lr": 0.005},
+                "model_overrides": {"missrec": {"item_adapter": "moe"}}}
+    run = {"row": "MISSRec scratch inductive", "kind": "missrec", "seed": 2021, "status": "ok", "log": str(log)}
+    other = {**run, "row": "UniSRec scratch inductive", "kind": "unisrec"}
+    results.write_text(json.dumps({"settings": settings, "runs": [run, other]}))
     rows = curves.main([str(results), "--extra", f"stopped={log}", "--out", str(tmp_path / "out.json")])
-    assert [row["label"] for row in rows] == ["MISSRec scratch inductive, seed 2021, lr=0.005", "stopped"]
+    assert [row["label"] for row in rows] == ["MISSRec scratch inductive, seed 2021, item_adapter=moe, lr=0.005",
+                                              "UniSRec scratch inductive, seed 2021, lr=0.005", "stopped"]
     first = rows[0]
     assert first["curve"] == [float(f"{s:.6f}") for s in scores]
     assert first["best_in_10"] == pytest.approx(max(scores[:10]), abs=1e-6)
     assert first["best_in_25"] == pytest.approx(max(scores[:25]), abs=1e-6)
     assert first["best_epoch"] == max(range(30), key=scores.__getitem__) and first["finished"]
-    assert not rows[1]["finished"] and "stopped" in capsys.readouterr().out
-    assert json.loads((tmp_path / "out.json").read_text())["runs"][1]["label"] == "stopped"
+    assert not rows[2]["finished"] and "stopped" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out.json").read_text())["runs"][2]["label"] == "stopped"
 
 
 def test_an_interrupted_run_continues_from_its_resume_file(tmp_path):

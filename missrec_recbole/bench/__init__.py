@@ -36,7 +36,10 @@ invocation, and by a concurrent invocation sharing ``--out_dir`` while one is ru
 seeds) and ``longtail.png`` (needs matplotlib: ``pip install -e .[plot]``).
 Checkpoints, split datasets and per-run logs go to ``--work_dir`` (default ``saved/bench/<dataset>/``).
 Any ``--key=value`` is a config override for every run; ``--pretrain.key=value`` for pre-training only,
-``--finetune.key=value`` for the table rows only (the pre-training, and its checkpoint, stay the same).
+``--finetune.key=value`` for the table rows only (the pre-training, and its checkpoint, stay the same);
+``--missrec.key=value`` (``--unisrec.``, ``--sasrec.``) for one model's pre-training and rows only, so the other
+models' runs keep their hashes (later wins: ``key`` < ``missrec.key`` < ``finetune.key``). Every override is checked
+against the option schema, with the props defaults, before the first run starts.
 ``--pretrained_from DIR`` reuses the pre-trainings recorded in another out_dir (same settings) instead of
 pre-training again, e.g. to fine-tune the pre-trained rows with another setting into a separate out_dir.
 """

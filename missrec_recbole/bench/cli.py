@@ -11,12 +11,14 @@ import missrec_recbole  # noqa: F401
 from missrec_recbole.bench.processes import terminate_on_sigterm
 from missrec_recbole.bench.report import write_report
 from missrec_recbole.bench.rows import suite_rows
-from missrec_recbole.bench.runner import Suite, run_suite, say
+from missrec_recbole.bench.runner import PROPS_MODEL, Suite, run_suite, say
 from missrec_recbole.bench.settings import (BENCH_VERSION, FIRST_SEED, QUICK_DATASET, QUICK_PRETRAIN, QUICK_SETTINGS,
                                             SASREC_SETTINGS, TABLES)
 from missrec_recbole.bench.store import Results, git_version, machine, now
 from missrec_recbole.bench.worker import RUN_KINDS, worker
-from missrec_recbole.config import DEFAULT_DATA_PATH, parse_known_options
+from missrec_recbole.config import DEFAULT_DATA_PATH, merged_props, parse_known_options
+from missrec_recbole.config_schema import ConfigError, check_options
+from missrec_recbole.errors import InputError
 from missrec_recbole.tools.demo import DEMO_DOMAINS, ensure_demo_dataset
 from missrec_recbole.tools.split_users import split_users
 
@@ -31,7 +33,8 @@ PROTOCOL = ("Leave-one-out on the dataset's pre-split files, full ranking over a
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m missrec_recbole.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-d", "--dataset", help=f"dataset under --data_path (default: {QUICK_DATASET} with --quick)")
     parser.add_argument("--data_path", help="folder containing <dataset>/ (default: the repo's dataset/)")
     parser.add_argument("--quick", action="store_true", help="demo data, tiny model, 2 epochs, 1 seed")
@@ -60,14 +63,18 @@ def parse_args(argv):
                         help="no overall progress bar (shown only when stderr is a terminal)")
     parser.add_argument("--log_level", default="INFO", help="RecBole log level of the runs (logs in work_dir)")
     args, overrides = parse_known_options(parser, argv)
-    pretrain_overrides = {k[len("pretrain."):]: v for k, v in overrides.items() if k.startswith("pretrain.")}
-    args.finetune_overrides = {k[len("finetune."):]: v for k, v in overrides.items() if k.startswith("finetune.")}
-    overrides = {k: v for k, v in overrides.items() if not k.startswith(("pretrain.", "finetune."))}
+    overrides, scoped = split_scopes(overrides)
+    pretrain_overrides, args.finetune_overrides = scoped["pretrain"], scoped["finetune"]
+    args.model_overrides = {kind: scoped[kind] for kind in RUN_KINDS if scoped[kind]}
     if args.quick:
         overrides, pretrain_overrides = {**QUICK_SETTINGS, **overrides}, {**QUICK_PRETRAIN, **pretrain_overrides}
     args.dataset = args.dataset or (QUICK_DATASET if args.quick else None)
     if not args.dataset:
         parser.error("give -d DATASET (or --quick)")
+    try:
+        check_overrides(overrides, pretrain_overrides, args.finetune_overrides, args.model_overrides)
+    except ConfigError as error:
+        parser.error(str(error))
     args.seed_list = [FIRST_SEED + i for i in range(args.seeds or (1 if args.quick else 3))]
     args.run_seeds = args.seed_list
     if args.only_seeds:
@@ -105,7 +112,46 @@ def parse_args(argv):
     return args, overrides, pretrain_overrides
 
 
+SCOPES = ("pretrain", "finetune", *RUN_KINDS)
+
+
+def split_scopes(overrides: dict) -> tuple[dict, dict]:
+    """``--key=value`` overrides -> (those of every run, {scope: its own}): ``--pretrain.key`` and ``--finetune.key``
+    apply to one stage, ``--missrec.key`` (``--unisrec.``, ``--sasrec.``) to one model's runs in both stages."""
+    general, scoped = {}, {scope: {} for scope in SCOPES}
+    for key, value in overrides.items():
+        scope, dot, option = key.partition(".")
+        if dot and scope in scoped:
+            scoped[scope][option] = value
+        else:
+            general[key] = value
+    return general, scoped
+
+
+def check_overrides(general: dict, pretrain: dict, finetune: dict, models: dict) -> None:
+    """Check every combination a run will see, before any run starts: a typo must not surface hours later, after
+    the pre-training. Raises :class:`ConfigError` naming the option and where it was given."""
+    for kind in RUN_KINDS:
+        for stage, values in (("pretrain", pretrain), ("finetune", finetune)):
+            defaults = {**merged_props(PROPS_MODEL[kind], stage), **(SASREC_SETTINGS if kind == "sasrec" else {})}
+            check_options([("the defaults", defaults), ("the command line", general),
+                           (f"--{kind}.KEY", models.get(kind, {})), (f"--{stage}.KEY", values)])
+
+
+def check_datasets_exist(args) -> None:
+    """Raise :class:`InputError` for a dataset folder that does not exist (demo domains are generated on first use)."""
+    wanted = [(args.dataset, args.data_path, "--data_path")]
+    if args.pretrain_on:
+        wanted += [(name, args.pretrain_data_path, "--pretrain_data_path") for name in args.pretrain_on.split(",")]
+    for name, folder, option in wanted:
+        if name not in DEMO_DOMAINS and not (folder / name).is_dir():
+            raise InputError(f"dataset {name!r}: there is no folder {folder / name}; give {option} the folder that "
+                             f"contains {name}/ (`python -m missrec_recbole.tools.prepare` writes one from atomic "
+                             "files)")
+
+
 def make_suite(args, overrides, pretrain_overrides) -> Suite:
+    check_datasets_exist(args)
     if args.dataset in DEMO_DOMAINS:
         ensure_demo_dataset(args.data_path, [args.dataset])
     tables_data = {"full": (args.dataset, args.data_path), "transfer": (args.dataset, args.data_path)}
@@ -131,11 +177,12 @@ def make_suite(args, overrides, pretrain_overrides) -> Suite:
                            "dataset": args.dataset},
               "datasets_paths": {table: {"name": name, "path": str(path)} for table, (name, path) in tables_data.items()},
               "settings": {"overrides": overrides, "pretrain_overrides": pretrain_overrides,
-                           "finetune_overrides": args.finetune_overrides, "sasrec": SASREC_SETTINGS,
+                           "finetune_overrides": args.finetune_overrides, "model_overrides": args.model_overrides,
+                           "sasrec": SASREC_SETTINGS,
                            "config_files": args.config_files}}
     pretrained_from = Results(args.pretrained_from, {}) if args.pretrained_from else None
     return Suite(args, overrides, pretrain_overrides, args.data_path, pretrain_data, tables_data,
-                 Results(args.out_dir, header), log_dir, pretrained_from)
+                 Results(args.out_dir, header), log_dir, pretrained_from, model_overrides=args.model_overrides)
 
 
 def main(argv=None) -> dict:

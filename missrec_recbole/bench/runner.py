@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +43,13 @@ class Suite:
     pretrained_from: Results | None = None  # another out_dir whose pre-trainings may be reused
     launched: int = 0
     progress: object = print  # receives each epoch line of the running training's log
+    model_overrides: dict = field(default_factory=dict)  # kind -> the --KIND.key=value overrides
 
-    @property
-    def pretrain_settings(self) -> dict:
-        return {**self.overrides, **self.pretrain_overrides}
+    def settings(self, kind: str, stage: str) -> dict:
+        """The overrides of a ``kind`` run at ``stage``: every run's < the model's (--missrec.key) < the stage's.
+        A model's own overrides leave the other models' runs (and their hashes) as they are."""
+        stage_overrides = self.pretrain_overrides if stage == "pretrain" else self.args.finetune_overrides
+        return {**self.overrides, **self.model_overrides.get(kind, {}), **stage_overrides}
 
     def dataset_of(self, table: str) -> tuple[str, Path]:
         return self.tables_data[table]
@@ -157,7 +160,7 @@ def _check(kind: str) -> None:
 
 def pretrain_key(suite: Suite, kind: str) -> str:
     """Pre-training is done once per model kind, settings and data, with the first seed."""
-    inputs = _hash_inputs(suite, kind, *suite.pretrain_data, suite.pretrain_settings, "pretrain",
+    inputs = _hash_inputs(suite, kind, *suite.pretrain_data, suite.settings(kind, "pretrain"), "pretrain",
                           seed=suite.args.seed_list[0])
     return f"pretrain|{kind}|{config_hash(inputs)}"
 
@@ -187,7 +190,7 @@ def _recorded_pretraining(results: Results | None, key: str) -> dict | None:
 
 def _pretrain(suite: Suite, kind: str, key: str) -> str:
     dataset, data_path = suite.pretrain_data
-    settings = suite.pretrain_settings
+    settings = suite.settings(kind, "pretrain")
     _check(kind)
     say(f"pre-training {RUN_KINDS[kind].label} on {dataset} (log: {suite.log_dir})")
     spec = _spec(suite, "pretrain", kind, dataset, data_path, suite.args.seed_list[0], settings, mode="inductive")
@@ -204,8 +207,8 @@ def run_row(suite: Suite, row: Row, seed: int) -> str:
     """Train/evaluate one row for one seed unless results.json has it or another invocation is running it;
     returns ok|skipped|busy|unavailable|failed."""
     dataset, data_path = suite.dataset_of(row.table)
-    settings = {**(SASREC_SETTINGS if row.kind == "sasrec" else {}), **suite.overrides,
-                **suite.args.finetune_overrides, **({"adapters_only": False} if row.all_weights else {})}
+    settings = {**(SASREC_SETTINGS if row.kind == "sasrec" else {}), **suite.settings(row.kind, "finetune"),
+                **({"adapters_only": False} if row.all_weights else {})}
     pre_key = pretrain_key(suite, row.kind) if row.pretrained else None
     digest = config_hash(_hash_inputs(suite, row.kind, dataset, data_path, settings, "finetune", mode=row.mode,
                                       pretrained=pre_key))
