@@ -378,4 +378,6 @@ def save_seed(out: Path, identity: dict, outcome: dict) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from missrec_recbole.command import run_command  # noqa: E402  (bad input: one error line, no traceback)
+
+    sys.exit(run_command(main))

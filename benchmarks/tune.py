@@ -190,4 +190,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from missrec_recbole.command import run_command  # noqa: E402  (bad input: one error line, no traceback)
+
+    sys.exit(run_command(main))

@@ -89,4 +89,6 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    from missrec_recbole.command import run_command  # noqa: E402  (bad input: one error line, no traceback)
+
+    sys.exit(run_command(main))

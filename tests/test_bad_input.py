@@ -386,6 +386,25 @@ def test_data_tools_give_one_error_line(workdir, capsys):
     assert code == 1 and "Traceback" not in err and "Nope1" in err
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["cold_start.py", "interest_stats.py", "python -m missrec_recbole.bench"])
+def test_benchmark_scripts_give_one_error_line(script, tmp_path):
+    """The benchmark entry points a user runs on their own data end a bad dataset in one line, as the tools do."""
+    import subprocess
+    import sys
+
+    if script.startswith("python -m"):
+        entry, output = script.split()[1:], f"--out_dir={tmp_path / 'out'}"
+    else:
+        entry, output = [str(Path(__file__).resolve().parents[1] / "benchmarks" / script)], f"--out={tmp_path / 'out.json'}"
+    result = subprocess.run([sys.executable, *entry, "-d", "Nope", f"--data_path={tmp_path}", output],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[-1].startswith("error: ") and "Nope" in lines[-1]
+    assert not (tmp_path / "out.json").exists() and not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------------------------------------- add_items
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory):
