@@ -332,7 +332,8 @@ def child(spec: dict, core: str | None) -> dict:
                           capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
-        raise RuntimeError(f"child failed: {spec}")
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"the {spec['mode']} measurement (n={spec['n']}, d={spec['d']}) failed: {last}")
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     res["wall_s"] = time.perf_counter() - t0
     res["load_avg"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
@@ -378,6 +379,18 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def check_args(ap: argparse.ArgumentParser, args) -> None:
+    """Reject impossible sizes before any child starts (argparse's one usage line, exit code 2)."""
+    for name in ("sizes", "dims", "flat_sizes"):
+        if any(v < 1 for v in getattr(args, name) or []):
+            ap.error(f"--{name.replace('_', '-')} must be positive integers")
+    for name in ("k", "threads", "sample", "recall_queries"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be a positive integer")
+    if not 0 < args.ratio <= 1:
+        ap.error(f"--ratio must be in (0, 1] (the share of tokens kept as interest centers), got {args.ratio}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -403,6 +416,7 @@ def main(argv=None) -> int:
     if args.child:
         print(json.dumps(run_child(json.loads(args.child)), default=float))
         return 0
+    check_args(ap, args)
     if args.quick:
         args.sizes, args.dims, args.sample, args.recall_queries = [5000, 20000], [64], 10000, 200
         args.exact_max, args.flat_sizes = 10000, [20000]
@@ -493,4 +507,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if "--child" in sys.argv:  # a measurement child: torch must load after its thread settings; traceback to the log
+        sys.exit(main())
+    from missrec_recbole.command import run_command  # noqa: E402  (bad input: one error line, no traceback)
+
+    sys.exit(run_command(main))

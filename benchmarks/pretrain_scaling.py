@@ -185,6 +185,11 @@ def main(argv=None) -> int:
     if args.worker:
         worker(*args.worker[:2], int(args.worker[2]), *args.worker[3:])
         return 0
+    for name in ("items_per_domain", "users_per_domain", "dim", "epochs", "threads"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be a positive integer")
+    if any(rows < 0 for rows in args.memory_chunk_rows):
+        ap.error("--memory_chunk_rows must be 0 (off) or a positive number of rows")
     if args.quick:
         args.items_per_domain, args.users_per_domain, args.dim, args.epochs = 600, 300, 64, 2
     overrides = {"text_dim": args.dim, "image_dim": args.dim}
@@ -216,4 +221,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if "--worker" in sys.argv:  # a measured worker: torch must load after its thread settings; traceback to the log
+        sys.exit(main())
+    from missrec_recbole.command import run_command  # noqa: E402  (bad input: one error line, no traceback)
+
+    sys.exit(run_command(main))

@@ -405,6 +405,27 @@ def test_benchmark_scripts_give_one_error_line(script, tmp_path):
     assert not (tmp_path / "out.json").exists() and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("script, args, code, expected", [
+    ("dpc_knn.py", ["--dims", "0"], 2, "--dims must be positive"),
+    ("dpc_knn.py", ["--ratio", "1.5"], 2, "--ratio must be in (0, 1]"),
+    ("pretrain_scaling.py", ["--epochs", "0"], 2, "--epochs must be a positive integer"),
+    ("pretrain_scaling.py", ["--quick", "--cache", "{tmp}/a-file/cache"], 1, "a-file"),
+])
+def test_generated_data_benchmarks_give_one_error_line(script, args, code, expected, tmp_path):
+    """The benchmarks that make their own data (and run measured child processes) end bad options in one line too."""
+    import subprocess
+    import sys
+
+    (tmp_path / "a-file").write_text("not a folder")
+    entry = str(Path(__file__).resolve().parents[1] / "benchmarks" / script)
+    argv = [arg.format(tmp=tmp_path) for arg in args] + [f"--out={tmp_path / 'out.json'}"]
+    result = subprocess.run([sys.executable, entry, *argv], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == code and "Traceback" not in result.stderr, result.stderr
+    assert expected in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out.json").exists()
+
+
 # ---------------------------------------------------------------------------------------------- add_items
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory):
