@@ -11,7 +11,7 @@ import missrec_recbole  # noqa: F401
 from missrec_recbole.bench.processes import terminate_on_sigterm
 from missrec_recbole.bench.report import write_report
 from missrec_recbole.bench.rows import suite_rows
-from missrec_recbole.bench.runner import PROPS_MODEL, Suite, run_suite, say
+from missrec_recbole.bench.runner import PROPS_MODEL, Suite, override_layers, run_suite, say
 from missrec_recbole.bench.settings import (BENCH_VERSION, FIRST_SEED, QUICK_DATASET, QUICK_PRETRAIN, QUICK_SETTINGS,
                                             SASREC_SETTINGS, TABLES)
 from missrec_recbole.bench.store import Results, git_version, machine, now
@@ -132,10 +132,9 @@ def check_overrides(general: dict, pretrain: dict, finetune: dict, models: dict)
     """Check every combination a run will see, before any run starts: a typo must not surface hours later, after
     the pre-training. Raises :class:`ConfigError` naming the option and where it was given."""
     for kind in RUN_KINDS:
-        for stage, values in (("pretrain", pretrain), ("finetune", finetune)):
-            defaults = {**merged_props(PROPS_MODEL[kind], stage), **(SASREC_SETTINGS if kind == "sasrec" else {})}
-            check_options([("the defaults", defaults), ("the command line", general),
-                           (f"--{kind}.KEY", models.get(kind, {})), (f"--{stage}.KEY", values)])
+        for stage in ("pretrain", "finetune"):
+            check_options([("the defaults", merged_props(PROPS_MODEL[kind], stage)),
+                           *override_layers(kind, stage, general, models, pretrain, finetune)])
 
 
 def check_datasets_exist(args) -> None:

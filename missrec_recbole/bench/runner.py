@@ -46,13 +46,22 @@ class Suite:
     model_overrides: dict = field(default_factory=dict)  # kind -> the --KIND.key=value overrides
 
     def settings(self, kind: str, stage: str) -> dict:
-        """The overrides of a ``kind`` run at ``stage``: every run's < the model's (--missrec.key) < the stage's.
-        A model's own overrides leave the other models' runs (and their hashes) as they are."""
-        stage_overrides = self.pretrain_overrides if stage == "pretrain" else self.args.finetune_overrides
-        return {**self.overrides, **self.model_overrides.get(kind, {}), **stage_overrides}
+        """The options a ``kind`` run at ``stage`` gets on top of props/ (:func:`override_layers` merged)."""
+        layers = override_layers(kind, stage, self.overrides, self.model_overrides, self.pretrain_overrides,
+                                 self.args.finetune_overrides)
+        return {key: value for _, values in layers for key, value in values.items()}
 
     def dataset_of(self, table: str) -> tuple[str, Path]:
         return self.tables_data[table]
+
+
+def override_layers(kind: str, stage: str, general: dict, models: dict, pretrain: dict, finetune: dict) -> list:
+    """The option layers of a ``kind`` run at ``stage`` as (where given, options), later wins: the bench's SASRec
+    settings (SASRec runs) < every run's --key < the model's --KIND.key < the stage's --STAGE.key. A model's own
+    options leave the other models' runs (and their hashes) as they are."""
+    return [("the bench's SASRec settings", SASREC_SETTINGS if kind == "sasrec" else {}),
+            ("the command line", general), (f"--{kind}.KEY", models.get(kind, {})),
+            (f"--{stage}.KEY", pretrain if stage == "pretrain" else finetune)]
 
 
 def _spec(suite: Suite, action: str, kind: str, dataset: str, data_path: Path, seed: int, settings: dict,
@@ -207,8 +216,7 @@ def run_row(suite: Suite, row: Row, seed: int) -> str:
     """Train/evaluate one row for one seed unless results.json has it or another invocation is running it;
     returns ok|skipped|busy|unavailable|failed."""
     dataset, data_path = suite.dataset_of(row.table)
-    settings = {**(SASREC_SETTINGS if row.kind == "sasrec" else {}), **suite.settings(row.kind, "finetune"),
-                **({"adapters_only": False} if row.all_weights else {})}
+    settings = {**suite.settings(row.kind, "finetune"), **({"adapters_only": False} if row.all_weights else {})}
     pre_key = pretrain_key(suite, row.kind) if row.pretrained else None
     digest = config_hash(_hash_inputs(suite, row.kind, dataset, data_path, settings, "finetune", mode=row.mode,
                                       pretrained=pre_key))
