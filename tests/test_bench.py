@@ -645,3 +645,45 @@ def test_the_worker_passes_the_resume_file_to_every_resumable_run(monkeypatch):
     for run in (worker.run_missrec, worker.pretrain_missrec, worker.run_unisrec, worker.pretrain_unisrec):
         run(spec)
     assert seen == ["r.pth"] * 4
+
+
+def _record(row, seed, settings, config_hash, ndcg, date="2026-12-01 10:00:00 UTC"):
+    kind = row.split()[0].lower()
+    metrics = {"recall@10": ndcg * 2, "recall@50": ndcg * 4, "ndcg@10": ndcg, "ndcg@50": ndcg * 1.5}
+    return {"key": f"transfer|{row}|{seed}|{config_hash}", "table": "transfer", "row": row, "seed": seed, "kind": kind,
+            "settings": settings, "config_hash": config_hash, "date": date, "status": "ok", "command": "bench",
+            "machine": {"cores": 2}, "code": "abc", "valid": metrics, "test": metrics, "peak_rss_bytes": 2**30}
+
+
+def test_report_gives_each_option_set_of_a_row_its_own_line():
+    """Runs of one row with different options (e.g. --missrec.item_adapter=moe after the defaults) are two
+    labelled lines, not the latest hiding the other; a pre-trained line is compared with scratch under its own
+    options; within one option set a stale config hash (props changed) is still hidden."""
+    from missrec_recbole.bench.report import group_runs, results_markdown
+
+    moe = {"item_adapter": "moe"}
+    runs = [_record("MISSRec scratch inductive", 2020, {}, "linear1", 0.03),
+            _record("MISSRec scratch inductive", 2021, {}, "linear1", 0.04),
+            _record("MISSRec scratch inductive", 2020, moe, "moe0", 0.01, date="2026-11-01 10:00:00 UTC"),
+            _record("MISSRec scratch inductive", 2020, moe, "moe1", 0.06),
+            _record("MISSRec pre-trained inductive", 2020, moe, "moe2", 0.05),
+            _record("UniSRec scratch inductive", 2020, {}, "uni", 0.055)]
+    data = {"runs": runs, "datasets": {"pre": "A", "eval": "B", "dataset": "B"}, "dataset": "B", "command": "bench",
+            "updated": "now", "machine": {}, "code": "abc", "seeds": [2020], "protocol": "protocol"}
+    rows = group_runs(data)["transfer"]
+    assert [r["config_hash"] for r in rows["MISSRec scratch inductive"]] == ["linear1", "linear1"]
+    assert [r["config_hash"] for r in rows["MISSRec scratch inductive (item_adapter=moe)"]] == ["moe1"]
+    assert [r["config_hash"] for r in rows["MISSRec pre-trained inductive (item_adapter=moe)"]] == ["moe2"]
+    assert "UniSRec scratch inductive" in rows and rows["SASRec"] == []  # UniSRec has one option set: plain name
+    text = results_markdown(data)
+    assert "| MISSRec scratch inductive | 2 | 0.0700 ± 0.0141 | 0.0350 ± 0.0071 |" in text
+    assert "| MISSRec scratch inductive (item_adapter=moe) | 1 | 0.1200 | 0.0600 |" in text
+    assert "MISSRec scratch inductive (item_adapter=moe) 0.0600 | UniSRec scratch inductive 0.0550 | +9.1% | yes" in text
+    assert "| transfer | MISSRec pre-trained inductive (item_adapter=moe) 0.0500 | scratch 0.0600 | -16.7% | no |" in text
+    assert "MISSRec pre-trained inductive 0." not in text  # no linear pre-trained run: no line, no comparison
+    runs.append(_record("MISSRec pre-trained inductive", 2020, {}, "linear2", 0.02))
+    runs.append(_record("MISSRec pre-trained (all weights) inductive", 2020, {"adapters_only": False}, "all", 0.04))
+    text = results_markdown(data)
+    assert "| transfer | MISSRec pre-trained inductive (item_adapter=moe) 0.0500 | scratch 0.0600 | -16.7% | no |" in text
+    assert "| transfer | MISSRec pre-trained inductive 0.0200 | scratch 0.0350 | -42.9% | no |" in text
+    assert "| transfer | MISSRec pre-trained (all weights) inductive 0.0400 | scratch 0.0350 | +14.3% | yes |" in text

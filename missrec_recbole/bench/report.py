@@ -23,20 +23,50 @@ def _mean_std(values, digits=4) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
+ROW_OPTIONS = {"adapters_only"}  # set by the row itself ("all weights"), not by the command line
+
+
 def group_runs(data: dict) -> dict:
-    """``{table: {row name: [runs]}}`` in suite order. A row whose settings changed keeps only the runs with
-    the config hash of its latest run (older runs stay in results.json)."""
-    groups = {}
-    for row in suite_rows(tuple(TABLES)):
-        groups.setdefault(row.table, {})[row.name] = []
+    """``{table: {label: [runs]}}`` in suite order. A model run with several option sets (``--key``, ``--MODEL.key``,
+    ``--STAGE.key``) gives one line per row and set, labelled with the options that tell the model's sets apart
+    (the set without them keeps the row's plain name), so that each pre-trained line meets the scratch line of its
+    own options. Within a set only the runs with the config hash of its latest run count: props/ or the data
+    changed since the older ones, which stay in results.json."""
+    by_row, option_sets = {}, {}
     for run in data["runs"]:
-        groups.setdefault(run["table"], {}).setdefault(run["row"], []).append(run)
-    for rows in groups.values():
-        for name, runs in rows.items():
-            if runs:
-                latest = max(runs, key=lambda r: r["date"])["config_hash"]
-                rows[name] = [r for r in runs if r["config_hash"] == latest]
+        options = run.get("settings", {})
+        by_row.setdefault((run["table"], run["row"]), {}).setdefault(_key(options), []).append(run)
+        option_sets.setdefault((run["table"], run.get("kind")), []).append(options)
+    differing = {key: _differing_options(sets) for key, sets in option_sets.items()}
+    order = [(row.table, row.name) for row in suite_rows(tuple(TABLES))]
+    order += [key for key in by_row if key not in order]  # rows this version of the suite no longer has
+    groups = {}
+    for table, name in order:
+        rows = groups.setdefault(table, {})
+        variants = by_row.get((table, name), {})
+        if not variants:
+            rows[name] = []
+        for key, runs in variants.items():
+            latest = max(runs, key=lambda r: r["date"])["config_hash"]
+            label = name + variant_suffix(json.loads(key), differing[(table, runs[0].get("kind"))])
+            rows[label] = [r for r in runs if r["config_hash"] == latest]
     return groups
+
+
+def _key(options: dict) -> str:
+    return json.dumps(options, sort_keys=True, default=str)
+
+
+def _differing_options(option_sets: list[dict]) -> list[str]:
+    """The options whose value is not the same in every set (absent counts as a value), except the rows' own."""
+    keys = sorted({key for options in option_sets for key in options} - ROW_OPTIONS)
+    return [key for key in keys if len({_key(options.get(key)) for options in option_sets}) > 1]
+
+
+def variant_suffix(options: dict, differing: list[str]) -> str:
+    """`` (item_adapter=moe)``: the options of ``differing`` this set gives (nothing for props/ defaults)."""
+    given = [f"{key}={options[key]}" for key in differing if key in options]
+    return f" ({', '.join(given)})" if given else ""
 
 
 COLUMNS = (
@@ -124,11 +154,14 @@ def _pretraining_lines(groups: dict) -> list[str]:
     lines = []
     for table, rows in groups.items():
         for mode in MODES:
-            scratch = _mean_of(rows.get(f"MISSRec scratch {mode}", []), lambda r: r["test"]["ndcg@10"])
             for start in ("pre-trained", "pre-trained (all weights)"):
-                ours = _mean_of(rows.get(f"MISSRec {start} {mode}", []), lambda r: r["test"]["ndcg@10"])
-                if scratch and ours is not None:
-                    lines.append(_comparison_row(table, f"MISSRec {start} {mode}", ours, "scratch", scratch, 0.0))
+                prefix = f"MISSRec {start} {mode}"
+                for label in [label for label in rows if label.startswith(prefix)]:
+                    variant = label[len(prefix):]  # compared with scratch under the same options
+                    scratch = _mean_of(rows.get(f"MISSRec scratch {mode}{variant}", []), lambda r: r["test"]["ndcg@10"])
+                    ours = _mean_of(rows[label], lambda r: r["test"]["ndcg@10"])
+                    if scratch and ours is not None:
+                        lines.append(_comparison_row(table, label, ours, "scratch", scratch, 0.0))
     return _comparison_section("Transfer target: pre-trained MISSRec test NDCG@10 >= MISSRec from scratch "
                                "(mean over seeds)", ("pre-trained", "scratch"), lines)
 
@@ -192,11 +225,12 @@ def longtail_series(data: dict, ranks: Results, table: str, n_buckets: int = 5):
     frequency_of = train_frequency(Path(info["path"]) / info["name"], info["name"])
     per_row = {}
     items = None
-    for run in data["runs"]:
-        cases = ranks.cases(run["key"]) if run["table"] == table and run["status"] == "ok" else None
-        if cases is not None:
-            items = cases["item"] if items is None else items
-            per_row.setdefault(run["row"], []).append(cases["rank"] <= 10)
+    for label, runs in group_runs(data).get(table, {}).items():  # the lines of the results table
+        for run in runs:
+            cases = ranks.cases(run["key"]) if run["status"] == "ok" else None
+            if cases is not None:
+                items = cases["item"] if items is None else items
+                per_row.setdefault(label, []).append(cases["rank"] <= 10)
     if items is None or "SASRec" not in per_row:
         return None
     frequency = np.array([frequency_of.get(int(i), 0) for i in items])
