@@ -687,3 +687,9 @@ def test_report_gives_each_option_set_of_a_row_its_own_line():
     assert "| transfer | MISSRec pre-trained inductive (item_adapter=moe) 0.0500 | scratch 0.0600 | -16.7% | no |" in text
     assert "| transfer | MISSRec pre-trained inductive 0.0200 | scratch 0.0350 | -42.9% | no |" in text
     assert "| transfer | MISSRec pre-trained (all weights) inductive 0.0400 | scratch 0.0350 | +14.3% | yes |" in text
+    # an option a row also sets itself still tells the other rows' sets apart (no two sets under one label)
+    runs.append(_record("MISSRec scratch inductive", 2020, {"adapters_only": True}, "frozen", 0.01))
+    rows = group_runs(data)["transfer"]
+    assert [r["config_hash"] for r in rows["MISSRec scratch inductive (adapters_only=True)"]] == ["frozen"]
+    assert [r["config_hash"] for r in rows["MISSRec scratch inductive"]] == ["linear1", "linear1"]
+    assert [r["config_hash"] for r in rows["MISSRec pre-trained (all weights) inductive"]] == ["all"]

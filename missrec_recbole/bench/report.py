@@ -23,9 +23,6 @@ def _mean_std(values, digits=4) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
-ROW_OPTIONS = {"adapters_only"}  # set by the row itself ("all weights"), not by the command line
-
-
 def group_runs(data: dict) -> dict:
     """``{table: {label: [runs]}}`` in suite order. A model run with several option sets (``--key``, ``--MODEL.key``,
     ``--STAGE.key``) gives one line per row and set, labelled with the options that tell the model's sets apart
@@ -34,7 +31,7 @@ def group_runs(data: dict) -> dict:
     changed since the older ones, which stay in results.json."""
     by_row, option_sets = {}, {}
     for run in data["runs"]:
-        options = run.get("settings", {})
+        options = _command_line_options(run)
         by_row.setdefault((run["table"], run["row"]), {}).setdefault(_key(options), []).append(run)
         option_sets.setdefault((run["table"], run.get("kind")), []).append(options)
     differing = {key: _differing_options(sets) for key, sets in option_sets.items()}
@@ -53,13 +50,21 @@ def group_runs(data: dict) -> dict:
     return groups
 
 
+def _command_line_options(run: dict) -> dict:
+    """A run's options without the one its row sets itself (the "all weights" rows: ``adapters_only: false``)."""
+    options = dict(run.get("settings", {}))
+    if "(all weights)" in run["row"]:
+        options.pop("adapters_only", None)
+    return options
+
+
 def _key(options: dict) -> str:
     return json.dumps(options, sort_keys=True, default=str)
 
 
 def _differing_options(option_sets: list[dict]) -> list[str]:
-    """The options whose value is not the same in every set (absent counts as a value), except the rows' own."""
-    keys = sorted({key for options in option_sets for key in options} - ROW_OPTIONS)
+    """The options whose value is not the same in every set (absent counts as a value)."""
+    keys = sorted({key for options in option_sets for key in options})
     return [key for key in keys if len({_key(options.get(key)) for options in option_sets}) > 1]
 
 
