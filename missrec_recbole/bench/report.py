@@ -29,14 +29,14 @@ def group_runs(data: dict) -> dict:
     (the set without them keeps the row's plain name), so that each pre-trained line meets the scratch line of its
     own options. Within a set only the runs with the config hash of its latest run count: props/ or the data
     changed since the older ones, which stay in results.json."""
+    suite = {(row.table, row.name): row for row in suite_rows(tuple(TABLES))}
     by_row, option_sets = {}, {}
     for run in data["runs"]:
-        options = _command_line_options(run)
+        options = _command_line_options(run, suite.get((run["table"], run["row"])))
         by_row.setdefault((run["table"], run["row"]), {}).setdefault(_key(options), []).append(run)
         option_sets.setdefault((run["table"], run.get("kind")), []).append(options)
     differing = {key: _differing_options(sets) for key, sets in option_sets.items()}
-    order = [(row.table, row.name) for row in suite_rows(tuple(TABLES))]
-    order += [key for key in by_row if key not in order]  # rows this version of the suite no longer has
+    order = list(suite) + [key for key in by_row if key not in suite]  # rows this version of the suite no longer has
     groups = {}
     for table, name in order:
         rows = groups.setdefault(table, {})
@@ -50,12 +50,10 @@ def group_runs(data: dict) -> dict:
     return groups
 
 
-def _command_line_options(run: dict) -> dict:
-    """A run's options without the one its row sets itself (the "all weights" rows: ``adapters_only: false``)."""
-    options = dict(run.get("settings", {}))
-    if "(all weights)" in run["row"]:
-        options.pop("adapters_only", None)
-    return options
+def _command_line_options(run: dict, row) -> dict:
+    """A run's options without those its row sets itself (:attr:`Row.own_settings`)."""
+    own = row.own_settings if row is not None else {}
+    return {key: value for key, value in run.get("settings", {}).items() if key not in own}
 
 
 def _key(options: dict) -> str:

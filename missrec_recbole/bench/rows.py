@@ -25,6 +25,11 @@ class Row:
         start = "pre-trained (all weights)" if self.all_weights else "pre-trained" if self.pretrained else "scratch"
         return f"{RUN_KINDS[self.kind].label} {start} {self.mode}"
 
+    @property
+    def own_settings(self) -> dict:
+        """The options the row sets itself, on top of the command line's."""
+        return {"adapters_only": False} if self.all_weights else {}
+
 
 def suite_rows(tables=("pretrained", "full")) -> list[Row]:
     """Every row of ``tables``, in table order. The transfer table adds MISSRec fine-tuning all weights."""

@@ -216,7 +216,7 @@ def run_row(suite: Suite, row: Row, seed: int) -> str:
     """Train/evaluate one row for one seed unless results.json has it or another invocation is running it;
     returns ok|skipped|busy|unavailable|failed."""
     dataset, data_path = suite.dataset_of(row.table)
-    settings = {**suite.settings(row.kind, "finetune"), **({"adapters_only": False} if row.all_weights else {})}
+    settings = {**suite.settings(row.kind, "finetune"), **row.own_settings}
     pre_key = pretrain_key(suite, row.kind) if row.pretrained else None
     digest = config_hash(_hash_inputs(suite, row.kind, dataset, data_path, settings, "finetune", mode=row.mode,
                                       pretrained=pre_key))
