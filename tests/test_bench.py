@@ -693,3 +693,22 @@ def test_report_gives_each_option_set_of_a_row_its_own_line():
     assert [r["config_hash"] for r in rows["MISSRec scratch inductive (adapters_only=True)"]] == ["frozen"]
     assert [r["config_hash"] for r in rows["MISSRec scratch inductive"]] == ["linear1", "linear1"]
     assert [r["config_hash"] for r in rows["MISSRec pre-trained (all weights) inductive"]] == ["all"]
+
+
+def test_report_measures_against_a_sasrec_line_with_options_when_there_is_no_plain_one():
+    """Two SASRec option sets, neither the props/ defaults: the cost table still has a SASRec line to divide by
+    (the first), instead of silently leaving the comparison out."""
+    from missrec_recbole.bench.report import group_runs, results_markdown, sasrec_line
+
+    runs = [_record("SASRec", 2020, {"learning_rate": 0.01}, "s1", 0.03),
+            _record("SASRec", 2020, {"learning_rate": 0.005}, "s2", 0.02),
+            _record("MISSRec scratch inductive", 2020, {}, "m", 0.05)]
+    for run, seconds in zip(runs, (100.0, 120.0, 30.0)):
+        run.update(train_seconds_per_epoch=seconds, train_cpu_seconds_per_epoch=seconds, seconds_per_epoch=seconds)
+    data = {"runs": runs, "datasets": {"pre": "A", "eval": "B", "dataset": "B"}, "dataset": "B", "command": "bench",
+            "updated": "now", "machine": {}, "code": "abc", "seeds": [2020], "protocol": "protocol"}
+    rows = group_runs(data)["transfer"]
+    assert sasrec_line(rows) == "SASRec (learning_rate=0.01)"
+    assert "| transfer | MISSRec scratch inductive | 30.00 | 100.00 | 0.30x | 0.30x | 0.30x |" in results_markdown(data)
+    runs.append(_record("SASRec", 2021, {}, "s0", 0.03))
+    assert sasrec_line(group_runs(data)["transfer"]) == "SASRec"

@@ -104,11 +104,19 @@ def _mean_of(runs, get):
     return float(np.mean(ok)) if ok and None not in ok else None
 
 
+def sasrec_line(rows: dict) -> str | None:
+    """The SASRec line other rows are measured against: the plain one (props/ options), else the first with runs
+    (every SASRec run was given options that its other runs do not share)."""
+    if rows.get("SASRec"):
+        return "SASRec"
+    return next((label for label, runs in rows.items() if label.startswith("SASRec (") and runs), None)
+
+
 def _cost_lines(groups: dict) -> list[str]:
     keys = ("train_seconds_per_epoch", "train_cpu_seconds_per_epoch", "seconds_per_epoch")
     lines = []
     for table, rows in groups.items():
-        sasrec = [_mean_of(rows.get("SASRec", []), lambda r, k=k: r.get(k)) for k in keys]
+        sasrec = [_mean_of(rows.get(sasrec_line(rows), []), lambda r, k=k: r.get(k)) for k in keys]
         for name, runs in rows.items():
             ours = [_mean_of(runs, lambda r, k=k: r.get(k)) for k in keys]
             if name.startswith("MISSRec") and None not in ours + sasrec:
@@ -223,18 +231,21 @@ def longtail_buckets(frequency: np.ndarray, n_buckets: int = 5) -> tuple[np.ndar
 
 
 def longtail_series(data: dict, ranks: Results, table: str, n_buckets: int = 5):
-    """Per bucket: test cases and each row's Recall@10 relative to SASRec's (means over seeds)."""
+    """Per bucket: test cases and each row's Recall@10 relative to SASRec's (means over seeds), and which SASRec
+    line that is."""
     info = data["datasets_paths"][table]
     frequency_of = train_frequency(Path(info["path"]) / info["name"], info["name"])
     per_row = {}
     items = None
-    for label, runs in group_runs(data).get(table, {}).items():  # the lines of the results table
+    lines = group_runs(data).get(table, {})  # the lines of the results table
+    reference = sasrec_line(lines)
+    for label, runs in lines.items():
         for run in runs:
             cases = ranks.cases(run["key"]) if run["status"] == "ok" else None
             if cases is not None:
                 items = cases["item"] if items is None else items
                 per_row.setdefault(label, []).append(cases["rank"] <= 10)
-    if items is None or "SASRec" not in per_row:
+    if items is None or reference not in per_row:
         return None
     frequency = np.array([frequency_of.get(int(i), 0) for i in items])
     bucket, labels = longtail_buckets(frequency, n_buckets)
@@ -244,11 +255,11 @@ def longtail_series(data: dict, ranks: Results, table: str, n_buckets: int = 5):
         mean_hits = np.mean(hits, axis=0)
         return np.array([mean_hits[bucket == b].mean() if counts[b] else np.nan for b in range(len(labels))])
 
-    base = recall(per_row["SASRec"])
+    base = recall(per_row[reference])
     with np.errstate(divide="ignore", invalid="ignore"):  # SASRec at 0 in a bucket: no ratio (nan)
         relative = {row: np.where(base > 0, recall(hits) / base, np.nan) for row, hits in per_row.items()
-                    if row != "SASRec"}
-    return labels, counts, relative
+                    if row != reference}
+    return labels, counts, relative, reference
 
 
 def plot_longtail(data: dict, ranks: Results, path: Path) -> str:
@@ -265,7 +276,7 @@ def plot_longtail(data: dict, ranks: Results, path: Path) -> str:
     if not series:
         return "longtail.png skipped: no SASRec run with per-case ranks yet"
     fig, axes = plt.subplots(1, len(series), figsize=(7 * len(series), 6), squeeze=False)
-    for ax, (table, (labels, counts, relative)) in zip(axes[0], series.items()):
+    for ax, (table, (labels, counts, relative, reference)) in zip(axes[0], series.items()):
         x = np.arange(len(labels))
         ax.bar(x, counts, color="#d9d9d9", label="test cases")
         ax.set_xticks(x, labels)
@@ -279,7 +290,7 @@ def plot_longtail(data: dict, ranks: Results, path: Path) -> str:
         finite = [v for values in relative.values() for v in values if np.isfinite(v) and v > 0]
         if finite and max(finite) / min(finite) > 20:
             right.set_yscale("log")
-        right.set_ylabel("Recall@10 relative to SASRec")
+        right.set_ylabel(f"Recall@10 relative to {reference}")
         if relative:
             right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     fig.tight_layout()
