@@ -35,14 +35,19 @@ def pessimistic_ranks(scores, rows, targets):
     return (scores[rows] >= target[:, None]).sum(1)
 
 
+def case_ndcg(ranks, k: int) -> np.ndarray:
+    """NDCG@k of each case (one target per case) from 1-based ranks."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
+
+
 def metrics_from_ranks(ranks, ks=(10, 50)) -> dict:
     """Recall@k and NDCG@k (one target per case) from 1-based ranks."""
     ranks = np.asarray(ranks, dtype=np.float64)
     out = {}
     for k in ks:
-        hit = ranks <= k
-        out[f"recall@{k}"] = float(hit.mean())
-        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0).mean())
+        out[f"recall@{k}"] = float((ranks <= k).mean())
+        out[f"ndcg@{k}"] = float(case_ndcg(ranks, k).mean())
     return out
 
 

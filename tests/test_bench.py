@@ -712,3 +712,49 @@ def test_report_measures_against_a_sasrec_line_with_options_when_there_is_no_pla
     assert "| transfer | MISSRec scratch inductive | 30.00 | 100.00 | 0.30x | 0.30x | 0.30x |" in results_markdown(data)
     runs.append(_record("SASRec", 2021, {}, "s0", 0.03))
     assert sasrec_line(group_runs(data)["transfer"]) == "SASRec"
+
+
+def test_target_tables_give_the_gain_an_interval_over_test_users():
+    """With every run's per-case ranks, a target line gets the 95% paired-bootstrap interval of its gain, around
+    the gain itself (per-case NDCG@10 averaged over seeds) and narrower with more test users; a line whose runs
+    lack ranks, or ranks on other test cases, gets none."""
+    from missrec_recbole.bench.report import gain_interval, results_markdown
+    from missrec_recbole.evaluation import case_ndcg
+
+    rng = np.random.default_rng(0)
+
+    class Ranks:
+        def __init__(self, cases):
+            self.by_key = cases
+
+        def cases(self, key):
+            return self.by_key.get(key)
+
+    def ranks_for(runs, n_cases, better):
+        items = np.arange(n_cases)
+        cases = {}
+        for run in runs:
+            rank = rng.integers(1, 40, size=n_cases)
+            if run["row"].startswith("MISSRec pre-trained"):
+                rank = np.maximum(rank - better, 1)  # the pre-trained line ranks targets higher
+            cases[run["key"]] = {"item": items, "rank": rank}
+        return Ranks(cases)
+
+    runs = [_record("MISSRec scratch inductive", seed, {}, "s", 0.05) for seed in (2020, 2021)]
+    runs += [_record("MISSRec pre-trained inductive", seed, {}, "p", 0.06) for seed in (2020, 2021)]
+    scratch, pre = runs[:2], runs[2:]
+    small, large = ranks_for(runs, 400, 3), ranks_for(runs, 40000, 3)
+    for ranks in (small, large):
+        seed_mean = [np.mean([case_ndcg(ranks.cases(r["key"])["rank"], 10) for r in side]) for side in (pre, scratch)]
+        low, high = gain_interval(pre, scratch, ranks)
+        assert low < seed_mean[0] / seed_mean[1] - 1 < high and low > 0  # a real, consistent gain
+    assert np.diff(gain_interval(pre, scratch, large)) < np.diff(gain_interval(pre, scratch, small)) / 3
+    data = {"runs": runs, "datasets": {"pre": "A", "eval": "B", "dataset": "B"}, "dataset": "B", "command": "bench",
+            "updated": "now", "machine": {}, "code": "abc", "seeds": [2020], "protocol": "protocol"}
+    low, high = gain_interval(pre, scratch, small)
+    assert f"| +20.0% | yes | [{low:+.1%}, {high:+.1%}] |" in results_markdown(data, small)
+    assert "| +20.0% | yes | – |" in results_markdown(data)  # no ranks.npz
+    del small.by_key[pre[1]["key"]]
+    assert gain_interval(pre, scratch, small) is None  # one seed without ranks: the seed mean is not covered
+    assert gain_interval(pre, scratch, Ranks({r["key"]: {"item": np.arange(5) + (r in pre), "rank": np.ones(5)}
+                                              for r in runs})) is None  # other test cases: nothing to pair

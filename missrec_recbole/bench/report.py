@@ -12,6 +12,7 @@ from missrec_recbole.bench.settings import MODES, TABLES
 from missrec_recbole.bench.store import Results
 from missrec_recbole.files import atomic_write
 from missrec_recbole.data.dataset import tab_rows
+from missrec_recbole.evaluation import case_ndcg
 
 
 def _mean_std(values, digits=4) -> str:
@@ -132,22 +133,53 @@ def _cost_lines(groups: dict) -> list[str]:
             "|---|---|---|---|---|---|---|", *lines, ""]
 
 
-def _comparison_row(table: str, ours: str, ours_value: float, theirs: str, theirs_value: float,
-                    needed_gain: float) -> str:
-    """A target table's row: our row, the row it is compared with, the relative gain and whether it is met."""
+def _comparison_row(table: str, ours: tuple[str, list], theirs: tuple[str, list], needed_gain: float,
+                    ranks: Results | None) -> str:
+    """A target table's row: our line and the line it is compared with (label, runs), the relative gain of the
+    seed means of test NDCG@10, whether it is met and the gain's 95% interval over test users."""
+    ours_value, theirs_value = (_mean_of(runs, lambda r: r["test"]["ndcg@10"]) for _, runs in (ours, theirs))
     gain = ours_value / theirs_value - 1 if theirs_value else float("nan")
-    return (f"| {table} | {ours} {ours_value:.4f} | {theirs} {theirs_value:.4f} | {gain:+.1%} | "
-            f"{'yes' if gain >= needed_gain else 'no'} |")
+    interval = gain_interval(ours[1], theirs[1], ranks)
+    shown = f"[{interval[0]:+.1%}, {interval[1]:+.1%}]" if interval else "–"
+    return (f"| {table} | {ours[0]} {ours_value:.4f} | {theirs[0]} {theirs_value:.4f} | {gain:+.1%} | "
+            f"{'yes' if gain >= needed_gain else 'no'} | {shown} |")
+
+
+def _case_ndcg_over_seeds(runs: list, ranks: Results) -> tuple[np.ndarray, np.ndarray] | None:
+    """(test items, NDCG@10 per test case averaged over the line's seeds), or None without every run's ranks."""
+    cases = [ranks.cases(r["key"]) for r in runs if r["status"] == "ok"]
+    if not cases or any(c is None for c in cases) or any(not np.array_equal(c["item"], cases[0]["item"])
+                                                       for c in cases):
+        return None
+    return cases[0]["item"], np.mean([case_ndcg(c["rank"], 10) for c in cases], axis=0)
+
+
+def gain_interval(ours: list, theirs: list, ranks: Results | None, resamples: int = 1000,
+                  seed: int = 0) -> tuple[float, float] | None:
+    """95% paired-bootstrap interval of the relative NDCG@10 gain over the test cases (users), each line's
+    per-case NDCG@10 averaged over its seeds: how much the gain could move with another sample of test users
+    (not with other training seeds: that is the table's ±). None without both lines' ranks on the same cases."""
+    pair = [_case_ndcg_over_seeds(runs, ranks) for runs in (ours, theirs)] if ranks is not None else [None]
+    if None in pair or not np.array_equal(pair[0][0], pair[1][0]):
+        return None
+    (_, a), (_, b) = pair
+    rng = np.random.default_rng(seed)
+    gains = []
+    for _ in range(resamples // 100):  # 100 resamples at a time keeps memory at 100 x cases
+        index = rng.integers(0, len(a), size=(100, len(a)))
+        gains.append(a[index].mean(axis=1) / np.maximum(b[index].mean(axis=1), 1e-12) - 1)
+    low, high = np.percentile(np.concatenate(gains), [2.5, 97.5])
+    return float(low), float(high)
 
 
 def _comparison_section(title: str, columns: tuple[str, str], lines: list[str]) -> list[str]:
     if not lines:
         return []
-    return [f"## {title}", "", f"| table | {columns[0]} | {columns[1]} | gain | met |", "|---|---|---|---|---|",
-            *lines, ""]
+    return [f"## {title}", "", f"| table | {columns[0]} | {columns[1]} | gain | met | 95% interval of the gain "
+            "(test users) |", "|---|---|---|---|---|---|", *lines, ""]
 
 
-def _target_lines(groups: dict) -> list[str]:
+def _target_lines(groups: dict, ranks: Results | None) -> list[str]:
     lines = []
     for table, rows in groups.items():
         means = {name: _mean_of(runs, lambda r: r["test"]["ndcg@10"]) for name, runs in rows.items()}
@@ -155,12 +187,12 @@ def _target_lines(groups: dict) -> list[str]:
         others = {n: v for n, v in means.items() if not n.startswith("MISSRec") and v is not None}
         if ours and others:
             best, rival = max(ours, key=ours.get), max(others, key=others.get)
-            lines.append(_comparison_row(table, best, ours[best], rival, others[rival], 0.05))
+            lines.append(_comparison_row(table, (best, rows[best]), (rival, rows[rival]), 0.05, ranks))
     return _comparison_section("Quality target: best MISSRec test NDCG@10 >= 1.05 x best of SASRec/UniSRec "
                                "(mean over seeds)", ("best MISSRec", "best baseline"), lines)
 
 
-def _pretraining_lines(groups: dict) -> list[str]:
+def _pretraining_lines(groups: dict, ranks: Results | None) -> list[str]:
     """Does pre-training pay? Each pre-trained MISSRec row against MISSRec from scratch in the same mode."""
     lines = []
     for table, rows in groups.items():
@@ -169,10 +201,10 @@ def _pretraining_lines(groups: dict) -> list[str]:
                 prefix = f"MISSRec {start} {mode}"
                 for label in [label for label in rows if label.startswith(prefix)]:
                     variant = label[len(prefix):]  # compared with scratch under the same options
-                    scratch = _mean_of(rows.get(f"MISSRec scratch {mode}{variant}", []), lambda r: r["test"]["ndcg@10"])
-                    ours = _mean_of(rows[label], lambda r: r["test"]["ndcg@10"])
-                    if scratch and ours is not None:
-                        lines.append(_comparison_row(table, label, ours, "scratch", scratch, 0.0))
+                    scratch = rows.get(f"MISSRec scratch {mode}{variant}", [])
+                    if _mean_of(scratch, lambda r: r["test"]["ndcg@10"]) and _mean_of(
+                            rows[label], lambda r: r["test"]["ndcg@10"]) is not None:
+                        lines.append(_comparison_row(table, (label, rows[label]), ("scratch", scratch), 0.0, ranks))
     return _comparison_section("Transfer target: pre-trained MISSRec test NDCG@10 >= MISSRec from scratch "
                                "(mean over seeds)", ("pre-trained", "scratch"), lines)
 
@@ -184,7 +216,8 @@ def _split_note(split: dict | None) -> str:
             "evaluation users)")
 
 
-def results_markdown(data: dict) -> str:
+def results_markdown(data: dict, ranks: Results | None = None) -> str:
+    """results.md; with ``ranks`` (ranks.npz) the target tables give each gain's interval over test users."""
     groups = group_runs(data)
     names = data["datasets"]
     shown = [r for rows in groups.values() for runs in rows.values() for r in runs]
@@ -201,7 +234,7 @@ def results_markdown(data: dict) -> str:
         if not any(rows.values()):
             continue
         lines += [f"## {TABLES[table].format(**names)}", "", *_table_lines(rows), ""]
-    lines += _cost_lines(groups) + _target_lines(groups) + _pretraining_lines(groups)
+    lines += _cost_lines(groups) + _target_lines(groups, ranks) + _pretraining_lines(groups, ranks)
     lines += ["Mean ± sample std over seeds. `train s/epoch`: the training pass of one epoch (MISSRec: with the "
               "interest refresh), `interest refresh s`: DPC-KNN refresh per epoch, `peak RSS`: the run's own "
               "process (each run is a separate process). Per-run numbers: results.json; per-test-case ranks: "
@@ -301,5 +334,5 @@ def plot_longtail(data: dict, ranks: Results, path: Path) -> str:
 
 def write_report(data: dict, ranks: Results, out_dir: Path) -> list[str]:
     md = out_dir / "results.md"
-    atomic_write(md, lambda h: h.write(results_markdown(data).encode("utf-8")))
+    atomic_write(md, lambda h: h.write(results_markdown(data, ranks).encode("utf-8")))
     return [f"written: {md}", plot_longtail(data, ranks, out_dir / "longtail.png")]
