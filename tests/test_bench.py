@@ -758,3 +758,68 @@ def test_target_tables_give_the_gain_an_interval_over_test_users():
     assert gain_interval(pre, scratch, small) is None  # one seed without ranks: the seed mean is not covered
     assert gain_interval(pre, scratch, Ranks({r["key"]: {"item": np.arange(5) + (r in pre), "rank": np.ones(5)}
                                               for r in runs})) is None  # other test cases: nothing to pair
+
+
+def test_report_names_the_options_every_run_of_a_model_shares():
+    """Options no line label shows because every run of the model has them (all MISSRec runs with
+    item_adapter=moe) are stated once above the tables; the bench's own SASRec settings are not."""
+    from missrec_recbole.bench.report import results_markdown, shared_options
+    from missrec_recbole.bench.settings import SASREC_SETTINGS
+
+    moe = {"item_adapter": "moe"}
+    runs = [_record("MISSRec scratch inductive", 2020, {**moe, "epochs": 5}, "m", 0.05),
+            _record("MISSRec pre-trained inductive", 2020, {**moe, "epochs": 7}, "p", 0.05),
+            _record("MISSRec pre-trained (all weights) inductive", 2020, {**moe, "adapters_only": False}, "a", 0.05),
+            _record("SASRec", 2020, dict(SASREC_SETTINGS), "s", 0.03),
+            _record("UniSRec scratch inductive", 2020, {}, "u", 0.04)]
+    data = {"runs": runs, "datasets": {"pre": "A", "eval": "B", "dataset": "B"}, "dataset": "B", "command": "bench",
+            "updated": "now", "machine": {}, "code": "abc", "seeds": [2020], "protocol": "protocol"}
+    assert shared_options(data) == {"MISSRec": moe}
+    assert "Options beyond props/ given to every run of a model: MISSRec item_adapter=moe." in results_markdown(data)
+    runs[3]["settings"]["learning_rate"] = 0.01
+    assert shared_options(data) == {"MISSRec": moe, "SASRec": {"learning_rate": 0.01}}
+
+
+def test_long_tail_splits_each_line_and_gain_by_target_frequency(tmp_path, capsys):
+    """benchmarks/long_tail.py: per group of target training frequencies, each line's seed-averaged Recall@10 and
+    NDCG@10 from ranks.npz and the pre-trained line's gain over scratch with an interval; a missing train file is
+    one error naming it and the flag."""
+    from missrec_recbole.bench.store import Results
+    from missrec_recbole.evaluation import case_ndcg
+
+    spec = importlib.util.spec_from_file_location("long_tail", bench.PACKAGE_ROOT / "benchmarks" / "long_tail.py")
+    long_tail = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(long_tail)
+    data_dir = tmp_path / "data" / "B"
+    data_dir.mkdir(parents=True)
+    train_targets = [1] + [2] * 3 + [3] * 10  # item 1 seen once, item 2 three times, item 3 ten times
+    (data_dir / "B.train.inter").write_text("user_id:token\titem_id_list:token_seq\titem_id:token\n" + "".join(
+        f"{u}\t0\t{item}\n" for u, item in enumerate(train_targets)))
+    items = np.tile(np.array([1, 2, 3]), 200)
+    header = {"datasets_paths": {"transfer": {"name": "B", "path": str(tmp_path / "data")}}}
+    out = Results(tmp_path / "out", header)
+    rng = np.random.default_rng(1)
+    ranks = {}
+    for row, better in (("MISSRec scratch inductive", {1: 0, 3: 4}), ("MISSRec pre-trained inductive", {1: 4, 3: 0})):
+        for seed in (2020, 2021):
+            rank = rng.integers(1, 12, size=len(items))
+            rank = np.maximum(rank - np.array([better.get(int(i), 0) for i in items]), 1)
+            record = _record(row, seed, {}, "h", 0.05)
+            ranks.setdefault(row, []).append(rank)
+            out.put("runs", record, {"item": items, "rank": rank.astype(np.int32)})
+    result = long_tail.long_tail(tmp_path / "out", [2, 5])
+    groups = {g["target_frequency"]: g for g in result["groups"]}
+    assert list(groups) == ["all", "0-2", "3-5", "6-10"] and groups["all"]["cases"] == 600
+    rare = np.isin(items, [1])
+    expected = np.mean([case_ndcg(r, 10)[rare].mean() for r in ranks["MISSRec pre-trained inductive"]])
+    assert groups["0-2"]["lines"]["MISSRec pre-trained inductive"]["ndcg@10"] == pytest.approx(expected)
+    (rare_gain,), (frequent_gain,) = groups["0-2"]["pre-trained vs scratch"], groups["6-10"]["pre-trained vs scratch"]
+    assert rare_gain["scratch"] == "MISSRec scratch inductive"
+    assert rare_gain["ndcg@10 gain"] > 0 and rare_gain["interval"][0] > 0  # pre-training pays on rare targets
+    assert frequent_gain["ndcg@10 gain"] < 0 and frequent_gain["interval"][1] < 0  # and costs on frequent ones
+    assert long_tail.main([str(tmp_path / "out"), "--edges", "2,5", "--out", str(tmp_path / "lt.json")]) == 0
+    assert json.loads((tmp_path / "lt.json").read_text())["groups"][1]["cases"] == 200
+    assert "targets seen 0-2 times in training: 200 test cases" in capsys.readouterr().out
+    (data_dir / "B.train.inter").unlink()
+    with pytest.raises(long_tail.InputError, match=r"B\.train\.inter not found: give --data_path"):
+        long_tail.long_tail(tmp_path / "out", [2, 5])

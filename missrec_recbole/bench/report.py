@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from missrec_recbole.bench.rows import suite_rows
-from missrec_recbole.bench.settings import MODES, TABLES
+from missrec_recbole.bench.settings import MODES, SASREC_SETTINGS, TABLES
 from missrec_recbole.bench.store import Results
+from missrec_recbole.bench.worker import RUN_KINDS
 from missrec_recbole.files import atomic_write
 from missrec_recbole.data.dataset import tab_rows
 from missrec_recbole.evaluation import case_ndcg
@@ -49,6 +50,21 @@ def group_runs(data: dict) -> dict:
             label = name + variant_suffix(json.loads(key), differing[(table, runs[0].get("kind"))])
             rows[label] = [r for r in runs if r["config_hash"] == latest]
     return groups
+
+
+def shared_options(data: dict) -> dict:
+    """``{model label: options}`` every run of a model was given on top of props/ (beyond the row's own and the
+    protocol's SASRec settings), which no line label shows since they do not tell runs apart."""
+    suite = {(row.table, row.name): row for row in suite_rows(tuple(TABLES))}
+    shared = {}
+    for run in data["runs"]:
+        options = _command_line_options(run, suite.get((run["table"], run["row"])))
+        if run.get("kind") == "sasrec":
+            options = {k: v for k, v in options.items() if SASREC_SETTINGS.get(k, object()) != v}
+        kind = RUN_KINDS[run["kind"]].label if run.get("kind") in RUN_KINDS else run["row"].split()[0]
+        common = shared.setdefault(kind, options)
+        shared[kind] = {k: v for k, v in common.items() if _key(options.get(k)) == _key(v)}
+    return {kind: options for kind, options in shared.items() if options}
 
 
 def _command_line_options(run: dict, row) -> dict:
@@ -145,7 +161,7 @@ def _comparison_row(table: str, ours: tuple[str, list], theirs: tuple[str, list]
             f"{'yes' if gain >= needed_gain else 'no'} | {shown} |")
 
 
-def _case_ndcg_over_seeds(runs: list, ranks: Results) -> tuple[np.ndarray, np.ndarray] | None:
+def case_ndcg_over_seeds(runs: list, ranks: Results) -> tuple[np.ndarray, np.ndarray] | None:
     """(test items, NDCG@10 per test case averaged over the line's seeds), or None without every run's ranks."""
     cases = [ranks.cases(r["key"]) for r in runs if r["status"] == "ok"]
     if not cases or any(c is None for c in cases) or any(not np.array_equal(c["item"], cases[0]["item"])
@@ -154,15 +170,18 @@ def _case_ndcg_over_seeds(runs: list, ranks: Results) -> tuple[np.ndarray, np.nd
     return cases[0]["item"], np.mean([case_ndcg(c["rank"], 10) for c in cases], axis=0)
 
 
-def gain_interval(ours: list, theirs: list, ranks: Results | None, resamples: int = 1000,
-                  seed: int = 0) -> tuple[float, float] | None:
+def gain_interval(ours: list, theirs: list, ranks: Results | None, subset: np.ndarray | None = None,
+                  resamples: int = 1000, seed: int = 0) -> tuple[float, float] | None:
     """95% paired-bootstrap interval of the relative NDCG@10 gain over the test cases (users), each line's
     per-case NDCG@10 averaged over its seeds: how much the gain could move with another sample of test users
-    (not with other training seeds: that is the table's ±). None without both lines' ranks on the same cases."""
-    pair = [_case_ndcg_over_seeds(runs, ranks) for runs in (ours, theirs)] if ranks is not None else [None]
+    (not with other training seeds: that is the table's ±). ``subset``: a boolean mask of the cases to use.
+    None without both lines' ranks on the same cases."""
+    pair = [case_ndcg_over_seeds(runs, ranks) for runs in (ours, theirs)] if ranks is not None else [None]
     if None in pair or not np.array_equal(pair[0][0], pair[1][0]):
         return None
     (_, a), (_, b) = pair
+    if subset is not None:
+        a, b = a[subset], b[subset]
     rng = np.random.default_rng(seed)
     gains = []
     for _ in range(resamples // 100):  # 100 resamples at a time keeps memory at 100 x cases
@@ -230,6 +249,11 @@ def results_markdown(data: dict, ranks: Results | None = None) -> str:
              "Code: git " + ", ".join(sorted({str(r.get("code")) for r in shown} or {str(data["code"])})) + "  ",
              f"Seeds: {sorted({r['seed'] for r in shown}) or data['seeds']}" + _split_note(data.get("split")),
              "", data["protocol"], ""]
+    shared = shared_options(data)
+    if shared:
+        lines += ["Options beyond props/ given to every run of a model: " + "; ".join(
+            f"{kind} {', '.join(f'{k}={v}' for k, v in sorted(options.items()))}" for kind, options in shared.items())
+            + ".", ""]
     for table, rows in groups.items():
         if not any(rows.values()):
             continue
