@@ -184,7 +184,7 @@ def gain_interval(ours: list, theirs: list, ranks: Results | None, subset: np.nd
         a, b = a[subset], b[subset]
     rng = np.random.default_rng(seed)
     gains = []
-    for _ in range(resamples // 100):  # 100 resamples at a time keeps memory at 100 x cases
+    for _ in range(max(1, resamples // 100)):  # 100 resamples at a time keeps memory at 100 x cases
         index = rng.integers(0, len(a), size=(100, len(a)))
         gains.append(a[index].mean(axis=1) / np.maximum(b[index].mean(axis=1), 1e-12) - 1)
     low, high = np.percentile(np.concatenate(gains), [2.5, 97.5])
