@@ -823,3 +823,20 @@ def test_long_tail_splits_each_line_and_gain_by_target_frequency(tmp_path, capsy
     (data_dir / "B.train.inter").unlink()
     with pytest.raises(long_tail.InputError, match=r"B\.train\.inter not found: give --data_path"):
         long_tail.long_tail(tmp_path / "out", [2, 5])
+
+
+def test_gain_interval_is_unbounded_where_the_compared_line_never_hits():
+    """A group of cases where the compared line scores 0 in (nearly) every resample has no finite upper end:
+    the interval says so (inf) instead of dividing by a tiny number."""
+    from missrec_recbole.bench.report import gain_interval
+
+    runs = [_record("MISSRec pre-trained inductive", 2020, {}, "p", 0.1), _record("MISSRec scratch inductive", 2020, {}, "s", 0.0)]
+    ranks_of = {runs[0]["key"]: np.r_[np.full(3, 1), np.full(17, 50)], runs[1]["key"]: np.r_[np.full(1, 1), np.full(19, 50)]}
+
+    class Ranks:
+        def cases(self, key):
+            return {"item": np.arange(20), "rank": ranks_of[key]}
+
+    low, high = gain_interval(runs[:1], runs[1:], Ranks())
+    assert np.isfinite(low) and high == np.inf  # one hit in 20 for scratch: some resamples have none
+    assert np.isfinite(gain_interval(runs[:1], runs[:1], Ranks())).all()

@@ -186,8 +186,11 @@ def gain_interval(ours: list, theirs: list, ranks: Results | None, subset: np.nd
     gains = []
     for _ in range(max(1, resamples // 100)):  # 100 resamples at a time keeps memory at 100 x cases
         index = rng.integers(0, len(a), size=(100, len(a)))
-        gains.append(a[index].mean(axis=1) / np.maximum(b[index].mean(axis=1), 1e-12) - 1)
-    low, high = np.percentile(np.concatenate(gains), [2.5, 97.5])
+        ours, theirs = a[index].mean(axis=1), b[index].mean(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):  # theirs 0 in a resample: an unbounded gain
+            gains.append(np.where(theirs > 0, ours / theirs - 1, np.where(ours > 0, np.inf, 0.0)))
+    with np.errstate(invalid="ignore"):  # interpolating between two inf: nan, i.e. unbounded
+        low, high = np.nan_to_num(np.percentile(np.concatenate(gains), [2.5, 97.5]), nan=np.inf, posinf=np.inf)
     return float(low), float(high)
 
 
