@@ -18,11 +18,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from missrec_recbole.bench.report import gain_interval, group_runs, train_frequency  # noqa: E402
+from missrec_recbole.bench.report import bootstrap_gain, group_runs, seed_mean_cases, train_frequency  # noqa: E402
 from missrec_recbole.bench.store import Results, now  # noqa: E402
 from missrec_recbole.command import run_command  # noqa: E402
 from missrec_recbole.errors import InputError  # noqa: E402
-from missrec_recbole.evaluation import case_ndcg  # noqa: E402
 from missrec_recbole.files import write_json  # noqa: E402
 
 
@@ -41,15 +40,6 @@ def scratch_label(label: str) -> str | None:
     return None
 
 
-def line_metrics(runs: list, ranks: Results) -> dict | None:
-    """Per-case Recall@10 and NDCG@10 averaged over the line's seeds, and the cases' target items."""
-    cases = [ranks.cases(r["key"]) for r in runs if r["status"] == "ok"]
-    if not cases or any(c is None for c in cases):
-        return None
-    return {"item": cases[0]["item"], "recall@10": np.mean([c["rank"] <= 10 for c in cases], axis=0),
-            "ndcg@10": np.mean([case_ndcg(c["rank"], 10) for c in cases], axis=0), "seeds": len(cases)}
-
-
 def long_tail(out_dir: Path, edges: list[int], table: str | None = None, data_path: Path | None = None) -> dict:
     if not (out_dir / "results.json").is_file():
         raise InputError(f"{out_dir / 'results.json'} not found: give a bench out_dir (--out_dir of the bench)")
@@ -66,7 +56,7 @@ def long_tail(out_dir: Path, edges: list[int], table: str | None = None, data_pa
         raise InputError(f"{folder / (info['name'] + '.train.inter')} not found: give --data_path, the folder "
                         f"holding {info['name']}/ (the runs used {info['path']})")
     frequency_of = train_frequency(folder, info["name"])
-    lines = {label: m for label, runs in lines_by_table[table].items() if (m := line_metrics(runs, ranks))}
+    lines = {label: m for label, runs in lines_by_table[table].items() if (m := seed_mean_cases(runs, ranks))}
     if not lines:
         raise InputError(f"{out_dir / 'ranks.npz'}: no run of table {table!r} has per-case ranks")
     items = next(iter(lines.values()))["item"]
@@ -84,7 +74,7 @@ def long_tail(out_dir: Path, edges: list[int], table: str | None = None, data_pa
             scratch = scratch_label(label)
             if scratch in lines and "ndcg@10" in group["lines"][label] and "ndcg@10" in group["lines"][scratch]:
                 ours, theirs = group["lines"][label]["ndcg@10"], group["lines"][scratch]["ndcg@10"]
-                interval = gain_interval(lines_by_table[table][label], lines_by_table[table][scratch], ranks, mask)
+                interval = bootstrap_gain(lines[label]["ndcg@10"][mask], lines[scratch]["ndcg@10"][mask])
                 group["pre-trained vs scratch"].append(
                     {"pre-trained": label, "scratch": scratch, "ndcg@10 gain": ours / theirs - 1 if theirs else None,
                      "interval": interval})

@@ -25,13 +25,17 @@ def _mean_std(values, digits=4) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
+def _suite_by_name() -> dict:
+    return {(row.table, row.name): row for row in suite_rows(tuple(TABLES))}
+
+
 def group_runs(data: dict) -> dict:
     """``{table: {label: [runs]}}`` in suite order. A model run with several option sets (``--key``, ``--MODEL.key``,
     ``--STAGE.key``) gives one line per row and set, labelled with the options that tell the model's sets apart
     (the set without them keeps the row's plain name), so that each pre-trained line meets the scratch line of its
     own options. Within a set only the runs with the config hash of its latest run count: props/ or the data
     changed since the older ones, which stay in results.json."""
-    suite = {(row.table, row.name): row for row in suite_rows(tuple(TABLES))}
+    suite = _suite_by_name()
     by_row, option_sets = {}, {}
     for run in data["runs"]:
         options = _command_line_options(run, suite.get((run["table"], run["row"])))
@@ -55,7 +59,7 @@ def group_runs(data: dict) -> dict:
 def shared_options(data: dict) -> dict:
     """``{model label: options}`` every run of a model was given on top of props/ (beyond the row's own and the
     protocol's SASRec settings), which no line label shows since they do not tell runs apart."""
-    suite = {(row.table, row.name): row for row in suite_rows(tuple(TABLES))}
+    suite = _suite_by_name()
     shared = {}
     for run in data["runs"]:
         options = _command_line_options(run, suite.get((run["table"], run["row"])))
@@ -161,34 +165,38 @@ def _comparison_row(table: str, ours: tuple[str, list], theirs: tuple[str, list]
             f"{'yes' if gain >= needed_gain else 'no'} | {shown} |")
 
 
-def case_ndcg_over_seeds(runs: list, ranks: Results) -> tuple[np.ndarray, np.ndarray] | None:
-    """(test items, NDCG@10 per test case averaged over the line's seeds), or None without every run's ranks."""
+def seed_mean_cases(runs: list, ranks: Results) -> dict | None:
+    """Per test case, averaged over the line's seeds: ``recall@10`` and ``ndcg@10``, with the cases' target items
+    (``item``) and the number of ``seeds``; None unless every run has ranks on the same cases."""
     cases = [ranks.cases(r["key"]) for r in runs if r["status"] == "ok"]
     if not cases or any(c is None for c in cases) or any(not np.array_equal(c["item"], cases[0]["item"])
                                                        for c in cases):
         return None
-    return cases[0]["item"], np.mean([case_ndcg(c["rank"], 10) for c in cases], axis=0)
+    return {"item": cases[0]["item"], "recall@10": np.mean([c["rank"] <= 10 for c in cases], axis=0),
+            "ndcg@10": np.mean([case_ndcg(c["rank"], 10) for c in cases], axis=0), "seeds": len(cases)}
 
 
-def gain_interval(ours: list, theirs: list, ranks: Results | None, subset: np.ndarray | None = None,
-                  resamples: int = 1000, seed: int = 0) -> tuple[float, float] | None:
-    """95% paired-bootstrap interval of the relative NDCG@10 gain over the test cases (users), each line's
-    per-case NDCG@10 averaged over its seeds: how much the gain could move with another sample of test users
-    (not with other training seeds: that is the table's ±). ``subset``: a boolean mask of the cases to use.
-    None without both lines' ranks on the same cases."""
-    pair = [case_ndcg_over_seeds(runs, ranks) for runs in (ours, theirs)] if ranks is not None else [None]
-    if None in pair or not np.array_equal(pair[0][0], pair[1][0]):
+def gain_interval(ours: list, theirs: list, ranks: Results | None) -> tuple[float, float] | None:
+    """:func:`bootstrap_gain` of two lines' (runs) seed-averaged per-case NDCG@10; None without both lines' ranks
+    on the same cases."""
+    pair = [seed_mean_cases(runs, ranks) for runs in (ours, theirs)] if ranks is not None else [None]
+    if None in pair or not np.array_equal(pair[0]["item"], pair[1]["item"]):
         return None
-    (_, a), (_, b) = pair
-    if subset is not None:
-        a, b = a[subset], b[subset]
+    return bootstrap_gain(pair[0]["ndcg@10"], pair[1]["ndcg@10"])
+
+
+def bootstrap_gain(ours: np.ndarray, theirs: np.ndarray, resamples: int = 1000,
+                   seed: int = 0) -> tuple[float, float]:
+    """95% paired-bootstrap interval of the relative gain mean(ours) / mean(theirs) - 1 over test cases (users):
+    how much the gain could move with another sample of test users (not with other training seeds: that is the
+    table's ±). Unbounded (inf) where ``theirs`` has no hit in a resample."""
     rng = np.random.default_rng(seed)
     gains = []
     for _ in range(max(1, resamples // 100)):  # 100 resamples at a time keeps memory at 100 x cases
-        index = rng.integers(0, len(a), size=(100, len(a)))
-        ours, theirs = a[index].mean(axis=1), b[index].mean(axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):  # theirs 0 in a resample: an unbounded gain
-            gains.append(np.where(theirs > 0, ours / theirs - 1, np.where(ours > 0, np.inf, 0.0)))
+        index = rng.integers(0, len(ours), size=(100, len(ours)))
+        a, b = ours[index].mean(axis=1), theirs[index].mean(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gains.append(np.where(b > 0, a / b - 1, np.where(a > 0, np.inf, 0.0)))
     with np.errstate(invalid="ignore"):  # interpolating between two inf: nan, i.e. unbounded
         low, high = np.nan_to_num(np.percentile(np.concatenate(gains), [2.5, 97.5]), nan=np.inf, posinf=np.inf)
     return float(low), float(high)
