@@ -26,10 +26,12 @@ from missrec_recbole.files import write_json  # noqa: E402
 
 
 def frequency_groups(frequency: np.ndarray, edges: list[int]) -> list[tuple[str, np.ndarray]]:
-    """(label, mask) per group of target frequencies: 0-e1, e1+1-e2, ..., above the last edge."""
+    """(label, mask) per group of target frequencies: 0-e1, e1+1-e2, ..., above the last edge; groups without a
+    test case are left out (their means and gain intervals would be undefined)."""
     bounds = [-1, *edges, int(frequency.max(initial=0))]
-    return [(f"{low + 1}-{high}", (frequency > low) & (frequency <= high)) for low, high in zip(bounds, bounds[1:])
-            if high > low]
+    groups = [(f"{low + 1}-{high}", (frequency > low) & (frequency <= high)) for low, high in zip(bounds, bounds[1:])
+              if high > low]
+    return [(label, mask) for label, mask in groups if mask.any()]
 
 
 def scratch_label(label: str) -> str | None:

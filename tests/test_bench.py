@@ -817,6 +817,8 @@ def test_long_tail_splits_each_line_and_gain_by_target_frequency(tmp_path, capsy
     assert rare_gain["scratch"] == "MISSRec scratch inductive"
     assert rare_gain["ndcg@10 gain"] > 0 and rare_gain["interval"][0] > 0  # pre-training pays on rare targets
     assert frequent_gain["ndcg@10 gain"] < 0 and frequent_gain["interval"][1] < 0  # and costs on frequent ones
+    no_case = long_tail.long_tail(tmp_path / "out", [2, 5, 7])  # no target is seen 6-7 times: no such group
+    assert [g["target_frequency"] for g in no_case["groups"]] == ["all", "0-2", "3-5", "8-10"]
     assert long_tail.main([str(tmp_path / "out"), "--edges", "2,5", "--out", str(tmp_path / "lt.json")]) == 0
     assert json.loads((tmp_path / "lt.json").read_text())["groups"][1]["cases"] == 200
     assert "targets seen 0-2 times in training: 200 test cases" in capsys.readouterr().out
