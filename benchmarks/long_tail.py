@@ -79,9 +79,15 @@ def long_tail(out_dir: Path, edges: list[int], table: str | None = None, data_pa
                 interval = bootstrap_gain(lines[label]["ndcg@10"][mask], lines[scratch]["ndcg@10"][mask])
                 group["pre-trained vs scratch"].append(
                     {"pre-trained": label, "scratch": scratch, "ndcg@10 gain": ours / theirs - 1 if theirs else None,
-                     "interval": interval})
+                     "interval": finite_or_none(interval)})
         result["groups"].append(group)
     return result
+
+
+def finite_or_none(values) -> list:
+    """An interval for the JSON file: an unbounded end (the scratch line has no hit in some resamples) as null,
+    since JSON has no infinity (Python would write the non-standard ``Infinity``)."""
+    return [float(v) if np.isfinite(v) else None for v in values]
 
 
 def print_table(result: dict) -> None:
@@ -95,8 +101,9 @@ def print_table(result: dict) -> None:
             if "ndcg@10" in m:
                 print(f"  {label:60s} Recall@10 {m['recall@10']:.4f}  NDCG@10 {m['ndcg@10']:.4f}  ({m['seeds']} seeds)")
         for c in group["pre-trained vs scratch"]:
-            low, high = c["interval"] or (float("nan"), float("nan"))
-            print(f"  {c['pre-trained']} vs scratch: {c['ndcg@10 gain']:+.1%} [{low:+.1%}, {high:+.1%}]")
+            gain, low, high = (f"{v:+.1%}" if v is not None else "unbounded"
+                               for v in (c["ndcg@10 gain"], *c["interval"]))
+            print(f"  {c['pre-trained']} vs scratch: {gain} [{low}, {high}]")
 
 
 def main(argv=None) -> int:

@@ -782,8 +782,8 @@ def test_report_names_the_options_every_run_of_a_model_shares():
 
 def test_long_tail_splits_each_line_and_gain_by_target_frequency(tmp_path, capsys):
     """benchmarks/long_tail.py: per group of target training frequencies, each line's seed-averaged Recall@10 and
-    NDCG@10 from ranks.npz and the pre-trained line's gain over scratch with an interval; a missing train file is
-    one error naming it and the flag."""
+    NDCG@10 from ranks.npz and the pre-trained line's gain over scratch with an interval (an unbounded end: null in
+    the JSON); a missing train file is one error naming it and the flag."""
     from missrec_recbole.bench.store import Results
     from missrec_recbole.evaluation import case_ndcg
 
@@ -822,6 +822,15 @@ def test_long_tail_splits_each_line_and_gain_by_target_frequency(tmp_path, capsy
     assert long_tail.main([str(tmp_path / "out"), "--edges", "2,5", "--out", str(tmp_path / "lt.json")]) == 0
     assert json.loads((tmp_path / "lt.json").read_text())["groups"][1]["cases"] == 200
     assert "targets seen 0-2 times in training: 200 test cases" in capsys.readouterr().out
+    # scratch never hits the rarest targets: that gain has no upper bound, written as null (strict JSON)
+    never = Results(tmp_path / "never", header)
+    for row, rank in (("MISSRec scratch inductive", np.where(items == 1, 50, 1)),
+                      ("MISSRec pre-trained inductive", ranks["MISSRec pre-trained inductive"][0])):
+        never.put("runs", _record(row, 2020, {}, "h", 0.05), {"item": items, "rank": rank.astype(np.int32)})
+    assert long_tail.main([str(tmp_path / "never"), "--edges", "2,5", "--out", str(tmp_path / "lt.json")]) == 0
+    strict = json.loads((tmp_path / "lt.json").read_text(), parse_constant=lambda name: pytest.fail(name))
+    assert strict["groups"][1]["pre-trained vs scratch"][0]["interval"][1] is None
+    assert "unbounded]" in capsys.readouterr().out
     (data_dir / "B.train.inter").unlink()
     with pytest.raises(long_tail.InputError, match=r"B\.train\.inter not found: give --data_path"):
         long_tail.long_tail(tmp_path / "out", [2, 5])
