@@ -190,6 +190,8 @@ OPTIONS: dict[str, Option] = {
     "stage": _choice("pretrain or finetune", "pretrain", "finetune"),
     "adapters_only": _bool("train only adapters/beta/LayerNorm/ID embedding; null: when fine-tuning from -p",
                            null=True),
+    "unfreeze": Option(list, "with adapters_only: also train these modules (MISSRec: position_embedding, "
+                             "interest_encoder, item_decoder; UniSRec: position_embedding, trm_encoder, LayerNorm)", null=True),
     "epochs": _int("training epochs", 1),
     "train_batch_size": _int("sequences per training batch", 1),
     "eval_batch_size": _int("users per evaluation batch", 1),

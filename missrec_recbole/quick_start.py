@@ -20,7 +20,7 @@ from recbole.utils import init_logger, init_seed
 
 from missrec_recbole import config as configuration
 from missrec_recbole.config import DEFAULT_DATA_PATH, PROPS, parse_overrides, props_files  # noqa: F401 (re-exported)
-from missrec_recbole.config_schema import OPTIONS
+from missrec_recbole.config_schema import OPTIONS, ConfigError
 from missrec_recbole.data.dataset import MISSRecDataset, validate_dataset
 from missrec_recbole.model import MISSRec, UniSRec
 from missrec_recbole.tools.demo import DEMO_DOMAINS, ensure_demo_dataset
@@ -101,6 +101,16 @@ def build_model(config, files, checkpoint: Checkpoint | None = None, transferabl
     return model, dataset, train_data, valid_data, test_data
 
 
+def _checked_unfreeze(config, model_class, frozen: bool) -> tuple[str, ...]:
+    """The ``unfreeze`` option, which only means something when the rest of the network is frozen."""
+    unfreeze = model_class.check_unfreeze(config["unfreeze"])
+    if unfreeze and not frozen:
+        raise ConfigError(f"unfreeze: {list(unfreeze)} adds modules to adapters-only fine-tuning, but this run trains "
+                          f"every weight (no -p checkpoint, or adapters_only: false). Leave unfreeze out, or fine-tune "
+                          f"from a pre-trained checkpoint with adapters_only left at null or true.")
+    return unfreeze
+
+
 def _setup(config):
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
@@ -158,14 +168,15 @@ def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show
     config = run_config(dataset, "finetune", config_files, {**inherited, **(config_dict or {})}, model_class)
     resume = Checkpoint.read(resume, RESUME_HINT) if resume else None
     files = check_inputs(config, resume, checkpoint)
+    frozen = (checkpoint is not None and freeze) if config["adapters_only"] is None else config["adapters_only"]
+    unfreeze = _checked_unfreeze(config, model_class, frozen)
     _setup(config)
     if inherited:
         getLogger().info("from the pre-trained checkpoint: " + ", ".join(f"{k}={v}" for k, v in inherited.items()))
     model, _, train_data, valid_data, test_data = build_model(config, files, checkpoint, transferable=True,
                                                               model_class=model_class)
-    adapters_only = config["adapters_only"]
-    if (checkpoint is not None and freeze) if adapters_only is None else adapters_only:
-        model.freeze_for_finetune()
+    if frozen:
+        getLogger().info(f"trainable parameters: {model.freeze_for_finetune(unfreeze)}")
     getLogger().info(model)
     trainer = trainer_class(config, model)
     if resume:

@@ -124,6 +124,9 @@ def test_every_option_wrong_type_and_out_of_range(key, how, value, fuzz_source, 
     (["--hidden_size=30", "--n_heads=4"], "hidden_size must be a multiple of n_heads"),
     (["--modalities=[]"], "option 'modalities'"),
     (["--mode=foo"], "--mode: invalid choice: 'foo'"),
+    (["--unfreeze=[decoder]"], "unfreeze: 'decoder' is not a module of MISSRec that fine-tuning can unfreeze"),
+    (["--unfreeze=[item_decoder]"], "unfreeze: ['item_decoder'] adds modules to adapters-only fine-tuning, but "
+                                    "this run trains every weight"),
 ])
 def test_named_option_errors(args, names, fuzz_source, workdir, capsys):
     code, output = cli(fuzz_args(fuzz_source.parent) + args, capsys)
@@ -281,6 +284,7 @@ def _train_one_epoch(root, capsys, *extra) -> Path:
     (("Tiny", "--mode=inductive"), "mode 'transductive' there, 'inductive' here"),
     (("Small",), "items 40 there, 30 here"),
     (("Tiny", "--hidden_size=64"), "hidden_size 32 there, 64 here"),
+    (("Tiny", "--adapters_only=true"), "adapters_only None there, True here"),  # other weights, other optimizer
 ])
 @pytest.mark.slow
 def test_resume_refuses_another_run(other, differs, tiny_runs, workdir, capsys):
@@ -321,6 +325,10 @@ def test_finetuning_takes_the_pretrained_network_from_the_checkpoint(tiny_runs, 
     trained = read_checkpoint(json.loads((workdir / "result.json").read_text())["model_file"])["config"]
     assert {key: trained[key] for key in ("item_adapter", "n_exps", "hidden_size", "inner_size", "n_heads")} == {
         "item_adapter": "moe", "n_exps": 3, "hidden_size": 16, "inner_size": 24, "n_heads": 2}
+    adapters_only = json.loads((workdir / "result.json").read_text())["trainable_parameters"]
+    code, output = cli(finetune + [f"--result_json={workdir / 'result.json'}", "--unfreeze=[item_decoder]"], capsys)
+    assert code == 0, output[-3000:]
+    assert json.loads((workdir / "result.json").read_text())["trainable_parameters"] > adapters_only
     before = files_under(workdir)
     code, output = cli(finetune + ["--item_adapter=linear"], capsys)
     assert_rejected(code, output, "item_adapter='moe' but this run has item_adapter='linear'; leave item_adapter "

@@ -8,6 +8,7 @@ import torch
 from recbole.data import data_preparation
 from recbole.evaluator import Collector, Evaluator
 
+from missrec_recbole.config_schema import ConfigError
 from missrec_recbole.data import MISSRecDataset
 from missrec_recbole.evaluation import pessimistic_ties
 from missrec_recbole.model import MISSRec
@@ -121,6 +122,24 @@ def test_checkpoint_write_is_atomic_and_safe(tiny_config, tmp_path, monkeypatch)
     (tmp_path / "bad.pth").write_bytes(before[: len(before) // 2])
     with pytest.raises(CheckpointError, match="bad.pth: not a readable MISSRec checkpoint"):
         read_checkpoint(tmp_path / "bad.pth")
+
+
+@pytest.mark.parametrize("unfreeze", [("item_decoder",), ("position_embedding", "interest_encoder")])
+def test_unfreeze_trains_the_named_modules_as_well(tiny_config, unfreeze):
+    config, model, train, _, _ = _setup(tiny_config)
+    adapters_only = model.freeze_for_finetune()
+    n_trainable = model.freeze_for_finetune(unfreeze)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    prefixes = MISSRec.FINETUNE_TRAINABLE + tuple(f"{m}." for m in unfreeze)
+    assert trainable == {n for n, _ in model.named_parameters() if n.startswith(prefixes)}
+    assert any(n.startswith(f"{unfreeze[-1]}.") for n in trainable) and n_trainable > adapters_only
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    MISSRecTrainer(config, model)._train_epoch(train, 0)
+    for name, parameter in model.named_parameters():
+        assert (not torch.equal(before[name], parameter)) == (name in trainable), name
+    with pytest.raises(ConfigError, match="unfreeze: 'decoder' is not a module of MISSRec .* choose from "
+                                          "position_embedding, interest_encoder, item_decoder"):
+        model.freeze_for_finetune(("decoder",))
 
 
 def test_finetune_freezes_all_but_adapters(tiny_config, tmp_path):

@@ -129,6 +129,17 @@ def test_adaptor_only_freezes_everything_else(built, mode):
     assert trainable == sum(p.numel() for n, p in model.named_parameters() if n in expected)
 
 
+def test_unfreeze_adds_whole_modules_to_the_adaptor(built):
+    model, train, _ = built(mode="inductive")
+    model.freeze_for_finetune(("trm_encoder",))
+    grads = _grads(model, _batch(train))
+    changed = {n for n, g in grads.items() if g is not None and g.abs().sum() > 0}
+    assert changed == {n for n in grads if n.startswith(("moe_adaptor.", "trm_encoder."))}
+    for module in UniSRec.UNFREEZABLE:  # every name the option offers trains something
+        model.freeze_for_finetune((module,))
+        assert any(p.requires_grad for n, p in model.named_parameters() if n.startswith(module + ".")), module
+
+
 def test_finetune_loss_is_cross_entropy_over_all_real_items(built):
     """l = -log softmax_i(cos(s, v_i) / tau) over items 1..N-1 (0 is padding, never a candidate)."""
     model, train, _ = built(mode="inductive")

@@ -14,6 +14,8 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch.utils.checkpoint import checkpoint
 
+from missrec_recbole.config_schema import ConfigError
+
 
 class FastDropout(nn.Module):
     """Dropout drawing an 8-bit random mask: much faster than ``nn.Dropout`` on CPU, where
@@ -108,11 +110,12 @@ class MoEAdaptor(nn.Module):
 
 class FeatureSequentialRecommender(SequentialRecommender):
     """RecBole sequential model on frozen item features. Subclasses set ``length_buckets``, ``memory_chunk_rows``,
-    ``item_drop_ratio``, ``initializer_range`` and ``FINETUNE_TRAINABLE`` (parameter-name prefixes that train when
-    fine-tuning from a checkpoint)."""
+    ``item_drop_ratio``, ``initializer_range``, ``FINETUNE_TRAINABLE`` (parameter-name prefixes that train when
+    fine-tuning from a checkpoint) and ``UNFREEZABLE`` (the further modules the ``unfreeze`` option may train)."""
 
     input_type = InputType.POINTWISE
     FINETUNE_TRAINABLE: tuple[str, ...] = ()
+    UNFREEZABLE: tuple[str, ...] = ()
 
     @property
     def device(self) -> torch.device:
@@ -169,13 +172,25 @@ class FeatureSequentialRecommender(SequentialRecommender):
         keep[empty] = valid[empty] & (positions[None, :] == item_seq_len[empty, None] - 1)
         return left_align(item_seq, keep)
 
-    def freeze_for_finetune(self) -> int:
-        """Parameter-efficient fine-tuning: train only adapters, beta, input LayerNorm and ID embedding.
+    @classmethod
+    def check_unfreeze(cls, modules) -> tuple[str, ...]:
+        """The ``unfreeze`` option as a tuple, checked against :attr:`UNFREEZABLE` (before anything is built)."""
+        modules = tuple(modules or ())
+        unknown = [m for m in modules if m not in cls.UNFREEZABLE]
+        if unknown:
+            raise ConfigError(f"unfreeze: {', '.join(map(repr, unknown))} is not a module of {cls.__name__} that "
+                              f"fine-tuning can unfreeze; choose from {', '.join(cls.UNFREEZABLE)}.")
+        return modules
+
+    def freeze_for_finetune(self, unfreeze: tuple[str, ...] = ()) -> int:
+        """Parameter-efficient fine-tuning: train only adapters, beta, input LayerNorm and ID embedding, plus the
+        modules named in ``unfreeze`` (partial fine-tuning, e.g. ``("item_decoder",)``).
 
         Returns the number of trainable parameters.
         """
+        trainable = self.FINETUNE_TRAINABLE + tuple(f"{module}." for module in self.check_unfreeze(unfreeze))
         for name, parameter in self.named_parameters():
-            parameter.requires_grad = name.startswith(self.FINETUNE_TRAINABLE)
+            parameter.requires_grad = name.startswith(trainable)
         return self.trainable_parameters()
 
     def trainable_parameters(self) -> int:

@@ -50,6 +50,8 @@ class MISSRec(FeatureSequentialRecommender):
 
     # trained when fine-tuning from a checkpoint: adapters, beta, input LayerNorm, ID embedding
     FINETUNE_TRAINABLE = ("adapters.", "fusion_beta", "input_layer_norm.", "item_embedding.")
+    # what `unfreeze` may train as well (partial fine-tuning)
+    UNFREEZABLE = ("position_embedding", "interest_encoder", "item_decoder")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

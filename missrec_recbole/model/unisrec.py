@@ -37,6 +37,7 @@ class UniSRec(FeatureSequentialRecommender):
     # parameter-efficient fine-tuning (paper): the MoE adaptor (+ the ID embedding when transductive) trains; the
     # Transformer, position embedding and input LayerNorm stay fixed
     FINETUNE_TRAINABLE = ("moe_adaptor.", "item_embedding.")
+    UNFREEZABLE = ("position_embedding", "trm_encoder", "LayerNorm")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

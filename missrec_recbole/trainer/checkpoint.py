@@ -26,8 +26,8 @@ ARCHITECTURE_KEYS = ("modalities", "text_dim", "image_dim", "hidden_size", "n_la
                      "item_adapter", "n_exps", "item_fusion", "MAX_ITEM_LIST_LENGTH")
 # Keys that shape weights only under another option's value: elsewhere the model never reads them.
 SHAPES_ONLY_WITH = {"n_exps": ("item_adapter", "moe")}
-# Architecture options added later, with the value that files written before they existed were trained with.
-OLDER_DEFAULTS = {"item_adapter": "linear"}
+# Options added later, with the value that files written before they existed were trained with.
+OLDER_DEFAULTS = {"item_adapter": "linear", "unfreeze": None}
 FEATURE_WIDTH_KEYS = ("text_dim", "image_dim")  # read from the dataset's files, not set by options
 # What a fine-tuning run takes from its pre-trained checkpoint unless it sets the option itself: the options that
 # define the pre-trained network (its shapes, plus what its weights compute). Not the modalities and widths (the
@@ -35,7 +35,8 @@ FEATURE_WIDTH_KEYS = ("text_dim", "image_dim")  # read from the dataset's files,
 MODEL_KEYS = tuple(key for key in ARCHITECTURE_KEYS if key not in FEATURE_WIDTH_KEYS + ("modalities",)) + (
     "hidden_act", "layer_norm_eps")
 # Options a resumed run must share with the run that wrote the resume file (besides the dataset's files).
-RUN_KEYS = ("model", "dataset", "stage", "mode") + ARCHITECTURE_KEYS
+# What trains is part of the run too: the optimizer state holds one entry per trained weight.
+RUN_KEYS = ("model", "dataset", "stage", "mode", "adapters_only", "unfreeze") + ARCHITECTURE_KEYS
 PRETRAINED_HINT = "Pass the .pth written by --stage=pretrain."
 RESUME_HINT = "Pass the *-resume.pth file named in the log of the interrupted run."
 
