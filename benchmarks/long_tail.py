@@ -78,10 +78,17 @@ def long_tail(out_dir: Path, edges: list[int], table: str | None = None, data_pa
                 ours, theirs = group["lines"][label]["ndcg@10"], group["lines"][scratch]["ndcg@10"]
                 interval = bootstrap_gain(lines[label]["ndcg@10"][mask], lines[scratch]["ndcg@10"][mask])
                 group["pre-trained vs scratch"].append(
-                    {"pre-trained": label, "scratch": scratch, "ndcg@10 gain": ours / theirs - 1 if theirs else None,
+                    {"pre-trained": label, "scratch": scratch, "ndcg@10 gain": relative_gain(ours, theirs),
                      "interval": finite_or_none(interval)})
         result["groups"].append(group)
     return result
+
+
+def relative_gain(ours: float, theirs: float) -> float | None:
+    """ours / theirs - 1; None (unbounded) where only ours has hits, 0 where neither has (as the interval)."""
+    if theirs:
+        return ours / theirs - 1
+    return None if ours else 0.0
 
 
 def finite_or_none(values) -> list:

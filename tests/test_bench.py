@@ -829,7 +829,9 @@ def test_long_tail_splits_each_line_and_gain_by_target_frequency(tmp_path, capsy
         never.put("runs", _record(row, 2020, {}, "h", 0.05), {"item": items, "rank": rank.astype(np.int32)})
     assert long_tail.main([str(tmp_path / "never"), "--edges", "2,5", "--out", str(tmp_path / "lt.json")]) == 0
     strict = json.loads((tmp_path / "lt.json").read_text(), parse_constant=lambda name: pytest.fail(name))
-    assert strict["groups"][1]["pre-trained vs scratch"][0]["interval"][1] is None
+    never_hit = strict["groups"][1]["pre-trained vs scratch"][0]
+    assert never_hit["interval"][1] is None and never_hit["ndcg@10 gain"] is None
+    assert long_tail.relative_gain(0.0, 0.0) == 0.0 and long_tail.relative_gain(0.2, 0.1) == pytest.approx(1.0)
     assert "unbounded]" in capsys.readouterr().out
     (data_dir / "B.train.inter").unlink()
     with pytest.raises(long_tail.InputError, match=r"B\.train\.inter not found: give --data_path"):
