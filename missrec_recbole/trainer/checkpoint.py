@@ -35,7 +35,8 @@ FEATURE_WIDTH_KEYS = ("text_dim", "image_dim")  # read from the dataset's files,
 MODEL_KEYS = tuple(key for key in ARCHITECTURE_KEYS if key not in FEATURE_WIDTH_KEYS + ("modalities",)) + (
     "hidden_act", "layer_norm_eps")
 # Options a resumed run must share with the run that wrote the resume file (besides the dataset's files).
-# What trains is part of the run too: the optimizer state holds one entry per trained weight.
+# What trains is part of the run too: a resume restores the recorded trainable set, so asking for another is refused
+# rather than ignored.
 RUN_KEYS = ("model", "dataset", "stage", "mode", "adapters_only", "unfreeze") + ARCHITECTURE_KEYS
 PRETRAINED_HINT = "Pass the .pth written by --stage=pretrain."
 RESUME_HINT = "Pass the *-resume.pth file named in the log of the interrupted run."
