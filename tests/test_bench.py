@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from missrec_recbole import bench
+from missrec_recbole.bench.runner import FINETUNE_ONLY_OPTIONS
 from missrec_recbole.tools.split_users import dataset_users, split_users
 from tests.conftest import write_dataset
 
@@ -507,6 +508,8 @@ def test_transfer_options_go_together():
     ("--pretrain.epochs=0", "option 'epochs' (in --pretrain.KEY): got 0"),
     ("--hidden_size=30", "'hidden_size'=30 and 'n_heads'=4"),  # against the props default of n_heads
     ("--sasrec.n_heads=7", "'hidden_size'=300 and 'n_heads'=7"),  # against props/bench.yaml's SASRec settings
+    ("--pretrain.unfreeze=[item_decoder]", "option 'unfreeze' (in --pretrain.KEY) only applies to fine-tuning"),
+    ("--pretrain.adapters_only=true", "Give it as --finetune.adapters_only"),
 ])
 def test_overrides_are_checked_before_any_run(option, message, capsys):
     """A bad --key=value ends the invocation at once, naming the option and its scope - not hours later in the
@@ -535,6 +538,25 @@ def test_model_scoped_overrides_leave_the_other_models_runs_alone(tmp_path):
     assert bench.pretrain_key(scoped, "missrec") != bench.pretrain_key(plain, "missrec")
     assert bench.pretrain_key(scoped, "missrec") == bench.pretrain_key(staged, "missrec")
     assert scoped.results.data["settings"]["model_overrides"] == {"missrec": {"item_adapter": "moe"}}
+
+
+def test_fine_tuning_options_leave_the_pre_training_alone(tmp_path):
+    """What fine-tuning freezes (adapters_only, unfreeze) reaches the fine-tuning rows only: given to every run or to
+    MISSRec's, it neither changes the pre-training's settings nor its hash (an unfreeze probe reuses the checkpoint),
+    while the rows it applies to get a run hash of their own."""
+    tiny_with_ties(tmp_path / "data")
+
+    def suite(*extra):
+        return bench.make_suite(*bench.parse_args(bench_args(tmp_path, *extra)))
+
+    plain = suite()
+    for probe in (suite("--missrec.unfreeze=[item_decoder]"), suite("--adapters_only=true")):
+        assert bench.pretrain_key(probe, "missrec") == bench.pretrain_key(plain, "missrec")
+        assert not set(FINETUNE_ONLY_OPTIONS) & set(probe.settings("missrec", "pretrain"))
+        assert probe.settings("missrec", "finetune") != plain.settings("missrec", "finetune")
+    scoped = suite("--missrec.unfreeze=[item_decoder]")
+    assert scoped.settings("missrec", "finetune")["unfreeze"] == ["item_decoder"]
+    assert "unfreeze" not in scoped.settings("unisrec", "finetune")
 
 
 def test_a_missing_dataset_folder_is_one_error_line(tmp_path, capsys):

@@ -11,7 +11,7 @@ import missrec_recbole  # noqa: F401
 from missrec_recbole.bench.processes import terminate_on_sigterm
 from missrec_recbole.bench.report import write_report
 from missrec_recbole.bench.rows import suite_rows
-from missrec_recbole.bench.runner import PROPS_MODEL, Suite, override_layers, run_suite, say
+from missrec_recbole.bench.runner import FINETUNE_ONLY_OPTIONS, PROPS_MODEL, Suite, override_layers, run_suite, say
 from missrec_recbole.bench.settings import (BENCH_VERSION, FIRST_SEED, QUICK_DATASET, QUICK_PRETRAIN, QUICK_SETTINGS,
                                             SASREC_SETTINGS, TABLES)
 from missrec_recbole.bench.store import Results, git_version, machine, now
@@ -117,7 +117,8 @@ SCOPES = ("pretrain", "finetune", *RUN_KINDS)
 
 def split_scopes(overrides: dict) -> tuple[dict, dict]:
     """``--key=value`` overrides -> (those of every run, {scope: its own}): ``--pretrain.key`` and ``--finetune.key``
-    apply to one stage, ``--missrec.key`` (``--unisrec.``, ``--sasrec.``) to one model's runs in both stages."""
+    apply to one stage, ``--missrec.key`` (``--unisrec.``, ``--sasrec.``) to one model's runs in both stages (the
+    fine-tuning options of ``runner.FINETUNE_ONLY_OPTIONS`` to its fine-tuning only)."""
     general, scoped = {}, {scope: {} for scope in SCOPES}
     for key, value in overrides.items():
         scope, dot, option = key.partition(".")
@@ -131,6 +132,11 @@ def split_scopes(overrides: dict) -> tuple[dict, dict]:
 def check_overrides(general: dict, pretrain: dict, finetune: dict, models: dict) -> None:
     """Check every combination a run will see, before any run starts: a typo must not surface hours later, after
     the pre-training. Raises :class:`ConfigError` naming the option and where it was given."""
+    for option in FINETUNE_ONLY_OPTIONS:
+        if option in pretrain:
+            raise ConfigError(f"option {option!r} (in --pretrain.KEY) only applies to fine-tuning: a pre-training "
+                              f"trains every weight. Give it as --finetune.{option} (or --missrec.{option}, "
+                              f"--unisrec.{option}).")
     for kind in RUN_KINDS:
         for stage in ("pretrain", "finetune"):
             check_options([("the defaults", merged_props(PROPS_MODEL[kind], stage)),

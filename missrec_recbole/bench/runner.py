@@ -46,13 +46,20 @@ class Suite:
     model_overrides: dict = field(default_factory=dict)  # kind -> the --KIND.key=value overrides
 
     def settings(self, kind: str, stage: str) -> dict:
-        """The options a ``kind`` run at ``stage`` gets on top of props/ (:func:`override_layers` merged)."""
+        """The options a ``kind`` run at ``stage`` gets on top of props/ (:func:`override_layers` merged); the
+        pre-training leaves out :data:`FINETUNE_ONLY_OPTIONS`, so that they do not change its hash either."""
         layers = override_layers(kind, stage, self.overrides, self.model_overrides, self.pretrain_overrides,
                                  self.args.finetune_overrides)
-        return {key: value for _, values in layers for key, value in values.items()}
+        return {key: value for _, values in layers for key, value in values.items()
+                if stage != "pretrain" or key not in FINETUNE_ONLY_OPTIONS}
 
     def dataset_of(self, table: str) -> tuple[str, Path]:
         return self.tables_data[table]
+
+
+# What fine-tuning freezes: a pre-training trains every weight, so a --KIND.key or --key naming these reaches the
+# fine-tuning only (and --pretrain.key is refused by cli.check_overrides).
+FINETUNE_ONLY_OPTIONS = ("adapters_only", "unfreeze")
 
 
 def override_layers(kind: str, stage: str, general: dict, models: dict, pretrain: dict, finetune: dict) -> list:
@@ -172,9 +179,6 @@ def pretrain_key(suite: Suite, kind: str) -> str:
     inputs = _hash_inputs(suite, kind, *suite.pretrain_data, suite.settings(kind, "pretrain"), "pretrain",
                           seed=suite.args.seed_list[0])
     return f"pretrain|{kind}|{config_hash(inputs)}"
-
-
-
 
 
 def ensure_pretrained(suite: Suite, kind: str) -> str:
