@@ -47,7 +47,7 @@ def bench_args(root, *extra):
 def quick_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     tiny_with_ties(root / "data")
-    first = bench.main(bench_args(root))
+    first = bench.main(bench_args(root, "--threads=1"))
     return root, first
 
 
@@ -71,6 +71,7 @@ def test_results_json_structure(quick_run):
         assert run["best_epoch"] in (0, 1) and run["epochs"] == 2
         assert run["seconds_per_epoch"] > 0 and run["train_seconds_per_epoch"] > 0
         assert run["peak_rss_bytes"] > 100 * 2**20 and run["trainable_parameters"] > 0
+        assert run["threads"] == 1  # --threads reaches the worker (torch would take every core)
         assert (run["interest_refresh_seconds"] is not None) == name.startswith("MISSRec")
     assert {p["kind"] for p in data["pretraining"]} == {"missrec", "unisrec"}
     pre_trained = runs[("pretrained", "MISSRec pre-trained transductive")]
@@ -489,6 +490,13 @@ def test_transfer_table_pretrains_on_another_domain(tmp_path):
     assert "## Transfer: pre-trained on Other (other domains)" in text
     assert "## Transfer target: pre-trained MISSRec test NDCG@10 >= MISSRec from scratch" in text
     assert "| transfer | MISSRec pre-trained inductive" in text
+
+
+def test_threads_must_be_a_positive_count(capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["-d", "X", "--threads=0"])
+    assert "--threads: 0 is not a thread count" in capsys.readouterr().err
+    assert bench.parse_args(["-d", "X", "--threads=2"])[0].threads == 2
 
 
 def test_transfer_options_go_together():

@@ -11,7 +11,8 @@ import missrec_recbole  # noqa: F401
 from missrec_recbole.bench.processes import terminate_on_sigterm
 from missrec_recbole.bench.report import write_report
 from missrec_recbole.bench.rows import suite_rows
-from missrec_recbole.bench.runner import FINETUNE_ONLY_OPTIONS, PROPS_MODEL, Suite, override_layers, run_suite, say
+from missrec_recbole.bench.runner import (FINETUNE_ONLY_OPTIONS, PROPS_MODEL, Suite, override_layers, run_suite,
+                                          say, worker_threads)
 from missrec_recbole.bench.settings import (BENCH_VERSION, FIRST_SEED, QUICK_DATASET, QUICK_PRETRAIN, QUICK_SETTINGS,
                                             SASREC_SETTINGS, TABLES)
 from missrec_recbole.bench.store import Results, git_version, machine, now
@@ -62,6 +63,9 @@ def parse_args(argv):
     parser.add_argument("--no_progress", action="store_true",
                         help="no overall progress bar (shown only when stderr is a terminal)")
     parser.add_argument("--log_level", default="INFO", help="RecBole log level of the runs (logs in work_dir)")
+    parser.add_argument("--threads", type=int, help="CPU threads of each training run (torch and FAISS; default: "
+                        "OMP_NUM_THREADS, else every core); give 1 to each of several invocations side by side, "
+                        "which otherwise fight over the cores")
     args, overrides = parse_known_options(parser, argv)
     overrides, scoped = split_scopes(overrides)
     pretrain_overrides, args.finetune_overrides = scoped["pretrain"], scoped["finetune"]
@@ -75,6 +79,8 @@ def parse_args(argv):
         check_overrides(overrides, pretrain_overrides, args.finetune_overrides, args.model_overrides)
     except ConfigError as error:
         parser.error(str(error))
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads: {args.threads} is not a thread count; give 1 or more")
     args.seed_list = [FIRST_SEED + i for i in range(args.seeds or (1 if args.quick else 3))]
     args.run_seeds = args.seed_list
     if args.only_seeds:
@@ -201,8 +207,8 @@ def main(argv=None) -> dict:
     counts = {}
     if not args.report:
         rows = [r for r in suite_rows(args.tables) if r.kind in args.models and (args.rows is None or r.name in args.rows)]
-        say(f"{len(rows)} rows x {len(args.run_seeds)} seeds on {args.dataset}; results: {args.out_dir}; "
-            f"logs: {suite.log_dir}")
+        say(f"{len(rows)} rows x {len(args.run_seeds)} seeds on {args.dataset}, {worker_threads(args)} threads per run; "
+            f"results: {args.out_dir}; logs: {suite.log_dir}")
         with terminate_on_sigterm():
             counts = run_suite(suite, rows)
     for message in write_report(suite.results.data, suite.results, args.out_dir):

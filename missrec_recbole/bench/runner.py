@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from missrec_recbole.bench.processes import follow, stop, worker_command
@@ -121,6 +122,11 @@ def file_safe(text: str, keep: str = "-_.") -> str:
     return "".join(c if c.isalnum() or c in keep else "_" for c in text)
 
 
+def worker_threads(args) -> int:
+    """Threads each worker will use: ``--threads``, else what torch takes here (``OMP_NUM_THREADS`` or every core)."""
+    return args.threads or torch.get_num_threads()
+
+
 def launch(suite: Suite, spec: dict, label: str) -> tuple[dict, dict | None]:
     """Run ``spec`` in a fresh ``python -m missrec_recbole.bench _worker`` process: (record, per-case ranks)."""
     suite.launched += 1
@@ -134,6 +140,8 @@ def launch(suite: Suite, spec: dict, label: str) -> tuple[dict, dict | None]:
         spec_file.write_text(json.dumps(spec), encoding="utf-8")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
                                                                            os.environ.get("PYTHONPATH")]))}
+        if suite.args.threads:  # read by torch (and so FAISS, faiss_threads: null) when the worker starts
+            env["OMP_NUM_THREADS"] = str(suite.args.threads)
         with open(log, "a" if resume else "w", encoding="utf-8") as handle:
             output = None if suite.args.verbose else handle
             process = subprocess.Popen(worker_command(spec_file, out_file), cwd=suite.args.work_dir, env=env,
