@@ -325,7 +325,7 @@ def _launch_a_sleeping_worker(tmp_path):
 
     bench.runner.worker_command = lambda spec, out: _sleeper(tmp_path / "worker.pid")  # what launch calls
     suite = types.SimpleNamespace(launched=0, log_dir=tmp_path, progress=lambda line: None,
-                                  args=types.SimpleNamespace(verbose=False, work_dir=tmp_path))
+                                  args=types.SimpleNamespace(verbose=False, work_dir=tmp_path, threads=None))
     with bench.terminate_on_sigterm():
         bench.launch(suite, {}, "sleeper")
 
@@ -652,7 +652,7 @@ def test_an_interrupted_run_continues_from_its_resume_file(tmp_path):
     bench.runner.worker_command = lambda spec, out: [sys.executable, "-c", copy, str(spec)]
     try:
         suite = types.SimpleNamespace(launched=0, log_dir=tmp_path, progress=lambda line: None,
-                                      args=types.SimpleNamespace(verbose=False, work_dir=tmp_path))
+                                      args=types.SimpleNamespace(verbose=False, work_dir=tmp_path, threads=None))
         with pytest.raises(RuntimeError, match="exit code 3"):
             bench.launch(suite, {"kind": "missrec"}, "row")
         assert json.loads(seen.read_text())["resume"] == str(resume)
