@@ -207,8 +207,9 @@ def main(argv=None) -> dict:
     counts = {}
     if not args.report:
         rows = [r for r in suite_rows(args.tables) if r.kind in args.models and (args.rows is None or r.name in args.rows)]
-        say(f"{len(rows)} rows x {len(args.run_seeds)} seeds on {args.dataset}, {worker_threads(args)} threads per run; "
-            f"results: {args.out_dir}; logs: {suite.log_dir}")
+        threads = worker_threads(args)
+        say(f"{len(rows)} rows x {len(args.run_seeds)} seeds on {args.dataset}, {threads} thread{'s' * (threads > 1)} "
+            f"per run; results: {args.out_dir}; logs: {suite.log_dir}")
         with terminate_on_sigterm():
             counts = run_suite(suite, rows)
     for message in write_report(suite.results.data, suite.results, args.out_dir):
