@@ -123,6 +123,60 @@ def test_finetune_overrides_reuse_the_pretraining_of_another_out_dir(quick_run, 
 
 
 @pytest.mark.slow
+def test_kept_pretraining_is_found_when_the_work_dir_is_gone(quick_run, tmp_path):
+    """--keep_pretrained copies the checkpoint into out_dir/pretrained/; a later invocation fine-tunes from that copy
+    when the file the pre-training wrote is gone (a fresh clone of committed results), without pre-training again."""
+    root, _ = quick_run
+    row, out = "MISSRec pre-trained transductive", tmp_path / "kept"
+    first = bench.main(bench_args(root, f"--rows={row}", "--tables=pretrained", f"--out_dir={out}", "--keep_pretrained",
+                                  f"--pretrained_from={root / 'results'}", "--finetune.temperature=0.1"))
+    assert first["launched"] == 1
+    written = json.loads((root / "results" / "results.json").read_text())
+    original = next(p["checkpoint"] for p in written["pretraining"] if p["kind"] == "missrec")
+    [kept] = (out / "pretrained").glob("pretrain-missrec-*.pth")
+    assert kept.read_bytes() == open(original, "rb").read()
+    assert json.loads((out / "results.json").read_text())["runs"][0]["pretrained_checkpoint"] == str(kept)
+    hidden = original + ".hidden"
+    os.rename(original, hidden)
+    try:
+        again = bench.main(bench_args(root, f"--rows={row}", "--tables=pretrained", f"--out_dir={out}",
+                                      "--finetune.temperature=0.2"))
+    finally:
+        os.rename(hidden, original)
+    assert again["counts"] == {"ok": 1} and again["launched"] == 1  # the fine-tuning only
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert [r["pretrained_checkpoint"] for r in runs] == [str(kept)] * 2
+
+
+@pytest.mark.slow
+def test_runs_from_copies_finished_runs_with_their_ranks(quick_run, tmp_path):
+    """--runs_from: a run another out_dir finished with the same key is copied (record and per-case ranks), not
+    trained; the report of the new out_dir shows it."""
+    root, _ = quick_run
+    rows = "SASRec,MISSRec scratch inductive"
+    out = bench.main(bench_args(root, f"--rows={rows}", "--tables=full", f"--out_dir={tmp_path}",
+                                f"--runs_from={root / 'results'}"))
+    assert out["launched"] == 0 and out["counts"] == {"reused": 2}
+    source = json.loads((root / "results" / "results.json").read_text())
+    copied = json.loads((tmp_path / "results.json").read_text())["runs"]
+    originals = {r["key"]: r for r in source["runs"] if r["table"] == "full" and r["row"] in rows.split(",")}
+    assert {r["key"] for r in copied} == set(originals)
+    for run in copied:
+        assert {k: v for k, v in run.items() if k != "reused_from"} == originals[run["key"]]
+        assert run["reused_from"] == str(root / "results" / "results.json")
+    ranks, their_ranks = np.load(tmp_path / "ranks.npz"), np.load(root / "results" / "ranks.npz")
+    for key in originals:
+        assert np.array_equal(ranks[f"{key}|rank"], their_ranks[f"{key}|rank"])
+    assert "| MISSRec scratch inductive | 1 | " in (tmp_path / "results.md").read_text()
+    changed = bench.main(bench_args(root, "--rows=SASRec", "--tables=full", f"--out_dir={tmp_path / 'other'}",
+                                    f"--runs_from={root / 'results'}", "--sasrec.hidden_dropout_prob=0.3",
+                                    "--sasrec.epochs=1"))
+    assert changed["counts"] == {"ok": 1}  # other settings, another key: trained, not copied
+    with pytest.raises(SystemExit):
+        bench.parse_args(["-d", "Tiny", f"--runs_from={tmp_path / 'none'}"])
+
+
+@pytest.mark.slow
 def test_ranks_follow_the_pessimistic_tie_rule(quick_run):
     """RecBole's reported test metrics equal those of ranks = #items scoring >= the target, for every
     model, and the inductive MISSRec (tied items) puts tied targets after their ties."""

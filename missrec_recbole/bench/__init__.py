@@ -41,7 +41,11 @@ Any ``--key=value`` is a config override for every run; ``--pretrain.key=value``
 models' runs keep their hashes (later wins: ``key`` < ``missrec.key`` < ``finetune.key``). Every override is checked
 against the option schema, with the props defaults, before the first run starts.
 ``--pretrained_from DIR`` reuses the pre-trainings recorded in another out_dir (same settings) instead of
-pre-training again, e.g. to fine-tune the pre-trained rows with another setting into a separate out_dir.
+pre-training again, e.g. to fine-tune the pre-trained rows with another setting into a separate out_dir;
+``--runs_from DIR`` copies the finished runs of another out_dir that have the same key (row, seed, data, settings),
+e.g. the scratch rows beside the pre-trained rows of another pre-training corpus. ``--keep_pretrained`` keeps a copy
+of each pre-training checkpoint in ``out_dir/pretrained/``, where a later invocation finds it when the work_dir is
+gone (a fresh clone of committed results fine-tunes without pre-training again).
 """
 
 from missrec_recbole.bench.cli import main, make_suite, parse_args

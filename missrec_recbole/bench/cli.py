@@ -55,6 +55,12 @@ def parse_args(argv):
     parser.add_argument("--split_seed", type=int, default=FIRST_SEED, help="seed of the user split")
     parser.add_argument("--config_files", default="", help="extra YAML files for every run")
     parser.add_argument("--pretrained_from", help="an earlier out_dir whose pre-trainings (same settings) are reused")
+    parser.add_argument("--keep_pretrained", action="store_true",
+                        help="keep a copy of each pre-training checkpoint the rows use in out_dir/pretrained/, where "
+                             "a later invocation (on another machine, from a copy of out_dir) finds it")
+    parser.add_argument("--runs_from", help="an earlier out_dir whose finished runs with the same key (row, seed, data, "
+                                            "settings) are copied here instead of trained again, e.g. the scratch "
+                                            "rows beside pre-trained rows of another pre-training corpus")
     parser.add_argument("--out_dir", help="default: results/<dataset>/")
     parser.add_argument("--work_dir", help="split data, checkpoints, logs (default: saved/bench/<dataset>/)")
     parser.add_argument("--keep_models", action="store_true", help="keep each run's best model file")
@@ -91,11 +97,14 @@ def parse_args(argv):
     args.out_dir = Path(args.out_dir or Path("results") / args.dataset).resolve()
     args.work_dir = Path(args.work_dir or Path("saved") / "bench" / args.dataset).resolve()
     args.config_files = [str(Path(f).resolve()) for f in args.config_files.replace(",", " ").split()]
-    if args.pretrained_from:
-        args.pretrained_from = Path(args.pretrained_from).resolve()
-        if not (args.pretrained_from / "results.json").is_file():
-            parser.error(f"--pretrained_from: {args.pretrained_from / 'results.json'} does not exist; give the "
-                         "out_dir of an earlier bench invocation")
+    for option in ("pretrained_from", "runs_from"):
+        folder = getattr(args, option)
+        if folder:
+            folder = Path(folder).resolve()
+            if not (folder / "results.json").is_file():
+                parser.error(f"--{option}: {folder / 'results.json'} does not exist; give the out_dir of an earlier "
+                             "bench invocation")
+            setattr(args, option, folder)
     args.command = "python -m missrec_recbole.bench " + " ".join(argv)
     if args.rows:
         args.rows = [name.strip() for name in args.rows.split(",")]
@@ -192,8 +201,10 @@ def make_suite(args, overrides, pretrain_overrides) -> Suite:
                            "sasrec": SASREC_SETTINGS,
                            "config_files": args.config_files}}
     pretrained_from = Results(args.pretrained_from, {}) if args.pretrained_from else None
+    runs_from = Results(args.runs_from, {}) if args.runs_from else None
     return Suite(args, overrides, pretrain_overrides, args.data_path, pretrain_data, tables_data,
-                 Results(args.out_dir, header), log_dir, pretrained_from, model_overrides=args.model_overrides)
+                 Results(args.out_dir, header), log_dir, pretrained_from, runs_from,
+                 model_overrides=args.model_overrides)
 
 
 def main(argv=None) -> dict:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from missrec_recbole.bench.settings import BENCH_VERSION, PACKAGE_ROOT, SASREC_S
 from missrec_recbole.bench.store import Results, config_hash, fingerprint, now
 from missrec_recbole.bench.worker import RUN_KINDS, Unavailable
 from missrec_recbole.command import watched
+from missrec_recbole.files import atomic_write
 from missrec_recbole.config import merged_props
 from missrec_recbole.trainer.checkpoint import OLDER_DEFAULTS
 from missrec_recbole.trainer.trainer import RESUME_FILE_LOG, RESUMED_LOG
@@ -42,6 +44,7 @@ class Suite:
     results: Results
     log_dir: Path
     pretrained_from: Results | None = None  # another out_dir whose pre-trainings may be reused
+    runs_from: Results | None = None  # another out_dir whose finished runs (same key) may be reused
     launched: int = 0
     progress: object = print  # receives each epoch line of the running training's log
     model_overrides: dict = field(default_factory=dict)  # kind -> the --KIND.key=value overrides
@@ -194,19 +197,38 @@ def ensure_pretrained(suite: Suite, kind: str) -> str:
     key = pretrain_key(suite, kind)
     with suite.results.claim(key, wait=True):  # another invocation pre-training it: wait for its checkpoint
         done = _recorded_pretraining(suite.results, key)
-        if done:
-            return done["checkpoint"]
-        reused = _recorded_pretraining(suite.pretrained_from, key)
-        if reused:
-            suite.results.put("pretraining", {**reused, "reused_from": str(suite.pretrained_from.path)})
-            return reused["checkpoint"]
-        return _pretrain(suite, kind, key)
+        if not done:
+            done = _recorded_pretraining(suite.pretrained_from, key)
+            if done:
+                suite.results.put("pretraining", {**done, "reused_from": str(suite.pretrained_from.path)})
+        checkpoint = done["checkpoint"] if done else _pretrain(suite, kind, key)
+        if suite.args.keep_pretrained:
+            checkpoint = _keep_pretrained(suite.results, key, checkpoint)
+        return checkpoint
+
+
+def kept_checkpoint(results: Results, key: str) -> Path:
+    """Where ``--keep_pretrained`` keeps the checkpoint of pre-training ``key``: beside results.json, so that the
+    results folder alone (a fresh clone of it, say) holds what its pre-trained rows fine-tune from."""
+    return results.out_dir / "pretrained" / f"{file_safe(key.replace('|', '-'))}.pth"
+
+
+def _keep_pretrained(results: Results, key: str, checkpoint: str) -> str:
+    kept = kept_checkpoint(results, key)
+    if not kept.is_file():
+        with open(checkpoint, "rb") as source:
+            atomic_write(kept, lambda handle: shutil.copyfileobj(source, handle))
+    return str(kept)
 
 
 def _recorded_pretraining(results: Results | None, key: str) -> dict | None:
-    """The pre-training ``key`` recorded in ``results`` if its checkpoint is still on disk."""
+    """The pre-training ``key`` recorded in ``results`` if its checkpoint is still on disk, where it was written
+    or where ``--keep_pretrained`` keeps it (``checkpoint`` is the file found)."""
     done = results.find("pretraining", key) if results else None
-    return done if done and Path(done["checkpoint"]).is_file() else None
+    if not done:
+        return None
+    found = next((path for path in (Path(done["checkpoint"]), kept_checkpoint(results, key)) if path.is_file()), None)
+    return found and {**done, "checkpoint": str(found)}
 
 
 def _pretrain(suite: Suite, kind: str, key: str) -> str:
@@ -235,6 +257,8 @@ def run_row(suite: Suite, row: Row, seed: int) -> str:
     key = f"{row.table}|{row.name}|{seed}|{digest}"
     if suite.results.find("runs", key):
         return "skipped"
+    if _reuse_run(suite, key):
+        return "reused"
     base = {"key": key, "table": row.table, "row": row.name, "kind": row.kind, "mode": row.mode,
             "pretrained": row.pretrained, "dataset": dataset, "seed": seed, "config_hash": digest,
             "settings": settings, "date": now(), "command": suite.args.command,
@@ -245,6 +269,16 @@ def run_row(suite: Suite, row: Row, seed: int) -> str:
         if suite.results.find("runs", key):  # finished by another invocation a moment ago
             return "skipped"
         return _train_row(suite, row, base, settings, data_path)
+
+
+def _reuse_run(suite: Suite, key: str) -> bool:
+    """Copy the finished run ``key`` (same row, seed, data and settings) of ``--runs_from`` into this out_dir, with
+    its per-case ranks; False if that out_dir does not have it."""
+    earlier = suite.runs_from.find("runs", key) if suite.runs_from else None
+    if not earlier:
+        return False
+    suite.results.put("runs", {**earlier, "reused_from": str(suite.runs_from.path)}, suite.runs_from.cases(key))
+    return True
 
 
 def _train_row(suite: Suite, row: Row, base: dict, settings: dict, data_path: Path) -> str:
@@ -294,6 +328,8 @@ def run_suite(suite: Suite, rows) -> dict:
             run = suite.results.data["runs"][-1]
             say(f"{row.table} / {row.name} / seed {seed}: test NDCG@10 {run['test']['ndcg@10']:.4f}, "
                 f"{run['epochs']} epochs, {run['wall_seconds']:.0f}s")
+        elif status == "reused":
+            say(f"{row.table} / {row.name} / seed {seed}: copied from {suite.runs_from.path}")
         elif status == "busy":
             say(f"{row.table} / {row.name} / seed {seed}: another invocation is running it; not started here")
         elif status == "unavailable":
