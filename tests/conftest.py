@@ -73,7 +73,8 @@ def loss_and_grads(model, batch, seed=3):
     """Loss (summed parts) and parameter gradients of one training step on ``batch``, seeded."""
     model.zero_grad()
     torch.manual_seed(seed)
-    loss = sum(model.calculate_loss(batch))
+    loss = model.calculate_loss(batch)
+    loss = sum(loss) if isinstance(loss, tuple) else loss  # pre-training returns its loss parts
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 

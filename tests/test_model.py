@@ -239,3 +239,45 @@ def test_moe_item_adapter(built, tmp_path):
         load_pretrained(more_experts, more_data.config, moe_path)
     other_count, _, _, other_data = built(n_exps=4, mode="inductive")  # the linear adapter has no experts
     load_pretrained(other_count, other_data.config, path)
+
+
+@pytest.mark.parametrize("stage", ["finetune", "pretrain"])
+def test_single_modality_scores_and_moe_shift_are_bit_exact(built, monkeypatch, stage):
+    """The speed-ups of the text-only score (no softmax over one modality) and of the MoE experts' shift (+ -shift)
+    give the loss and every gradient of the general formulas bit for bit, fusion beta's zero gradient included,
+    and the same parameters after optimizer steps."""
+    from missrec_recbole.model.base import MoEAdaptor
+
+    def reference_experts(self, x):
+        weight = self.whitening_weight.transpose(0, 1).reshape(x.shape[-1], -1)
+        whitened = (x @ weight).view(-1, self.n_experts, self.hidden_size)
+        return whitened - torch.einsum("gD,gDd->gd", self.whitening_bias, self.whitening_weight)
+
+    def train_steps(model, batches):
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+        results = []
+        for batch in batches:
+            optimizer.zero_grad()
+            results.append(loss_and_grads(model, batch))
+            optimizer.step()
+        params = {n: p.detach().clone() for n, p in model.named_parameters()}
+        model.load_state_dict(state)
+        return results, params
+
+    extra = {"stage": "pretrain", "mode": "inductive", "loss_candidates": "batch"} if stage == "pretrain" else {}
+    model, train, _, _ = built(modalities=["text"], item_adapter="moe", **extra)
+    model.refresh_interests()
+    model.train()
+    batches = [batch for batch, _ in zip(train, range(3))]
+    fast, fast_params = train_steps(model, batches)
+    monkeypatch.setattr(MISSRec, "_single_modality_scores", MISSRec._softmax_fusion)
+    monkeypatch.setattr(MoEAdaptor, "experts", reference_experts)
+    reference, reference_params = train_steps(model, batches)
+    for (loss_a, grads_a), (loss_b, grads_b) in zip(fast, reference):
+        assert torch.equal(loss_a, loss_b) and grads_a.keys() == grads_b.keys()
+        for name in grads_a:
+            assert torch.equal(grads_a[name], grads_b[name]), name
+        assert grads_a["fusion_beta"] == 0
+    for name in fast_params:
+        assert torch.equal(fast_params[name], reference_params[name]), name

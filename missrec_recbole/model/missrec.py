@@ -398,9 +398,21 @@ class MISSRec(FeatureSequentialRecommender):
         else:
             per_modality = torch.einsum("bd,nmd->bnm", seq, candidates)
             mask = present.unsqueeze(0).expand_as(per_modality)
+        if per_modality.shape[-1] == 1:
+            return self._single_modality_scores(per_modality, mask)
+        return self._softmax_fusion(per_modality, mask)
+
+    def _softmax_fusion(self, per_modality, mask):
         logits = (self.fusion_beta * per_modality).masked_fill(~mask, float("-inf"))
         weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # items with no modality score 0
         return (weights * per_modality).sum(dim=-1)
+
+    def _single_modality_scores(self, per_modality, mask):
+        """:meth:`_softmax_fusion` with one modality, bit for bit and without the [B, N] softmax pass: the weight of
+        a present item is exactly 1 (0 without the modality) and beta's gradient exactly 0. Adding ``0 * beta``
+        keeps beta in the graph with that zero gradient, so the optimizer and DDP see it as before."""
+        scores = per_modality.squeeze(-1).masked_fill(~mask.squeeze(-1), 0.0)
+        return scores + 0.0 * self.fusion_beta
 
     # ------------------------------------------------------------------ losses
     def _info_nce(self, logits):

@@ -1,0 +1,227 @@
+"""Training speed, side by side with an older commit: rows/s of the training step, the parts of an epoch (interest
+refresh, training pass, full-ranking validation) and peak RSS, per model, stage and thread count.
+
+    python benchmarks/speed.py --data_path data/ --baseline 707ca56 --threads 1,2
+    python benchmarks/speed.py --data_path data/ --baseline 707ca56 --cases missrec-office --steps 10 --full_epoch
+
+Each measurement runs in its own process (its peak RSS is its own) with ``OMP_NUM_THREADS`` set, importing the
+package from this checkout or from a git worktree of ``--baseline`` (made in a temp folder, removed afterwards).
+The two versions alternate case by case, so that both see the same machine load: a speed-up is a ratio measured in
+one run on one machine. The training step is timed on ``--steps`` batches after 2 warm-up steps (the epoch's
+training pass is then estimated from that rate, or timed in full with ``--full_epoch``); refresh and validation
+are timed in full. Needs the prepared datasets Office and Beauty under ``--data_path``
+(``python -m missrec_recbole.tools.prepare``); the pre-training case reads Beauty and Office merged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# case -> (model, stage, dataset(s), options on top of props/)
+CASES = {
+    "missrec-office": ("MISSRec", "finetune", "Office", {"item_adapter": "moe", "mode": "inductive"}),
+    "unisrec-office": ("UniSRec", "finetune", "Office", {"mode": "inductive"}),
+    "sasrec-office": ("SASRec", "finetune", "Office", {}),
+    "missrec-pretrain-beauty+office": ("MISSRec", "pretrain", "Beauty,Office",
+                                       {"item_adapter": "moe", "train_batch_size": 1024}),
+}
+
+
+# ---------------------------------------------------------------------------------------------- worker (child)
+def _build(spec):
+    """(config, model, trainer, train, valid) of a case with the package version on sys.path."""
+    from recbole.data import create_dataset, data_preparation
+    from recbole.model.sequential_recommender import SASRec
+
+    import missrec_recbole  # noqa: F401  (RecBole compatibility fixes)
+    from missrec_recbole import quick_start
+    from missrec_recbole.model import MISSRec, UniSRec
+    from missrec_recbole.trainer import MISSRecTrainer
+
+    options = {**spec["options"], "data_path": spec["data_path"], "state": "WARNING", "seed": 2020,
+               "checkpoint_dir": spec["tmp"], "show_progress": False}
+    if spec["model"] == "SASRec":
+        from missrec_recbole.bench.worker import sasrec_config
+
+        config = sasrec_config(spec["dataset"], config_dict=options)
+        train, valid, _ = data_preparation(config, create_dataset(config))
+        model = SASRec(config, train._dataset)
+    else:
+        model_class = {"MISSRec": MISSRec, "UniSRec": UniSRec}[spec["model"]]
+        config = quick_start.build_config(spec["dataset"], spec["stage"], config_dict=options, model_class=model_class)
+        _, train, valid, _ = quick_start.prepare_data(config, quick_start.check_dataset(config))
+        model = model_class(config, train._dataset)
+    return config, model, MISSRecTrainer(config, model), train, valid
+
+
+def _steps(model, optimizer, batches) -> tuple[float, float, int]:
+    """Wall seconds, process CPU seconds (less sensitive to other jobs on the machine) and rows of training steps."""
+    start, cpu, rows = time.perf_counter(), time.process_time(), 0
+    for batch in batches:
+        optimizer.zero_grad()
+        loss = model.calculate_loss(batch)
+        (sum(loss) if isinstance(loss, tuple) else loss).backward()
+        optimizer.step()
+        rows += len(batch)
+    return time.perf_counter() - start, time.process_time() - cpu, rows
+
+
+def worker(spec_file: str) -> None:
+    import torch
+
+    spec = json.loads(Path(spec_file).read_text())
+    setup = time.perf_counter()
+    config, model, trainer, train, valid = _build(spec)
+    result = {"setup_seconds": time.perf_counter() - setup, "threads": torch.get_num_threads(),
+              "train_rows": len(train.dataset), "batch_size": config["train_batch_size"]}
+    model.train()
+    if hasattr(model, "refresh_interests"):
+        start = time.perf_counter()
+        model.refresh_interests()
+        result["refresh_seconds"] = time.perf_counter() - start
+    if spec["full_epoch"]:
+        start, cpu = time.perf_counter(), time.process_time()
+        trainer._train_epoch(train, 0)
+        result["train_seconds"] = time.perf_counter() - start
+        result["rows_per_second"] = result["train_rows"] / result["train_seconds"]
+        result["rows_per_cpu_second"] = result["train_rows"] / (time.process_time() - cpu)
+    else:
+        batches = []
+        for batch in train:
+            batches.append(batch)
+            if len(batches) == spec["steps"] + 2:
+                break
+        _steps(model, trainer.optimizer, batches[:2])  # warm-up: allocator, lazy inits
+        seconds, cpu_seconds, rows = _steps(model, trainer.optimizer, batches[2:])
+        result["rows_per_second"], result["rows_per_cpu_second"] = rows / seconds, rows / cpu_seconds
+        result["train_seconds"] = result["train_rows"] / result["rows_per_second"]  # estimated from the rate
+    if spec["stage"] == "finetune":
+        start = time.perf_counter()
+        trainer.evaluate(valid, load_best_model=False)
+        result["valid_seconds"] = time.perf_counter() - start
+    result["epoch_seconds"] = sum(result.get(k, 0.0) for k in ("refresh_seconds", "train_seconds", "valid_seconds"))
+    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    Path(spec["out"]).write_text(json.dumps(result))
+
+
+# ---------------------------------------------------------------------------------------------- parent
+def merged_corpus(data_path: Path, names: str, folder: Path) -> tuple[str, Path]:
+    """The pre-training datasets merged once (with this checkout's merge tool) for both versions."""
+    if "," not in names:
+        return names, data_path
+    merged = names.replace(",", "+")
+    if not (folder / merged).is_dir():
+        subprocess.run([sys.executable, "-m", "missrec_recbole.tools.merge", *names.split(","), "-o", merged,
+                        f"--data_path={data_path}", f"--out_path={folder}"], check=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return merged, folder
+
+
+def measure(version_root: Path, case: str, threads: int, args, tmp: Path) -> dict:
+    model, stage, names, options = CASES[case]
+    dataset, data_path = merged_corpus(args.data_path, names, tmp / "merged")
+    spec = {"model": model, "stage": stage, "dataset": dataset, "data_path": str(data_path), "options": options,
+            "steps": args.steps, "full_epoch": args.full_epoch, "tmp": str(tmp / "saved"),
+            "out": str(tmp / "out.json")}
+    (tmp / "spec.json").write_text(json.dumps(spec))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(version_root)}
+    process = subprocess.run([sys.executable, str(Path(__file__).resolve()), "_worker", str(tmp / "spec.json")],
+                             cwd=tmp, env=env, capture_output=True, text=True)
+    if process.returncode != 0:
+        raise RuntimeError(f"{case} at {version_root}: exit {process.returncode}\n{process.stderr[-3000:]}")
+    return json.loads((tmp / "out.json").read_text())
+
+
+def git(*argv, cwd=ROOT) -> str:
+    return subprocess.run(["git", *argv], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_path", type=Path, required=True, help="folder with the prepared Office and Beauty")
+    parser.add_argument("--baseline", help="git ref of the older version to measure alongside (default: none)")
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of: " + ",".join(CASES))
+    parser.add_argument("--threads", default="1,2", help="thread counts (default 1,2)")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per measurement (default 20)")
+    parser.add_argument("--full_epoch", action="store_true", help="time the whole training pass, not --steps")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.json")
+    args = parser.parse_args(argv)
+    cases = args.cases.split(",")
+    if set(cases) - set(CASES):
+        parser.error(f"--cases: {sorted(set(cases) - set(CASES))} not in {list(CASES)}")
+    threads = [int(t) for t in args.threads.split(",")]
+    args.data_path = args.data_path.resolve()
+    with tempfile.TemporaryDirectory(prefix="speed-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        versions = {"current": (ROOT, git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain",
+                                                                                             "--untracked-files=no")
+                                                                              else ""))}
+        if args.baseline:
+            git("worktree", "add", "--detach", str(tmp / "baseline"), args.baseline)
+            versions["baseline"] = (tmp / "baseline", git("rev-parse", "--short", args.baseline))
+        try:
+            results = []
+            for case in cases:
+                for n in threads:
+                    for name, (root, commit) in versions.items():
+                        work = tmp / f"{name}-{case}-{n}"
+                        work.mkdir()
+                        measured = measure(root, case, n, args, work)
+                        results.append({"case": case, "threads": n, "version": name, "commit": commit, **measured})
+                        print(f"{case:32s} {n} thread(s) {name:8s} ({commit}): {measured['rows_per_second']:7.0f} rows/s "
+                              f"({measured['rows_per_cpu_second']:.0f} per CPU s), "
+                              f"epoch ~{measured['epoch_seconds']:6.1f} s, peak RSS {measured['peak_rss_bytes'] / 2**30:.2f} GB",
+                              flush=True)
+        finally:
+            if args.baseline:
+                git("worktree", "remove", "--force", str(tmp / "baseline"))
+    ratios = speed_ratios(results)
+    for r in ratios:
+        print(f"{r['case']:32s} {r['threads']} thread(s): step {r['step speed-up']:.2f}x (CPU time "
+              f"{r['step speed-up, CPU time']:.2f}x), epoch {r['epoch speed-up']:.2f}x")
+    load = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                                    "machine": machine(), "load_average_at_end": load, "steps": args.steps,
+                                    "full_epoch": args.full_epoch, "results": results, "ratios": ratios},
+                                   indent=1) + "\n")
+    print(f"written: {args.out}")
+    return 0
+
+
+def speed_ratios(results: list[dict]) -> list[dict]:
+    """current / baseline per case and thread count: training-step rows/s and whole-epoch seconds."""
+    by = {(r["case"], r["threads"], r["version"]): r for r in results}
+    ratios = []
+    for (case, n, version), current in by.items():
+        baseline = by.get((case, n, "baseline"))
+        if version == "current" and baseline:
+            ratios.append({"case": case, "threads": n,
+                           "step speed-up": current["rows_per_second"] / baseline["rows_per_second"],
+                           "step speed-up, CPU time": current["rows_per_cpu_second"] / baseline["rows_per_cpu_second"],
+                           "epoch speed-up": baseline["epoch_seconds"] / current["epoch_seconds"]})
+    return ratios
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               None) if os.path.exists("/proc/cpuinfo") else None
+    return {"cpu": cpu, "cores": os.cpu_count()}
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["_worker"]:
+        worker(sys.argv[2])
+        sys.exit(0)
+    sys.exit(main())
