@@ -72,6 +72,7 @@ def test_results_json_structure(quick_run):
         assert run["seconds_per_epoch"] > 0 and run["train_seconds_per_epoch"] > 0
         assert run["peak_rss_bytes"] > 100 * 2**20 and run["trainable_parameters"] > 0
         assert run["threads"] == 1  # --threads reaches the worker (torch would take every core)
+        assert 0 < run["cpu_seconds"] < 2 * run["wall_seconds"]  # the run's process CPU time (1 thread)
         assert (run["interest_refresh_seconds"] is not None) == name.startswith("MISSRec")
     assert {p["kind"] for p in data["pretraining"]} == {"missrec", "unisrec"}
     pre_trained = runs[("pretrained", "MISSRec pre-trained transductive")]

@@ -185,10 +185,11 @@ def worker(spec_file: str, out_file: str) -> None:
     """Child process entry: run one spec, write its record (and ranks) next to ``out_file``."""
     spec = json.loads(Path(spec_file).read_text(encoding="utf-8"))
     out = Path(out_file)
-    start = time.time()
+    start, cpu_start = time.time(), time.process_time()
     if spec["action"] == "pretrain":
         record = {"checkpoint": RUN_KINDS[spec["kind"]].pretrain(spec)}
     else:
         record = _worker_finetune(spec, out)
-    record.update(wall_seconds=time.time() - start, peak_rss_bytes=peak_rss_bytes(), threads=torch.get_num_threads())
+    record.update(wall_seconds=time.time() - start, cpu_seconds=time.process_time() - cpu_start,
+                  peak_rss_bytes=peak_rss_bytes(), threads=torch.get_num_threads())
     write_json(out, record)  # atomic: the parent never reads half a record
