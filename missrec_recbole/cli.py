@@ -39,7 +39,7 @@ def parse_args(argv=None):
                         help="inductive: item features only; transductive: features + item ID embedding "
                              "(default: transductive to fine-tune, inductive to pre-train)")
     parser.add_argument("--config_files", help="extra YAML config files (space- or comma-separated)")
-    parser.add_argument("--data_path", help="folder containing <dataset>/ (default: the repo's dataset/)")
+    parser.add_argument("--data_path", help="folder containing <dataset>/ (default: ./dataset)")
     parser.add_argument("--no_freeze", action="store_true",
                         help="with -p: train all weights instead of adapters/beta/LayerNorm/ID embedding only")
     parser.add_argument("--resume", help="continue an interrupted run from its *-resume.pth file "

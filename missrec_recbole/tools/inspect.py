@@ -138,7 +138,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m missrec_recbole.tools.inspect",
                                      description="Summarise a MISSRec dataset and validate it like the loader.")
     parser.add_argument("-d", "--dataset", required=True, help="dataset name (folder <data_path>/NAME)")
-    parser.add_argument("--data_path", help="folder that contains NAME/ (default: the repo's dataset/)")
+    parser.add_argument("--data_path", help="folder that contains NAME/ (default: ./dataset)")
     parser.add_argument("--config_files", help="extra YAML config files (space- or comma-separated)")
     parser.add_argument("--json", action="store_true", help="print the statistics as JSON")
     parser.add_argument("--load", action="store_true", help="also build the MISSRecDataset (RecBole's full load)")
