@@ -31,8 +31,8 @@ import pandas as pd
 from missrec_recbole.command import run_command
 from missrec_recbole.config import build_config, parse_known_options
 from missrec_recbole.config_schema import ConfigError
-from missrec_recbole.data.dataset import (REQUIRED_COLUMNS, DatasetFormatError, MISSRecDataset, modality_names,
-                                          count_rows, validate_dataset)
+from missrec_recbole.data.dataset import (DatasetFormatError, MISSRecDataset, count_rows, modality_names,
+                                          read_indexed_inter, validate_dataset)
 from missrec_recbole.model import MISSRec
 
 __all__ = ["inspect_dataset", "format_report"]
@@ -56,8 +56,7 @@ def inspect_dataset(config, load: bool = False) -> dict:
     if load:
         MISSRecDataset(config)
     name, folder = files.name, files.folder
-    frames = {split: pd.read_csv(folder / f"{name}.{split}.inter", sep="\t", dtype=str, keep_default_na=False,
-                                 usecols=list(REQUIRED_COLUMNS)) for split in config["benchmark_filename"]}
+    frames = {split: read_indexed_inter(files, split) for split in config["benchmark_filename"]}
     all_rows = pd.concat(frames.values(), ignore_index=True)
     per_user = all_rows.groupby("user_id:token").size()
     lengths = per_user.to_numpy() + 1  # every row has one target; a user's first item is never a target
