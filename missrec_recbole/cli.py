@@ -115,7 +115,8 @@ USAGE = f"""usage: missrec {{{','.join(COMMANDS)}}} [options]
 
   missrec train [-d NAME] [-p MODEL.pth] [--key=value ...]   fine-tune or train (python run_missrec.py ...)
   missrec pretrain -d A,B,C [--key=value ...]                pre-train (python run_missrec.py --stage=pretrain ...)
-  missrec recommend -p MODEL.pth -d NAME --history ID1,ID2   recommend (python recommend.py ...)
+  missrec recommend -p MODEL.pth -d NAME --history ID1,ID2   recommend (python recommend.py ...;
+                                                             --history_file PATH: one id per line)
   missrec bench [...]                                        benchmark (python -m missrec_recbole.bench ...)
   missrec features|prepare|inspect|amazon|from_recbole|images|demo|merge|split_users [...]
                                                              offline tools (python -m missrec_recbole.tools.NAME ...)
