@@ -24,7 +24,7 @@ Usage (each run trains 2 models per seed; run it in the background). The committ
         --seeds 2023 --out benchmarks/results/cold_start_Scientific-mm_full.json > cold-2023.log 2>&1 &
     # ... the same with --seeds 2024 and --seeds 2025 beside it (55-90 min per seed on a busy 2-core machine)
     OMP_NUM_THREADS=1 nohup python benchmarks/cold_start.py -d Demo-D --data_path=/tmp/demo-data \\
-        --config_files=props/demo-finetune.yaml --epochs=5 --stopping_step=10 --seeds 2023 2024 2025 > cold-demo.log 2>&1 &
+        --config_files=missrec_recbole/props/demo-finetune.yaml --epochs=5 --stopping_step=10 --seeds 2023 2024 2025 > cold-demo.log 2>&1 &
 
 (Demo-D: about 8 min per seed). Any ``--key=value`` is a config override.
 
@@ -295,7 +295,7 @@ def format_table(result: dict) -> str:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-d", "--dataset", default="Demo-D")
-    parser.add_argument("--data_path", default=None, help="folder with <dataset>/ (default: the repo's dataset/)")
+    parser.add_argument("--data_path", default=None, help="folder with <dataset>/ (default: ./dataset)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[2023])
     parser.add_argument("--cold_ratio", type=float, default=0.1)
     parser.add_argument("--config_files", default="", help="extra YAML files (space- or comma-separated)")

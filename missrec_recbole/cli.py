@@ -39,7 +39,7 @@ def parse_args(argv=None):
                         help="inductive: item features only; transductive: features + item ID embedding "
                              "(default: transductive to fine-tune, inductive to pre-train)")
     parser.add_argument("--config_files", help="extra YAML config files (space- or comma-separated)")
-    parser.add_argument("--data_path", help="folder containing <dataset>/ (default: the repo's dataset/)")
+    parser.add_argument("--data_path", help="folder containing <dataset>/ (default: ./dataset)")
     parser.add_argument("--no_freeze", action="store_true",
                         help="with -p: train all weights instead of adapters/beta/LayerNorm/ID embedding only")
     parser.add_argument("--resume", help="continue an interrupted run from its *-resume.pth file "
@@ -115,7 +115,8 @@ USAGE = f"""usage: missrec {{{','.join(COMMANDS)}}} [options]
 
   missrec train [-d NAME] [-p MODEL.pth] [--key=value ...]   fine-tune or train (python run_missrec.py ...)
   missrec pretrain -d A,B,C [--key=value ...]                pre-train (python run_missrec.py --stage=pretrain ...)
-  missrec recommend -p MODEL.pth -d NAME --history ID1,ID2   recommend (python recommend.py ...)
+  missrec recommend -p MODEL.pth -d NAME --history ID1,ID2   recommend (python recommend.py ...;
+                                                             --history_file PATH: one id per line)
   missrec bench [...]                                        benchmark (python -m missrec_recbole.bench ...)
   missrec features|prepare|inspect|amazon|from_recbole|images|demo|merge|split_users [...]
                                                              offline tools (python -m missrec_recbole.tools.NAME ...)

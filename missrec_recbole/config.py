@@ -17,9 +17,10 @@ from recbole.config import Config
 from missrec_recbole.compat import config_value
 from missrec_recbole.config_schema import check_options, read_config_file, read_value
 
-ROOT = Path(__file__).resolve().parents[1]
-PROPS = ROOT / "props"
-DEFAULT_DATA_PATH = ROOT / "dataset"
+# the defaults ship inside the package (package data): a wheel install reads its own copy, an editable install
+# the checkout's folder, so edits there take effect
+PROPS = Path(__file__).resolve().parent / "props"
+DEFAULT_DATA_PATH = Path("dataset")  # as RecBole's: relative to where the command runs
 COMMON_PROPS = "common.yaml"  # the data/training block every model shares (lowest priority)
 
 
@@ -79,10 +80,11 @@ def merged_props(model: str, stage: str) -> dict:
 def build_config(dataset: str, stage: str = "finetune", config_files=None, config_dict=None, *,
                  model_class) -> Config:
     """RecBole Config for ``model_class``: props/common.yaml < props/<Model>.yaml < props/<stage>.yaml
-    < props/<dataset>.yaml < ``config_files`` < ``config_dict``. ``data_path`` defaults to the repo's ``dataset/``.
+    < props/<dataset>.yaml < ``config_files`` < ``config_dict`` (props/: the package's folder :data:`PROPS`).
+    ``data_path`` defaults to ``./dataset`` of the current directory (stored as an absolute path).
     No side effects: under torchrun the caller joins the process group (``trainer.distributed.join``)."""
     if not PROPS.is_dir():
-        raise FileNotFoundError(f"{PROPS}: props folder not found; install the package with `pip install -e .`")
+        raise FileNotFoundError(f"{PROPS}: props folder not found; reinstall the package (pip install missrec-recbole)")
     defaults = props_files(model_class.__name__, stage, dataset)
     files = defaults + [Path(f) for f in config_files or []]
     for path in files:
@@ -93,7 +95,7 @@ def build_config(dataset: str, stage: str = "finetune", config_files=None, confi
     check_options(layers)  # before RecBole reads anything: one message naming the option
     n_generic = len(props_files(model_class.__name__, stage))  # data_path counts from props/<dataset>.yaml on
     if not any("data_path" in values for _, values in layers[n_generic:]):
-        config_dict["data_path"] = str(DEFAULT_DATA_PATH)
+        config_dict["data_path"] = str(DEFAULT_DATA_PATH.resolve())
     with without_argv():
         config = Config(model=model_class, dataset=dataset, config_file_list=[str(f) for f in files],
                         config_dict=config_dict)

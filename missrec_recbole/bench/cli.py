@@ -37,7 +37,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m missrec_recbole.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-d", "--dataset", help=f"dataset under --data_path (default: {QUICK_DATASET} with --quick)")
-    parser.add_argument("--data_path", help="folder containing <dataset>/ (default: the repo's dataset/)")
+    parser.add_argument("--data_path", help="folder containing <dataset>/ (default: ./dataset)")
     parser.add_argument("--quick", action="store_true", help="demo data, tiny model, 2 epochs, 1 seed")
     parser.add_argument("--seeds", type=int, help="number of seeds, 2020, 2021, ... (default 3; --quick: 1)")
     parser.add_argument("--only_seeds", help="comma-separated subset of those seeds to run now (pre-training still uses "

@@ -12,7 +12,7 @@ from missrec_recbole.bench.settings import MODES, SASREC_SETTINGS, TABLES
 from missrec_recbole.bench.store import Results
 from missrec_recbole.bench.worker import RUN_KINDS
 from missrec_recbole.files import atomic_write
-from missrec_recbole.data.dataset import tab_rows
+from missrec_recbole.data.dataset import dataset_item_ids, tab_rows
 from missrec_recbole.evaluation import case_ndcg
 
 
@@ -278,11 +278,12 @@ def results_markdown(data: dict, ranks: Results | None = None) -> str:
 
 
 def train_frequency(folder: Path, name: str) -> dict:
-    """How often each item index is a target in ``NAME.train.inter``."""
+    """How often each item index is a target in ``NAME.train.inter`` (original item ids counted by their index)."""
     counts = {}
+    item_ids = dataset_item_ids(folder, name)
     for number, fields in tab_rows(folder / f"{name}.train.inter"):
         if number > 1:
-            item = int(fields[-1])
+            item = item_ids[fields[-1]] if item_ids else int(fields[-1])
             counts[item] = counts.get(item, 0) + 1
     return counts
 

@@ -1,7 +1,8 @@
 """MISSRecDataset: RecBole's SequentialDataset plus frozen per-item modality features.
 
 Files (docs/design.md §2) in ``<data_path>/<NAME>/``: ``NAME.{train,valid,test}.inter`` with
-0-based item indices, and one raw float32 file per modality (``NAME.<text_suffix>``,
+0-based item indices or, when ``NAME.item2index`` is there, the original ids it maps (read as their indices,
+so RecBole sees the same tokens either way), and one raw float32 file per modality (``NAME.<text_suffix>``,
 ``NAME.<image_suffix>``), row i = item index i. An all-zero row means "modality missing".
 Everything is checked before RecBole reads a byte (:func:`validate_dataset`), so bad input fails
 with one message naming the file, not with a shape error in the middle of training.
@@ -15,6 +16,7 @@ import hashlib
 import io
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 from recbole.data.dataset import SequentialDataset
+from recbole.utils import FeatureSource
 
 from missrec_recbole.errors import InputError
 
@@ -43,6 +46,7 @@ class DatasetFiles:
     features: dict[str, np.ndarray]
     n_users: int = 0
     fingerprint: str = ""  # hash of the contents of every file read (resume checks it)
+    item_ids: dict[str, int] | None = None  # NAME.item2index when the .inter files hold original ids, else None
 
 
 def _fail(path, problem: str, fix: str) -> None:
@@ -177,9 +181,12 @@ def count_rows(path: Path) -> int | None:
         return sum(1 for line in handle if line.strip())
 
 
-def _item_indices(path: Path, frame: pd.DataFrame, max_length: int) -> np.ndarray:
-    """All item indices mentioned in an .inter file (history and target), validated as integers."""
-    history = frame["item_id_list:token_seq"].str.split()
+HISTORY, TARGET = REQUIRED_COLUMNS[1:]
+
+
+def _item_tokens(path: Path, frame: pd.DataFrame, max_length: int) -> tuple[pd.Series, np.ndarray]:
+    """Every item token of an .inter file (histories, then targets) and the data row (0-based) it is on."""
+    history = frame[HISTORY].str.split()
     lengths = history.map(len).to_numpy()
     if (lengths == 0).any():
         _fail(path, f"empty item_id_list on data line {int(np.flatnonzero(lengths == 0)[0]) + 1}",
@@ -187,13 +194,87 @@ def _item_indices(path: Path, frame: pd.DataFrame, max_length: int) -> np.ndarra
     if lengths.max(initial=0) > max_length:
         _fail(path, f"a history of {lengths.max()} items (data line {int(lengths.argmax()) + 1}) is longer than "
                     f"MAX_ITEM_LIST_LENGTH={max_length}", "Keep the last items only, or raise MAX_ITEM_LIST_LENGTH.")
-    tokens = pd.concat([history.explode(), frame["item_id:token"]], ignore_index=True)
+    exploded = history.explode()
+    tokens = pd.concat([exploded, frame[TARGET]], ignore_index=True)
+    return tokens, np.concatenate([exploded.index.to_numpy(), frame.index.to_numpy()])
+
+
+def _index_numbers(tokens: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """The tokens as numbers and where they are non-negative integers (item index syntax)."""
     numbers = pd.to_numeric(tokens, errors="coerce")
-    bad = numbers.isna() | (numbers < 0) | (numbers != numbers.round())
-    if bad.any():
-        _fail(path, f"item token {tokens[bad].iloc[0]!r} is not a non-negative integer item index",
+    return numbers, ~(numbers.isna() | (numbers < 0) | (numbers != numbers.round()))
+
+
+def _item_indices(path: Path, frame: pd.DataFrame, max_length: int) -> np.ndarray:
+    """All item indices of an .inter file without NAME.item2index (history and target), validated as integers."""
+    tokens, _ = _item_tokens(path, frame, max_length)
+    numbers, integer = _index_numbers(tokens)
+    if not integer.all():
+        _fail(path, f"item token {tokens[~integer].iloc[0]!r} is not a non-negative integer item index",
               "Items must be 0-based indices into the feature files (map ids with NAME.item2index).")
     return numbers.to_numpy(dtype=np.int64)
+
+
+def _file_line(text: str, row: int) -> int:
+    """The line number (1-based, header = line 1) of data row ``row``: pandas skips blank lines, so count them."""
+    lines = [number for number, line in enumerate(text.split("\n"), 1) if line.strip()]
+    return lines[row + 1]
+
+
+def _inter_item_kind(path: Path, frame: pd.DataFrame, text: str, max_length: int, n_items: int,
+                     item_map: dict | None) -> str | None:
+    """What an .inter file's item tokens are: ``"index"`` (0..n_items-1), ``"original"`` (ids of ``item_map``,
+    NAME.item2index) or None (every token reads either way: small integer ids). One kind per file; a token that
+    is neither fails with its line."""
+    tokens, rows = _item_tokens(path, frame, max_length)
+    numbers, integer = _index_numbers(tokens)
+    in_range = integer & (numbers < n_items)
+    known = tokens.isin(item_map.keys()) if item_map else pd.Series(False, index=tokens.index)
+    neither = np.flatnonzero(~(in_range | known).to_numpy())
+    if neither.size:
+        _unknown_item(path, tokens.iloc[neither[0]], _file_line(text, rows[neither[0]]), n_items, item_map,
+                      bool(integer.iloc[neither[0]]))
+    index_only = np.flatnonzero((in_range & ~known).to_numpy())
+    id_only = np.flatnonzero((known & ~in_range).to_numpy())
+    if index_only.size and id_only.size:
+        first_index, first_id = index_only[0], id_only[0]
+        _fail(path, f"mixes item indices ({tokens.iloc[first_index]!r}, line {_file_line(text, rows[first_index])}) "
+                    f"and original ids of {item_map.name} ({tokens.iloc[first_id]!r}, line "
+                    f"{_file_line(text, rows[first_id])})",
+              "Write one kind per file: every item as its 0-based index, or every item as its original id.")
+    return "original" if id_only.size else "index" if index_only.size else None
+
+
+def _unknown_item(path: Path, token: str, line: int, n_items: int, item_map, integer: bool) -> None:
+    """Fail for an item token that is neither an item index nor an original id of ``item_map``."""
+    nor = f" nor an original id of {item_map.name}" if item_map else ""
+    if integer:
+        _fail(path, f"item index {token} is out of range (the dataset has {n_items} items){nor}, line {line}",
+              "Fix the index or add the missing feature rows / item2index lines.")
+    _fail(path, f"item token {token!r} is not a non-negative integer item index{nor}, line {line}",
+          "Items must be 0-based indices into the feature files or, with NAME.item2index, the original ids it "
+          "lists: add the item to NAME.item2index (and its feature rows) or fix the token.")
+
+
+class ItemMap(dict):
+    """``original id -> item index`` of a NAME.item2index file, with the file's ``name`` for messages."""
+
+    def __init__(self, path: Path):
+        super().__init__(read_item2index(path))
+        self.name = Path(path).name
+
+
+def _dataset_item_kind(kinds_by_file: dict[Path, str | None]) -> str:
+    """The one kind of item token of a dataset's .inter files; a file whose tokens read either way (small integer
+    original ids) follows the others, and is read as item indices, as always, when every file does."""
+    kinds = {}
+    for path, kind in kinds_by_file.items():
+        if kind:
+            kinds.setdefault(kind, path)  # the first file of each kind, for the message
+    if len(kinds) > 1:
+        _fail(kinds["original"], f"holds original item ids, but {kinds['index'].name} holds item indices",
+              "Write the dataset's .inter files the same way: all with item indices or all with original ids.")
+    return next(iter(kinds), "index")
 
 
 def tab_rows(path):
@@ -266,37 +347,71 @@ def resolve_feature_options(config) -> int:
     return n_items
 
 
+def _inter_files(folder, name: str, splits):
+    """``(path, frame, text)`` of each ``NAME.<split>.inter`` (:func:`_read_inter`)."""
+    for split in splits:
+        path = Path(folder) / f"{name}.{split}.inter"
+        yield (path, *_read_inter(path))
+
+
 def validate_dataset(config) -> DatasetFiles:
     """Check every file MISSRec reads for dataset ``config['dataset']``; return the feature matrices.
     Fills in ``modalities`` / ``{m}_dim`` left unset in ``config`` (:func:`resolve_feature_options`).
 
     Raises :class:`DatasetFormatError` naming the file for: a missing, empty, header-only or non-UTF-8
-    file, a malformed header or line, a malformed item2index, a non-integer or out-of-range item index, a feature file whose size is not a multiple of the
-    configured dim, a row count that differs from the item count, NaN/inf features.
+    file, a malformed header or line, a malformed item2index, an item token that is neither an item index
+    (0..n-1) nor, with NAME.item2index, one of its original ids, an .inter file mixing the two (or the files of
+    one dataset using different kinds), a feature file whose size is not a multiple of the configured dim, a row
+    count that differs from the item count, NaN/inf features.
     """
     name = config["dataset"]
     folder = Path(config["data_path"])
     n_items = resolve_feature_options(config)  # each feature file is checked to hold exactly n_items rows
     features = {m: read_feature_file(feature_path(folder, name, config[f"{m}_suffix"]), config[f"{m}_dim"], m)
                 for m in config["modalities"]}
-    item_map = folder / f"{name}.item2index"
+    item_map_path = folder / f"{name}.item2index"
+    item_map = ItemMap(item_map_path) if item_map_path.is_file() else None
     digest = hashlib.sha256()
     for m in sorted(features):
         digest.update(memoryview(np.ascontiguousarray(features[m])).cast("B"))
-    if item_map.is_file():
-        digest.update(read_text(item_map).encode())
-    users = set()
-    for split in config["benchmark_filename"]:
-        path = folder / f"{name}.{split}.inter"
-        frame, text = _read_inter(path)
-        indices = _item_indices(path, frame, config["MAX_ITEM_LIST_LENGTH"])
-        if indices.size and indices.max() >= n_items:
-            _fail(path, f"item index {int(indices.max())} is out of range (the dataset has {n_items} items)",
-                  "Fix the index or add the missing feature rows / item2index lines.")
+    if item_map is not None:
+        digest.update(read_text(item_map_path).encode())
+    users, kinds = set(), {}
+    for path, frame, text in _inter_files(folder, name, config["benchmark_filename"]):
+        kinds[path] = _inter_item_kind(path, frame, text, config["MAX_ITEM_LIST_LENGTH"], n_items, item_map)
         users.update(frame["user_id:token"])
         digest.update(text.encode())
+    original = _dataset_item_kind(kinds) == "original"
     return DatasetFiles(name=name, folder=folder, n_items=n_items, features=features, n_users=len(users),
-                        fingerprint=digest.hexdigest()[:16])
+                        fingerprint=digest.hexdigest()[:16], item_ids=item_map if original else None)
+
+
+def dataset_item_ids(folder, name: str, splits=("train", "valid", "test")) -> dict | None:
+    """``NAME.item2index`` when the dataset's .inter files hold original item ids (decided as the loader decides,
+    :func:`validate_dataset`), else None (item indices, or no item2index)."""
+    map_path = Path(folder) / f"{name}.item2index"
+    if not map_path.is_file():
+        return None
+    item_map = ItemMap(map_path)
+    kinds = {path: _inter_item_kind(path, frame, text, sys.maxsize, len(item_map), item_map)
+             for path, frame, text in _inter_files(folder, name, splits)}
+    return item_map if _dataset_item_kind(kinds) == "original" else None
+
+
+def indexed_items(frame: pd.DataFrame, item_ids: dict | None) -> pd.DataFrame:
+    """``frame`` (the required .inter columns as strings) with its items as item index tokens: original ids mapped
+    through ``item_ids`` (:attr:`DatasetFiles.item_ids`); the frame itself when the files hold indices."""
+    if item_ids is None:
+        return frame
+    frame = frame.copy()
+    frame[HISTORY] = frame[HISTORY].map(lambda history: " ".join(str(item_ids[i]) for i in history.split()))
+    frame[TARGET] = frame[TARGET].map(lambda item: str(item_ids[item]))
+    return frame
+
+
+def read_indexed_inter(files: DatasetFiles, split: str) -> pd.DataFrame:
+    """The required columns of a checked dataset's ``NAME.<split>.inter``, items as item index tokens."""
+    return indexed_items(_read_inter(files.folder / f"{files.name}.{split}.inter")[0], files.item_ids)
 
 
 def modality_names(config) -> list[str]:
@@ -328,6 +443,18 @@ class MISSRecDataset(SequentialDataset):
             self.present[m] = self.features[m].abs().sum(dim=1) > 0
         self.present_any = torch.stack(list(self.present.values())).any(dim=0)
         self.files.features = {}  # the tensors above are the only copy we keep
+
+    def _load_feat(self, filepath, source):
+        """RecBole's reading of an atomic file; original item ids become item index tokens, so RecBole's token
+        vocabulary (and everything after it) is the same as for the dataset written with indices."""
+        frame = super()._load_feat(filepath, source)
+        if frame is None or self.files.item_ids is None or source != FeatureSource.INTERACTION:
+            return frame
+        index_of = {item: str(index) for item, index in self.files.item_ids.items()}
+        history, target = (column.split(":")[0] for column in (HISTORY, TARGET))
+        frame[history] = [np.array([index_of[item] for item in items]) for items in frame[history]]
+        frame[target] = frame[target].map(index_of)
+        return frame
 
     def _to_internal_order(self, matrix: np.ndarray) -> torch.Tensor:
         """Row r of the result = feature row of the item RecBole maps to internal id r; row 0 = zeros."""

@@ -2,6 +2,7 @@
 
   python recommend.py -p saved/MISSRec-Scientific-mm-inductive-....pth -d Scientific-mm \\
       --data_path=../shared/datasets --history B00O47ILVA,B006ATU73A -k 10
+  python recommend.py -p MODEL.pth --history_file history.txt     # one id per line (ids with commas)
 
 Ids are the dataset's original ids (NAME.item2index). The item text is shown when NAME.text exists.
 """
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from missrec_recbole.command import DEBUG_HELP, run_command
+from missrec_recbole.inference.errors import HistoryInputError
 from missrec_recbole.inference.predictor import MISSRecPredictor
 
 TEXT_WIDTH = 70
@@ -24,7 +27,9 @@ def parse_args(argv=None):
                         help="trained checkpoint (.pth; the `model_file` of a training run) or a pre-trained one")
     parser.add_argument("-d", "--dataset", help="dataset name (default: the checkpoint's)")
     parser.add_argument("--data_path", help="folder containing <dataset>/ (default: the checkpoint's)")
-    parser.add_argument("--history", required=True, help="comma-separated original item ids, oldest first")
+    parser.add_argument("--history", help="comma-separated original item ids, oldest first")
+    parser.add_argument("--history_file", metavar="PATH", help="instead of --history: a UTF-8 text file with one "
+                                                                "original item id per line, oldest first")
     parser.add_argument("-k", "--topk", type=int, default=10, help="number of items (default 10)")
     parser.add_argument("--keep_history", action="store_true", help="allow items of the history in the results")
     parser.add_argument("--allow_feature_only", action="store_true",
@@ -33,6 +38,33 @@ def parse_args(argv=None):
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     return parser.parse_args(argv)
+
+
+def read_history(args) -> list[str]:
+    """The history of ``--history`` or ``--history_file`` (exactly one of them), surrounding spaces and blank
+    entries dropped; checked before the checkpoint is loaded."""
+    if (args.history is None) == (args.history_file is None):
+        raise HistoryInputError("give the history either as --history ID1,ID2 or as --history_file PATH "
+                                f"({'not both' if args.history is not None else 'neither was given'})")
+    if args.history is not None:
+        return [item.strip() for item in args.history.split(",") if item.strip()]
+    return _history_file(Path(args.history_file))
+
+
+def _history_file(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise HistoryInputError(f"--history_file {path}: file not found. Give a text file with one item id per "
+                                "line.") from None
+    except UnicodeDecodeError as error:
+        raise HistoryInputError(f"--history_file {path}: not UTF-8 text (undecodable byte at offset "
+                                f"{error.start}). Save it as UTF-8, one item id per line.") from None
+    history = [line.strip() for line in text.splitlines() if line.strip()]
+    if not history:
+        raise HistoryInputError(f"--history_file {path}: holds no item id. Write the history into it, one "
+                                "original item id per line, oldest first.")
+    return history
 
 
 def _shorten(text: str | None, width: int = TEXT_WIDTH) -> str:
@@ -59,7 +91,7 @@ def format_table(rows, texts) -> str:
 def main(argv=None) -> list:
     """Run the command; returns the (id, score) rows. Errors propagate (see :func:`run`)."""
     args = parse_args(argv)
-    history = [item.strip() for item in args.history.split(",") if item.strip()]
+    history = read_history(args)
     predictor = MISSRecPredictor.load(args.model_file, dataset=args.dataset, data_path=args.data_path,
                                       allow_feature_only=args.allow_feature_only)
     rows = predictor.recommend(history, k=args.topk, exclude_history=not args.keep_history)

@@ -14,6 +14,11 @@ class EmptyHistoryError(InferenceError):
     """A history with no items (MISSRec needs at least one item to build a user vector)."""
 
 
+class HistoryInputError(InferenceError):
+    """The command line's history: --history and --history_file together or neither, or a history file that is
+    missing, not UTF-8 or empty."""
+
+
 class UnknownItemError(InferenceError):
     """An item id that is not in the predictor's catalogue (the message lists the ids and why)."""
 

@@ -31,8 +31,8 @@ import pandas as pd
 from missrec_recbole.command import run_command
 from missrec_recbole.config import build_config, parse_known_options
 from missrec_recbole.config_schema import ConfigError
-from missrec_recbole.data.dataset import (REQUIRED_COLUMNS, DatasetFormatError, MISSRecDataset, modality_names,
-                                          count_rows, validate_dataset)
+from missrec_recbole.data.dataset import (DatasetFormatError, MISSRecDataset, count_rows, modality_names,
+                                          read_indexed_inter, validate_dataset)
 from missrec_recbole.model import MISSRec
 
 __all__ = ["inspect_dataset", "format_report"]
@@ -56,8 +56,7 @@ def inspect_dataset(config, load: bool = False) -> dict:
     if load:
         MISSRecDataset(config)
     name, folder = files.name, files.folder
-    frames = {split: pd.read_csv(folder / f"{name}.{split}.inter", sep="\t", dtype=str, keep_default_na=False,
-                                 usecols=list(REQUIRED_COLUMNS)) for split in config["benchmark_filename"]}
+    frames = {split: read_indexed_inter(files, split) for split in config["benchmark_filename"]}
     all_rows = pd.concat(frames.values(), ignore_index=True)
     per_user = all_rows.groupby("user_id:token").size()
     lengths = per_user.to_numpy() + 1  # every row has one target; a user's first item is never a target
@@ -138,7 +137,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m missrec_recbole.tools.inspect",
                                      description="Summarise a MISSRec dataset and validate it like the loader.")
     parser.add_argument("-d", "--dataset", required=True, help="dataset name (folder <data_path>/NAME)")
-    parser.add_argument("--data_path", help="folder that contains NAME/ (default: the repo's dataset/)")
+    parser.add_argument("--data_path", help="folder that contains NAME/ (default: ./dataset)")
     parser.add_argument("--config_files", help="extra YAML config files (space- or comma-separated)")
     parser.add_argument("--json", action="store_true", help="print the statistics as JSON")
     parser.add_argument("--load", action="store_true", help="also build the MISSRecDataset (RecBole's full load)")

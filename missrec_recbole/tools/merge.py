@@ -17,7 +17,7 @@ import pandas as pd
 
 from missrec_recbole.command import run_command
 from missrec_recbole.config import build_config, parse_known_options
-from missrec_recbole.data.dataset import REQUIRED_COLUMNS, atomic_directory, validate_dataset
+from missrec_recbole.data.dataset import atomic_directory, read_indexed_inter, validate_dataset
 from missrec_recbole.model import MISSRec
 
 SPLITS = ("train", "valid", "test")
@@ -59,8 +59,7 @@ def merge_datasets(names, data_path, out_name: str, out_path, config) -> Path:
             # the first domain's files fix modalities and widths; later domains are checked against them
             options.update({key: domain[key] for key in ("modalities", "text_dim", "image_dim")})
             features = features or {m: [] for m in domain["modalities"]}
-            frames = {split: pd.read_csv(files.folder / f"{name}.{split}.inter", sep="\t", dtype=str,
-                                         keep_default_na=False, usecols=list(REQUIRED_COLUMNS)) for split in SPLITS}
+            frames = {split: read_indexed_inter(files, split) for split in SPLITS}  # original ids -> indices
             n_users = _n_users(files.folder, name, frames.values())
             for split, frame in frames.items():
                 frame["user_id:token"] = (pd.to_numeric(frame["user_id:token"]) + user_offset).astype(str)
