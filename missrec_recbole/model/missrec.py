@@ -232,7 +232,8 @@ class MISSRec(FeatureSequentialRecommender):
         for index, m in enumerate(self.modalities):
             chosen = modality == index
             if chosen.any():
-                tokens[chosen] = self.adapters[m](self.adapter_dropout(self._features(m)[items[chosen]]))
+                chosen_tokens = self.adapters[m](self.adapter_dropout(self._features(m)[items[chosen]]))
+                tokens[chosen] = chosen_tokens.to(tokens.dtype)  # a lower precision under autocast
         return tokens
 
     def interest_tokens(self, item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -364,7 +365,7 @@ class MISSRec(FeatureSequentialRecommender):
         for rows in self._row_groups(item_seq_len):
             width = int(item_seq_len[rows].max())
             output, memory, mask = self._run_rows(self._forward_dense, item_seq[rows, :width], item_seq_len[rows])
-            seq_output = seq_output.index_put((rows,), output)
+            seq_output = seq_output.index_put((rows,), output.to(seq_output.dtype))  # (autocast: any precision)
             if with_diversity:
                 bucket_sum, bucket_pairs = self.interest_similarity(memory, mask)
                 similarity_sum, pairs = similarity_sum + bucket_sum, pairs + bucket_pairs
