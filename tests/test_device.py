@@ -5,6 +5,7 @@ pre-training, checkpoints across devices, inference, autocast, CPU-vs-GPU agreem
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -226,3 +227,35 @@ def test_gpu_cpu_metric_agreement(demo):
     rows = check.agreement(demo / "data", demo / "agreement", epochs=2, options={"hidden_size": 32,
                                                                                  "inner_size": 64, "n_heads": 2})
     assert rows["agrees"], rows
+
+
+# ----------------------------------------------------------------------------- benchmarks/gpu_check.py
+def test_gpu_check_without_cuda_says_so(capsys):
+    if CUDA:
+        pytest.skip("this machine has CUDA")
+    assert _gpu_check().main(["--no-tests"]) == 2
+    out = capsys.readouterr().out.strip()
+    assert len(out.splitlines()) == 1 and "no CUDA GPU" in out and "--allow-cpu" in out
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_its_steps_on_the_cpu(tmp_path, monkeypatch):
+    """--allow-cpu runs every step (here on the tiny dataset, the CPU compared with itself) and writes the JSON."""
+    from tests.conftest import write_dataset
+
+    write_dataset(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)  # RecBole's log folders
+    out = tmp_path / "gpu_check.json"
+    check = _gpu_check()
+    check.SCIENTIFIC = tmp_path / "shared" / "datasets" / "Scientific-mm"  # absent: skipped (too slow for a test)
+    code = check.main(["--allow-cpu", "--quick", "--no-tests", "--datasets", "Tiny,Scientific-mm",
+                              "--data_path", str(tmp_path / "data"), "--pretrain_dataset", "Tiny",
+                              "--agreement_dataset", "Tiny", "--work_dir", str(tmp_path / "work"), "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert code == 0 and report["ok"] and report["environment"]["torch"] == torch.__version__
+    speed = report["seconds_per_epoch"]["Tiny"]
+    assert set(speed) == {"missrec", "unisrec", "sasrec"} and all(row["seconds_per_epoch"] > 0 for row in speed.values())
+    assert "not found" in report["seconds_per_epoch"]["Scientific-mm"]["skipped"]
+    assert report["pretrain"]["rows"] > 0 and report["pretrain"]["rows_per_second"] > 0
+    agreement = report["agreement"]
+    assert agreement["agrees"] and agreement["training_gap"] == 0 and agreement["evaluation_gap"] <= 1e-9
