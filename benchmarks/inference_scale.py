@@ -15,10 +15,13 @@ same clustered distribution, 15 % without an image). At every size:
 
 One thread (``--threads``) by default, as a serving process would run. Memory grows with the catalogue: raw
 features (2 x 512 floats) plus the cached vectors (2 x 300) are ~6.5 GB at 1M items before the export's copies,
-so 1M is left out unless ``--sizes`` asks for it. No download; writes ``benchmarks/results/inference_scale.json``.
+so 1M is left out unless ``--sizes`` asks for it, and catalogues above ``--export_max`` (100k) are not exported
+(the export holds about three more copies of the vectors). No download; writes
+``benchmarks/results/inference_scale.json``.
 
     python benchmarks/inference_scale.py                                  # 10k and 100k
-    python benchmarks/inference_scale.py --sizes 10000 100000 1000000     # with 1M (~12 GB peak)
+    python benchmarks/inference_scale.py --sizes 10000 100000 1000000     # + 1M without export (~8 GB peak)
+    python benchmarks/inference_scale.py --sizes 1000000 --export_max 1000000   # 1M with export (~15 GB peak)
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ def parse_args(argv=None):
     parser.add_argument("--queries", type=int, default=50, help="single-history calls timed per size")
     parser.add_argument("--batch", type=int, default=256, help="histories per recommend_batch call")
     parser.add_argument("--epochs", type=int, default=1, help="training epochs of the model on Demo-D")
+    parser.add_argument("--export_max", type=int, default=100_000,
+                        help="largest catalogue exported (an export holds ~3 more copies of the item vectors)")
     parser.add_argument("--work_dir", type=Path, help="keeps the demo data and the model (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=RESULTS / "inference_scale.json")
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
@@ -145,21 +150,31 @@ def recall_at_10(found: list, exact: list) -> float:
     return float(np.mean([len(set(f) & set(e)) / max(len(e), 1) for f, e in zip(found, exact)]))
 
 
+def print_row(row: dict) -> None:
+    exact, approx = row["exact"], row["approximate"]
+    search = ("export skipped" if "skipped" in exact else f"exact search p50 {exact['search']['p50_ms']:.1f} ms, "
+              f"IVF p50 {approx['search']['p50_ms']:.1f} ms (recall@10 {approx['recall_at_10']:.3f})")
+    print(f"{row['items']:>9,} items: add_items {row['add_items_ms_per_item']:.4f} ms/item, recommend p50 "
+          f"{row['recommend']['p50_ms']:.1f} ms, batch {row['recommend_batch_ms_per_history']:.2f} ms/history, "
+          f"{search}", flush=True)
+
+
 def run_size(predictor, size: int, args, rng, work: Path) -> dict:
     seconds_per_item = grow(predictor, size, rng)
     queries = histories(predictor, args.queries, rng)
     batch = histories(predictor, args.batch, rng)
     row = {"items": predictor.n_items, "add_items_ms_per_item": round(seconds_per_item * 1000, 4),
            **measure_model(predictor, queries, batch)}
+    if predictor.n_items > args.export_max:
+        row["exact"] = row["approximate"] = {"skipped": f"more than --export_max={args.export_max} items"}
+        print_row(row)
+        return row
     exact_row, exact = measure_export(predictor, work / f"export-{size}", queries)
     approx_row, approx = measure_export(predictor, work / f"export-{size}-ivf", queries, approximate="ivf")
     model_top = [[item for item, _ in r] for r in predictor.recommend_batch(queries, k=10)]
     row.update(exact=exact_row, approximate={**approx_row, "recall_at_10": round(recall_at_10(approx, exact), 4)},
                exact_equals_model=float(np.mean([a == b for a, b in zip(exact, model_top)])))
-    print(f"{row['items']:>9,} items: add_items {row['add_items_ms_per_item']:.4f} ms/item, recommend p50 "
-          f"{row['recommend']['p50_ms']:.1f} ms, batch {row['recommend_batch_ms_per_history']:.2f} ms/history, "
-          f"exact search p50 {exact_row['search']['p50_ms']:.1f} ms, IVF p50 {approx_row['search']['p50_ms']:.1f} ms "
-          f"(recall@10 {row['approximate']['recall_at_10']:.3f})", flush=True)
+    print_row(row)
     for folder in (work / f"export-{size}", work / f"export-{size}-ivf"):  # the next size writes its own
         for path in folder.iterdir():
             path.unlink()

@@ -78,6 +78,9 @@ def top_k_stable(scores: torch.Tensor, k: int):
     return [(values[a:min(a + k, b)], cols[a:min(a + k, b)]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+SCORE_MEMORY = 1 << 30  # bytes of score temporaries per scored batch (recommend_batch, score)
+
+
 class MISSRecPredictor:
     """A trained MISSRec model plus its item catalogue in original ids. Build it with :meth:`load`."""
 
@@ -258,9 +261,16 @@ class MISSRecPredictor:
         present[0] = False
         return present
 
+    def score_batch_size(self) -> int:
+        """Histories scored together: up to 256, fewer on large catalogues, so that the fused-score temporaries
+        (about six [B, n_items, modalities] float32 tensors) stay within :data:`SCORE_MEMORY` bytes."""
+        per_history = 6 * 4 * self.model.n_items * len(self.model.modalities)
+        return max(1, min(256, SCORE_MEMORY // per_history))
+
     @torch.no_grad()
-    def score(self, histories, batch_size: int = 256) -> torch.Tensor:
+    def score(self, histories, batch_size: int | None = None) -> torch.Tensor:
         """Full fused scores [B, n_items + 1] over internal ids (column 0 = padding), no masking."""
+        batch_size = batch_size or self.score_batch_size()
         sequences = [self._history_ids(h, i) for i, h in enumerate(histories)]
         return torch.cat([self._score_ids(sequences[s:s + batch_size])
                           for s in range(0, len(sequences), batch_size)]) if sequences else torch.zeros(0)
@@ -292,13 +302,14 @@ class MISSRecPredictor:
 
     @torch.no_grad()
     def recommend_batch(self, histories, k: int = 10, exclude_history: bool = True,
-                        batch_size: int = 256) -> list[list[tuple[str, float]]]:
-        """:meth:`recommend` for many histories (scored ``batch_size`` at a time)."""
+                        batch_size: int | None = None) -> list[list[tuple[str, float]]]:
+        """:meth:`recommend` for many histories (scored ``batch_size`` at a time; default
+        :meth:`score_batch_size`)."""
         if isinstance(histories, (str, bytes)):
             raise InferenceError("histories must be a list of histories (lists of item ids)")
         self._check_k(k)
         sequences = [self._history_ids(h, i) for i, h in enumerate(histories)]
-        return self._recommend_ids(sequences, k, exclude_history, batch_size)
+        return self._recommend_ids(sequences, k, exclude_history, batch_size or self.score_batch_size())
 
     @torch.no_grad()
     def _recommend_ids(self, sequences, k, exclude_history, batch_size):
