@@ -31,6 +31,10 @@ Fixes:
    attribute 'final_config_dict'``) and builds RecBole's dataset and a model looked up by name -> when that module is
    imported, its function is wrapped: a checkpoint of this package (plain-typed config, read with
    ``weights_only=True``) goes to :data:`CHECKPOINT_LOADER`, any other to RecBole's original.
+10. ``Config._init_device`` (configurator.py:476-493) ignores ``use_gpu`` (CUDA whenever present), always sets
+   ``CUDA_VISIBLE_DEVICES`` to ``gpu_id`` (default "0": under torchrun every rank then sees one GPU and
+   ``LOCAL_RANK`` 1 has none; a user's own setting is overwritten) and has no way to ask for a device ->
+   :func:`init_device` chooses it with :func:`choose_device` from the ``device`` option.
 8. ``Config._convert_config_dict`` (configurator.py:124) runs ``eval()`` on every string value of a
    ``config_dict``: a string is executed as Python code -> :func:`config_value` reads it as a Python
    literal instead (``ast.literal_eval``: same values for literals, no code runs); ``build_config``
@@ -197,6 +201,50 @@ def convert_config_dict(self, config_dict):
     return config_dict
 
 
+def _launched_rank() -> str | None:
+    """``LOCAL_RANK`` when started by torchrun with more than one process, else None."""
+    return os.environ.get("LOCAL_RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+
+
+def choose_device(requested=None, use_gpu: bool = True, gpu_id: str = "0") -> torch.device:
+    """Fix 10: the device of a run. ``requested`` (the ``device`` option): None/``auto`` = CUDA when PyTorch sees
+    a GPU and ``use_gpu``, else the CPU; ``cpu``; ``cuda`` or ``cuda:N``. Under torchrun, CUDA means
+    ``cuda:LOCAL_RANK`` (one GPU per local process). ``gpu_id`` keeps RecBole's meaning (``CUDA_VISIBLE_DEVICES``)
+    for one process, unless that variable is already set."""
+    from missrec_recbole.config_schema import ConfigError  # same layer; imported late to keep compat light
+
+    requested = "auto" if requested is None else str(requested)
+    local_rank = _launched_rank()
+    if requested == "cpu" or (requested == "auto" and (not use_gpu or gpu_id == "")):
+        return torch.device("cpu")
+    if local_rank is None and gpu_id and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id  # before CUDA starts (torch.cuda.is_available below)
+    if not torch.cuda.is_available():
+        if requested == "auto":
+            return torch.device("cpu")
+        raise ConfigError(f"device: {requested!r} but PyTorch sees no CUDA GPU (torch {torch.__version__}, CUDA build "
+                          f"{torch.version.cuda}); use device: auto or cpu, or install a CUDA build of PyTorch.")
+    device = torch.device("cuda" if requested == "auto" else requested)
+    if device.index is None and local_rank is not None:
+        device = torch.device("cuda", int(local_rank))
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device: {str(device)!r} but only {torch.cuda.device_count()} GPU(s) are visible "
+                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); pick another.")
+    return device
+
+
+def init_device(self) -> None:
+    """Fix 10: ``Config._init_device`` choosing the device with :func:`choose_device`."""
+    final = self.final_config_dict
+    gpu_id = final.get("gpu_id")
+    final["gpu_id"] = ",".join(map(str, gpu_id)) if isinstance(gpu_id, (tuple, list)) else str(gpu_id or "")
+    if "local_rank" in final:  # RecBole's own multi-GPU route (nproc/ip/port), unused here: left as it was
+        return ORIGINALS["init_device"](self)
+    final["single_spec"] = True
+    final["local_rank"] = 0
+    final["device"] = choose_device(final.get("device"), final.get("use_gpu", True), final["gpu_id"])
+
+
 def plain(value):
     """Turn a config value into types ``torch.load(weights_only=True)`` accepts."""
     if isinstance(value, np.generic):  # before the float check: np.float64 subclasses float
@@ -324,8 +372,10 @@ def apply() -> None:
 
     ORIGINALS.update(fill_nan=Dataset._fill_nan, remap=Dataset._remap, save_checkpoint=Trainer._save_checkpoint,
                      benchmark_presets=SequentialDataset._benchmark_presets, ensure_dir=recbole_utils.ensure_dir,
-                     load_feat=Dataset._load_feat, convert_config_dict=Config._convert_config_dict)
+                     load_feat=Dataset._load_feat, convert_config_dict=Config._convert_config_dict,
+                     init_device=Config._init_device)
     Config._convert_config_dict = convert_config_dict
+    Config._init_device = init_device
     Dataset._fill_nan = fill_nan
     Dataset._load_feat = load_feat
     Dataset._remap = remap

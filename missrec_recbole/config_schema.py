@@ -207,7 +207,12 @@ OPTIONS: dict[str, Option] = {
     "reproducibility": _bool("deterministic CUDA kernels"),
     "shuffle": _bool("shuffle the training data every epoch"),
     "worker": _int("data loader worker processes", 0),
-    "use_gpu": _bool("use a GPU if there is one"),
+    "use_gpu": _bool("use a GPU if there is one (device: auto)"),
+    "device": _str("where to run: auto (CUDA when present and use_gpu; under torchrun cuda:LOCAL_RANK), cpu, cuda "
+                   "or cuda:N", null=True),
+    "mixed_precision": _choice("training steps under torch.autocast: bf16 (CPU or GPU) or fp16 (GPU, with loss "
+                               "scaling); null: float32. Evaluation and interest refresh stay float32",
+                               "bf16", "fp16", null=True),
     "gpu_id": _str("GPU id(s)", also=(int,)),
     "checkpoint_dir": _str("folder for checkpoints and resume files", null=True),
     "enable_amp": _bool("mixed precision"),
@@ -237,7 +242,7 @@ OPTIONS: dict[str, Option] = {
 }
 
 # Keys RecBole or this package set at run time (not in RecBole's YAML files).
-RUNTIME_KEYS = ("model", "dataset", "config_files", "device", "single_spec", "local_rank", "world_size", "nproc",
+RUNTIME_KEYS = ("model", "dataset", "config_files", "single_spec", "local_rank", "world_size", "nproc",
                 "offset", "ip", "port", "backend", "verbose", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type")
 
 
@@ -334,11 +339,20 @@ def check_options(layers) -> dict:
     return merged
 
 
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
 def _check_together(values: dict) -> None:
     hidden, heads = values.get("hidden_size"), values.get("n_heads")
     if hidden is not None and heads is not None and hidden % heads:
         raise ConfigError(f"options 'hidden_size'={hidden} and 'n_heads'={heads}: hidden_size must be a multiple "
                           f"of n_heads.")
+    device = values.get("device")
+    if device is not None and not DEVICE_PATTERN.fullmatch(str(device)):
+        raise ConfigError(f"option 'device': got {device!r}, must be auto, cpu, cuda or cuda:N (e.g. cuda:0).")
+    if values.get("mixed_precision") == "fp16" and values.get("clip_grad_norm"):
+        raise ConfigError("options 'mixed_precision'=fp16 and 'clip_grad_norm': RecBole's training step clips the "
+                          "scaled gradients; use mixed_precision: bf16, or leave clip_grad_norm out.")
 
 
 def describe() -> str:

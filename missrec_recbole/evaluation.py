@@ -20,6 +20,7 @@ from recbole.trainer import Trainer
 def pessimistic_ties(scores: torch.Tensor, positive_u: torch.Tensor, positive_i: torch.Tensor) -> torch.Tensor:
     """``scores`` with every other item whose score equals a target's raised to the next float above it, so that
     RecBole's top-k ranks the target after them: its rank becomes 1 + #items scoring >= it, deterministically."""
+    positive_u, positive_i = positive_u.to(scores.device), positive_i.to(scores.device)  # the loader's are on the host
     target = scores[positive_u, positive_i]
     tied = scores[positive_u] == target[:, None]
     bump = torch.zeros(scores.shape, dtype=torch.int32, device=scores.device)

@@ -205,9 +205,10 @@ def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show
 MODELS = {"MISSRec": MISSRec, "UniSRec": UniSRec}
 # Options a run continuing from a checkpoint does not take from it: RecBole rewrites the first ones into another
 # form while building a Config (the props give them again); the feature widths are read from the dataset's files
-# and then checked against the checkpoint's.
+# and then checked against the checkpoint's; the device is this machine's (a checkpoint written on a GPU loads on a
+# CPU-only machine and the reverse).
 NOT_INHERITED = {"eval_args", "train_neg_sample_args", "valid_neg_sample_args", "test_neg_sample_args",
-                 "text_dim", "image_dim", "stage"}
+                 "text_dim", "image_dim", "stage", "device"}
 TRAINED_HINT = "Pass a .pth written by training (saved/<model>-<dataset>-<mode>-....pth)."
 
 

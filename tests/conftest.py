@@ -14,6 +14,16 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 HEADER = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA: without it they are skipped with one clear reason (CI is CPU-only)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def write_dataset(root: Path, name: str = "Tiny", n_items: int = 40, n_users: int = 30, dim: int = 16,
                   missing_image=(3, 7), seed: int = 0, seq_len=(4, 9)) -> Path:
     """Write a small pre-split dataset; returns its folder. Item 5 is never used (not in RecBole's vocab)."""

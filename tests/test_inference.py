@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -610,3 +611,124 @@ def test_recbole_load_data_and_model_reads_our_checkpoints(tiny, mode):
     other = "transductive" if mode == "inductive" else "inductive"  # every weight is loaded: the mode must match
     with pytest.raises(CheckpointMismatchError, match=f"mode='{mode}' but this run has mode='{other}'"):
         ours(tiny[mode], config_dict={"mode": other})
+
+
+# ----------------------------------------------------------------------------- catalogue scale
+def _count_full_computations(model, monkeypatch) -> list:
+    """Every computation of all items' vectors (not served from the cache) is recorded."""
+    calls = []
+    original = model._candidate_tokens
+
+    def counting(items):
+        calls.append(len(items))
+        return original(items)
+
+    monkeypatch.setattr(model, "_candidate_tokens", counting)
+    return calls
+
+
+def test_item_vectors_are_computed_once_and_give_the_uncached_recommendations(tiny, monkeypatch):
+    rec = _load(tiny)
+    histories = [["ITEM1", "ITEM2"], ["ITEM10"], ["ITEM3", "ITEM7", "ITEM9"]]
+    calls = _count_full_computations(rec.model, monkeypatch)
+    cached = [rec.recommend(h, k=8) for h in histories] + rec.recommend_batch(histories, k=8)
+    assert calls == [rec.model.n_items]  # once for all calls
+    uncached = []
+    for h in histories:
+        rec.model._item_token_cache = None
+        uncached.append(rec.recommend(h, k=8))
+    rec.model._item_token_cache = None
+    assert cached == uncached + rec.recommend_batch(histories, k=8)
+    scores = rec.score(histories).masked_fill(~rec.rankable(), float("-inf"))
+    for row, h in enumerate(histories):  # against a full stable sort
+        scores[row, rec.internal_ids(h)] = float("-inf")
+        order = torch.sort(scores[row], descending=True, stable=True).indices[:8]
+        assert [i for i, _ in cached[row]] == [rec._ids[int(i)] for i in order]
+
+
+def test_item_vector_cache_follows_weight_changes(tiny):
+    rec = _load(tiny)
+    before = rec.recommend(["ITEM1", "ITEM2"], k=40)
+    with torch.no_grad():  # an in-place update in eval mode (as an optimizer step would do)
+        rec.model.adapters["text"].weight.mul_(-1.0)
+    after = rec.recommend(["ITEM1", "ITEM2"], k=40)
+    assert after != before
+    rec.model._item_token_cache = None
+    assert rec.recommend(["ITEM1", "ITEM2"], k=40) == after
+
+
+def _new_items(rec, n, seed=0):
+    rng = np.random.default_rng(seed)
+    model = rec.model
+    features = {m: rng.normal(size=(n, model._features(m).shape[1])).astype(np.float32) for m in model.modalities}
+    features["image"][::3] = 0.0  # some without an image
+    return [f"NEW{seed}-{i}" for i in range(n)], features
+
+
+@pytest.mark.parametrize("mode", ["inductive", "transductive"])
+def test_add_items_appends_vectors_equal_to_a_rebuild(tiny, mode, monkeypatch):
+    """Items added in two steps, the cache extended each time, score like the same items added at once and like
+    vectors recomputed from scratch; only the new items' vectors are computed."""
+    opts = {"allow_feature_only": True} if mode == "transductive" else {}
+    ids, features = _new_items(_load(tiny, mode, **opts), 30)
+    histories = [["ITEM1", "ITEM2"], ["ITEM10"], [ids[0], "ITEM3"]]
+    stepwise = _load(tiny, mode, **opts)
+    stepwise.recommend(["ITEM1"])  # builds the cache
+    calls = _count_full_computations(stepwise.model, monkeypatch)
+    for part in (slice(0, 12), slice(12, 30)):
+        stepwise.add_items(ids[part], allow_feature_only=mode == "transductive",
+                           **{f"{m}_features": f[part] for m, f in features.items()})
+        stepwise.recommend(["ITEM1"])
+    assert calls == [12, 18]
+    at_once = _load(tiny, mode, **opts)
+    at_once.add_items(ids, allow_feature_only=mode == "transductive",
+                      **{f"{m}_features": f for m, f in features.items()})
+    extended = stepwise.model.candidate_tokens()
+    stepwise.model._item_token_cache = None
+    rebuilt = stepwise.model.candidate_tokens()
+    assert torch.equal(extended[1], rebuilt[1])
+    assert torch.allclose(extended[0], rebuilt[0], atol=1e-6)
+    assert torch.allclose(stepwise.score(histories), at_once.score(histories), atol=1e-6)
+    assert torch.equal(stepwise.model.item_interest, at_once.model.item_interest)
+    assert stepwise.recommend_batch(histories, k=10) == at_once.recommend_batch(histories, k=10)
+
+
+def test_add_items_of_many_items_is_vectorised(tiny):
+    rec = _load(tiny)
+    ids, features = _new_items(rec, 20_000)
+    before = rec.n_items
+    start = time.perf_counter()
+    rec.add_items(ids, **{f"{m}_features": f for m, f in features.items()})
+    assert time.perf_counter() - start < 10  # was quadratic (a list count per id): ~5 s for 20k
+    assert rec.n_items == before + 20_000 and rec.item_ids[-1] == ids[-1] and ids[5000] in rec
+    with pytest.raises(DuplicateItemError, match="NEW0-3"):
+        rec.add_items(["X", "NEW0-3"], text_features=features["text"][:2])
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_export_recall(larger, tmp_path, kind):
+    rec = MISSRecPredictor.load(larger["inductive"], "Large", data_path=larger["root"])
+    histories = [rec.item_ids[i:i + 1 + i % 5] for i in range(0, rec.n_items - 6, 4)]
+    users = rec.user_vectors(histories)
+    exact = [[i for i, _ in r] for r in rec.recommend_batch(histories, k=10)]
+    rec.export(tmp_path / kind, approximate=kind)
+    manifest = json.loads((tmp_path / kind / "manifest.json").read_text())
+    assert manifest["approximate"]["kind"] == kind and "approximate" in manifest["index_type"]
+    index = ExportedIndex.load(tmp_path / kind)
+    found = index.search(users, k=10, candidates_start=20, exclude=histories)
+    recall = np.mean([len({i for i, _ in f} & set(e)) / 10 for f, e in zip(found, exact)])
+    assert recall >= 0.8  # random vectors, 10 lists, C=20: the worst case for an index
+    reference = rec.score(histories)
+    for row, result in enumerate(found):  # the fused scores are exact
+        for item, score in result:
+            assert abs(score - float(reference[row, rec._internal[item]])) < 1e-4
+    if kind == "ivf":  # every list probed: the candidates are exact, so is the top-10 (with a wide C)
+        rec.export(tmp_path / "all", approximate="ivf", nprobe=10_000)
+        found = ExportedIndex.load(tmp_path / "all").search(users, k=10, candidates_start=200, exclude=histories)
+        assert [[i for i, _ in f] for f in found] == exact
+
+
+def test_approximate_export_bad_kind_is_a_clear_error(larger, tmp_path):
+    rec = MISSRecPredictor.load(larger["inductive"], "Large", data_path=larger["root"])
+    with pytest.raises(ExportError, match="approximate='flat'"):
+        rec.export(tmp_path, approximate="flat")

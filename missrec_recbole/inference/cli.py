@@ -34,6 +34,7 @@ def parse_args(argv=None):
     parser.add_argument("--keep_history", action="store_true", help="allow items of the history in the results")
     parser.add_argument("--allow_feature_only", action="store_true",
                         help="transductive model: also rank items that have no ID embedding, from features only")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present, else the CPU)")
     parser.add_argument("--export", metavar="DIR", help="also export item vectors + FAISS indexes to DIR")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
@@ -93,7 +94,8 @@ def main(argv=None) -> list:
     args = parse_args(argv)
     history = read_history(args)
     predictor = MISSRecPredictor.load(args.model_file, dataset=args.dataset, data_path=args.data_path,
-                                      allow_feature_only=args.allow_feature_only)
+                                      allow_feature_only=args.allow_feature_only,
+                                      config_dict=None if args.device is None else {"device": args.device})
     rows = predictor.recommend(history, k=args.topk, exclude_history=not args.keep_history)
     if args.json:
         print(json.dumps([{"rank": r, "item_id": i, "score": s, "text": predictor.text_of(i)}

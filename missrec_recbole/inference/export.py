@@ -52,27 +52,78 @@ EXPORT_FORMAT = "missrec-recbole-export/1"
 MARGIN = 1e-4
 
 
-def export_predictor(predictor, out_dir) -> Path:
-    """Write the export of ``predictor``'s current catalogue (including added items) to ``out_dir``."""
+APPROXIMATE = ("ivf", "hnsw")
+HNSW_NEIGHBOURS, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 128
+
+
+def _flat_index(matrix: np.ndarray, rows: np.ndarray):
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(matrix.shape[1]))
+    if len(rows):
+        index.add_with_ids(np.ascontiguousarray(matrix[rows]), rows)
+    return index
+
+
+def ivf_lists(n: int) -> int:
+    """IVF lists for ``n`` vectors: ~4 sqrt(n), at least 39 training points per list (FAISS' minimum)."""
+    return max(1, min(int(4 * math.sqrt(n)), n // 39))
+
+
+def _approximate_index(kind: str, matrix: np.ndarray, rows: np.ndarray, nprobe: int | None):
+    """An IVF-Flat or HNSW inner-product index over ``rows`` (labels = row numbers) and its search parameters."""
+    d = matrix.shape[1]
+    data = np.ascontiguousarray(matrix[rows])
+    if kind == "hnsw":
+        base = faiss.IndexHNSWFlat(d, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
+        base.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        params = {"M": HNSW_NEIGHBOURS, "efSearch": HNSW_EF_SEARCH}
+    else:
+        nlist = ivf_lists(len(rows))
+        base = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        base.cp.niter = 10  # k-means iterations of the coarse quantizer (FAISS default 25): build time, not recall
+        sample = data[np.random.default_rng(0).permutation(len(data))[:40 * nlist]] if len(data) else data
+        base.train(sample if len(sample) else np.zeros((1, d), np.float32))
+        params = {"nlist": nlist, "nprobe": min(nlist, nprobe or max(8, nlist // 16))}
+    index = faiss.IndexIDMap2(base)
+    if len(rows):
+        index.add_with_ids(data, rows)
+    return index, params
+
+
+def set_search_params(index, params: dict) -> None:
+    """Apply the manifest's search parameters to a loaded approximate index (IVF ``nprobe``, HNSW ``efSearch``)."""
+    base = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    if "nprobe" in params:
+        faiss.extract_index_ivf(base).nprobe = int(params["nprobe"])
+    if "efSearch" in params:
+        base.hnsw.efSearch = int(params["efSearch"])
+
+
+def export_predictor(predictor, out_dir, approximate: str | None = None, nprobe: int | None = None) -> Path:
+    """Write the export of ``predictor``'s current catalogue (including added items) to ``out_dir``.
+
+    ``approximate``: None (exact flat indexes, certified search), ``"ivf"`` or ``"hnsw"`` (an approximate index per
+    modality; the search re-ranks the retrieved candidates with the exact fused score but cannot certify the
+    top-k). ``nprobe``: IVF lists searched (default max(8, nlist/16))."""
+    if approximate not in (None, *APPROXIMATE):
+        raise ExportError(f"approximate={approximate!r}: use None (exact), 'ivf' or 'hnsw'.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vectors, present = predictor.item_vectors()
     model = predictor.model
-    files = {}
+    files, search_params = {}, {}
     for j, m in enumerate(model.modalities):
         matrix = vectors[m]
         np.save(out / f"vectors_{m}.npy", matrix)
         rows = np.flatnonzero(present[:, j]).astype(np.int64)
-        index = faiss.IndexIDMap2(faiss.IndexFlatIP(matrix.shape[1]))
-        if len(rows):
-            index.add_with_ids(np.ascontiguousarray(matrix[rows]), rows)
+        if approximate:
+            index, search_params[m] = _approximate_index(approximate, matrix, rows, nprobe)
+        else:
+            index = _flat_index(matrix, rows)
         faiss.write_index(index, str(out / f"index_{m}.faiss"))
         files[m] = {"vectors": f"vectors_{m}.npy", "index": f"index_{m}.faiss", "items": int(len(rows))}
         only = np.flatnonzero(present[:, j] & (present.sum(axis=1) == 1)).astype(np.int64)
-        if len(model.modalities) > 1 and len(only):  # items that have no other modality (e.g. no image)
-            index = faiss.IndexIDMap2(faiss.IndexFlatIP(matrix.shape[1]))
-            index.add_with_ids(np.ascontiguousarray(matrix[only]), only)
-            faiss.write_index(index, str(out / f"index_{m}_only.faiss"))
+        if not approximate and len(model.modalities) > 1 and len(only):  # items with no other modality
+            faiss.write_index(_flat_index(matrix, only), str(out / f"index_{m}_only.faiss"))
             files[m].update(only_index=f"index_{m}_only.faiss", only_items=int(len(only)))
     np.save(out / "present.npy", present)
     manifest = {
@@ -93,10 +144,14 @@ def export_predictor(predictor, out_dir) -> Path:
         "temperature": float(model.temperature),
         "user_vector": "MISSRecPredictor.user_vectors(histories): normalised MISSRec sequence representation",
         "vectors": "normalize(adapter_m(feature_m) (+ ID embedding if transductive)); zero row = modality absent",
-        "index_type": "IDMap2,Flat (inner product); labels are row numbers into item_ids",
-        "retrieval": "per modality (and per single-modality group): FAISS top-C; union; re-rank with the exact "
+        "index_type": (f"IDMap2,{approximate.upper()},Flat (inner product, approximate)" if approximate else
+                       "IDMap2,Flat (inner product)") + "; labels are row numbers into item_ids",
+        "approximate": {"kind": approximate, "search_params": search_params} if approximate else None,
+        "retrieval": ("per modality: approximate FAISS top-C; union; re-rank with the exact fused score (not "
+                      "certified: an item the indexes miss is not found)") if approximate else (
+                     "per modality (and per single-modality group): FAISS top-C; union; re-rank with the exact "
                      "fused score; certified exact when the k-th fused score > the bound on unretrieved items "
-                     "(see missrec_recbole/inference/export.py), else double C",
+                     "(see missrec_recbole/inference/export.py), else double C"),
         "files": files,
         "presence": "present.npy",
         "item_ids": list(predictor.item_ids),
@@ -152,6 +207,7 @@ class ExportedIndex:
         self.row_of = {item: row for row, item in enumerate(self.item_ids)}
         self.vectors, self.present, self.indexes = vectors, present, indexes
         self.n_both = int(present.all(axis=1).sum()) if present.size else 0
+        self.approximate = bool(manifest.get("approximate"))
         self.last_candidates: list[int] = []  # C that certified each user of the last search
 
     @classmethod
@@ -171,6 +227,8 @@ class ExportedIndex:
                     raise ExportError(f"{out / entry[key]}: file listed in the manifest is missing.")
             vectors[m] = np.load(out / entry["vectors"])
             indexes[m] = faiss.read_index(str(out / entry["index"]))
+            if manifest.get("approximate"):
+                set_search_params(indexes[m], manifest["approximate"]["search_params"][m])
             if entry.get("only_index"):
                 indexes[f"{m}_only"] = faiss.read_index(str(out / entry["only_index"]))
         present = np.load(out / manifest["presence"])
@@ -197,14 +255,17 @@ class ExportedIndex:
     def search(self, user_vectors: np.ndarray, k: int = 10, candidates_start: int | None = None,
                exclude=None) -> list[list[tuple[str, float]]]:
         """Exact top-``k`` (original id, fused score) per user vector; ``exclude``: per user, ids to skip
-        (e.g. the history). Ties are broken by row order, like ``MISSRecPredictor.recommend``."""
+        (e.g. the history). Ties are broken by row order, like ``MISSRecPredictor.recommend``.
+
+        An approximate export retrieves ``candidates_start`` (default max(10k, 100)) items per modality once and
+        re-ranks them exactly: the fused scores are exact, the top-k is as good as the indexes' recall."""
         users = np.asarray(user_vectors, dtype=np.float32)
         if users.ndim != 2 or users.shape[1] != self.manifest["dim"]:
             raise InferenceError(f"user vectors must be [B, {self.manifest['dim']}], got {users.shape}")
         users = users / np.maximum(np.linalg.norm(users, axis=1, keepdims=True), 1e-12)
         exclude = exclude or [()] * len(users)
         excluded = [np.array([self.row_of[i] for i in ids if i in self.row_of], dtype=np.int64) for ids in exclude]
-        start = candidates_start or max(4 * k, 50)
+        start = candidates_start or (max(10 * k, 100) if self.approximate else max(4 * k, 50))
         largest = max((index.ntotal for index in self.indexes.values()), default=0)
         results = [None] * len(users)
         self.last_candidates = [0] * len(users)
@@ -231,7 +292,7 @@ class ExportedIndex:
                 order = np.lexsort((rows, -fused))[:k]
                 bound = self.bound(thresholds)
                 exact = bound == -np.inf or (len(order) == k and fused[order[-1]] > bound + MARGIN)
-                if exact or c >= largest:
+                if exact or c >= largest or self.approximate:
                     results[b] = [(self.item_ids[int(rows[i])], float(fused[i])) for i in order]
                     self.last_candidates[b] = int(min(c, largest))
                 else:

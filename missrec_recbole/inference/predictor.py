@@ -27,6 +27,7 @@ Histories longer than ``MAX_ITEM_LIST_LENGTH`` keep their last items (as in trai
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,30 @@ def read_item_text(folder: Path, name: str) -> dict[str, str]:
     return read_item_texts(path, require_header=False) if path.is_file() else {}
 
 
+def _all_finite(matrix: torch.Tensor) -> bool:
+    """No NaN/inf, from two reductions (min and max carry any NaN) instead of a mask as large as the matrix."""
+    return matrix.numel() == 0 or all(bool(torch.isfinite(v)) for v in torch.aminmax(matrix))
+
+
+def top_k_stable(scores: torch.Tensor, k: int):
+    """Per row of ``scores`` [B, N]: the ``k`` largest (values, column ids) on the host, ties in column order.
+
+    The same result as a stable descending sort cut at ``k``, without sorting all N columns: ``topk`` finds the
+    k-th value, and only the columns scoring at least that much (k, or a few more on ties) are sorted."""
+    k = min(k, scores.shape[1])
+    kth = torch.topk(scores, k, dim=1).values[:, -1:]
+    rows, cols = torch.nonzero(scores >= kth, as_tuple=True)  # row-major: columns ascending within a row
+    values = scores[rows, cols]
+    order = torch.sort(values, descending=True, stable=True).indices
+    order = order[torch.sort(rows[order], stable=True).indices]  # group by row, keep score then column order
+    rows, cols, values = rows[order].cpu(), cols[order].cpu(), values[order].cpu()
+    bounds = torch.searchsorted(rows, torch.arange(len(scores) + 1)).tolist()
+    return [(values[a:min(a + k, b)], cols[a:min(a + k, b)]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+SCORE_MEMORY = 1 << 30  # bytes of score temporaries per scored batch (recommend_batch, score)
+
+
 class MISSRecPredictor:
     """A trained MISSRec model plus its item catalogue in original ids. Build it with :meth:`load`."""
 
@@ -75,7 +100,7 @@ class MISSRecPredictor:
     @classmethod
     def load(cls, model_file, dataset: str | None = None, data_path=None, config_dict=None,
              include_unseen: bool | None = None, allow_feature_only: bool = False,
-             device: str = "cpu") -> "MISSRecPredictor":
+             device=None) -> "MISSRecPredictor":
         """Load a checkpoint for recommendation on ``dataset`` (files in ``data_path/dataset/``).
 
         ``model_file``: a best-model checkpoint written by training (``result["model_file"]`` of
@@ -85,7 +110,8 @@ class MISSRecPredictor:
         ``dataset`` / ``data_path`` default to the checkpoint's. ``config_dict`` overrides config
         values (not the ones that define the model's shapes and mode). ``include_unseen`` (default:
         inductive -> True, transductive -> ``allow_feature_only``) adds the dataset's items that never
-        occur in an ``.inter`` file to the catalogue, from their features.
+        occur in an ``.inter`` file to the catalogue, from their features. ``device``: where the model runs
+        (default: the config's, i.e. CUDA when present and ``use_gpu``; see the ``device`` option).
 
         Raises :class:`CheckpointMismatchError` if the checkpoint does not fit the dataset (other
         dataset, other item count, other dims), ``CheckpointError`` for a missing/unreadable file,
@@ -112,7 +138,7 @@ class MISSRecPredictor:
                                           f"use it in inductive mode (or fine-tune it first).")
         files = check_inputs(config, start=checkpoint, transferable=pretrained)  # DatasetFormatError, mismatches
         model, dataset_obj, *_ = build_model(config, files, checkpoint, transferable=pretrained, split=False)
-        model = model.to(device).eval()
+        model = model.to(config["device"] if device is None else device).eval()
         if not model.has_interest_map:
             model.refresh_interests()
 
@@ -216,26 +242,35 @@ class MISSRecPredictor:
     def _padded(self, sequences):
         sequences = [s[-self.max_length:] for s in sequences]  # the model sees the last items only
         length = max(len(s) for s in sequences)
-        seq = torch.zeros(len(sequences), length, dtype=torch.long, device=self._device())
+        seq = np.zeros((len(sequences), length), dtype=np.int64)  # built on the host, moved once
         for row, s in enumerate(sequences):
-            seq[row, :len(s)] = torch.tensor(s, dtype=torch.long)
-        lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long, device=self._device())
-        return seq, lengths
+            seq[row, :len(s)] = s
+        lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+        return torch.from_numpy(seq).to(self._device()), lengths.to(self._device())
 
     @torch.no_grad()
     def _sequence_output(self, sequences) -> torch.Tensor:
         self.model.eval()
         return self.model.forward(*self._padded(sequences))
 
+    @torch.no_grad()
     def rankable(self) -> torch.Tensor:
         """[n_items + 1] bool over internal ids: not padding and at least one modality present."""
-        present = self.model.present(torch.arange(self.model.n_items, device=self._device())).any(dim=-1)
+        self.model.eval()
+        present = self.model.candidate_tokens()[1].any(dim=-1)  # the cached presence of the item vectors
         present[0] = False
         return present
 
+    def score_batch_size(self) -> int:
+        """Histories scored together: up to 256, fewer on large catalogues, so that the fused-score temporaries
+        (about six [B, n_items, modalities] float32 tensors) stay within :data:`SCORE_MEMORY` bytes."""
+        per_history = 6 * 4 * self.model.n_items * len(self.model.modalities)
+        return max(1, min(256, SCORE_MEMORY // per_history))
+
     @torch.no_grad()
-    def score(self, histories, batch_size: int = 256) -> torch.Tensor:
+    def score(self, histories, batch_size: int | None = None) -> torch.Tensor:
         """Full fused scores [B, n_items + 1] over internal ids (column 0 = padding), no masking."""
+        batch_size = batch_size or self.score_batch_size()
         sequences = [self._history_ids(h, i) for i, h in enumerate(histories)]
         return torch.cat([self._score_ids(sequences[s:s + batch_size])
                           for s in range(0, len(sequences), batch_size)]) if sequences else torch.zeros(0)
@@ -267,13 +302,14 @@ class MISSRecPredictor:
 
     @torch.no_grad()
     def recommend_batch(self, histories, k: int = 10, exclude_history: bool = True,
-                        batch_size: int = 256) -> list[list[tuple[str, float]]]:
-        """:meth:`recommend` for many histories (scored ``batch_size`` at a time)."""
+                        batch_size: int | None = None) -> list[list[tuple[str, float]]]:
+        """:meth:`recommend` for many histories (scored ``batch_size`` at a time; default
+        :meth:`score_batch_size`)."""
         if isinstance(histories, (str, bytes)):
             raise InferenceError("histories must be a list of histories (lists of item ids)")
         self._check_k(k)
         sequences = [self._history_ids(h, i) for i, h in enumerate(histories)]
-        return self._recommend_ids(sequences, k, exclude_history, batch_size)
+        return self._recommend_ids(sequences, k, exclude_history, batch_size or self.score_batch_size())
 
     @torch.no_grad()
     def _recommend_ids(self, sequences, k, exclude_history, batch_size):
@@ -285,11 +321,9 @@ class MISSRecPredictor:
             if exclude_history:
                 for row, seq in enumerate(chunk):
                     scores[row, seq] = float("-inf")
-            values, order = torch.sort(scores, dim=1, descending=True, stable=True)
-            values, order = values[:, :k].cpu(), order[:, :k].cpu()
-            for row in range(len(chunk)):
-                finite = torch.isfinite(values[row])
-                results.append([(self._ids[int(i)], float(v)) for i, v in zip(order[row][finite], values[row][finite])])
+            for values, order in top_k_stable(scores, k):
+                finite = torch.isfinite(values)
+                results.append([(self._ids[int(i)], float(v)) for i, v in zip(order[finite], values[finite])])
         return results
 
     # ------------------------------------------------------------------ new items
@@ -309,7 +343,7 @@ class MISSRecPredictor:
         if matrix.shape[0] != n:
             raise FeatureError(f"{m}_features has {matrix.shape[0]} rows for {n} item ids; give one row per id "
                                f"(an all-zero row = that item has no {m}).")
-        if not torch.isfinite(matrix).all():
+        if not _all_finite(matrix):
             bad = int(torch.nonzero(~torch.isfinite(matrix).all(dim=1))[0])
             raise FeatureError(f"{m}_features row {bad} contains NaN/inf; use an all-zero row for a missing {m}.")
         return matrix
@@ -341,7 +375,8 @@ class MISSRecPredictor:
                 f"this model is transductive (item ID embedding) and has no embedding for new items "
                 f"{', '.join(map(repr, ids[:5]))}; pass allow_feature_only=True to score them from their features "
                 f"only, or use an inductive model (--mode=inductive).")
-        duplicates = [i for i in dict.fromkeys(ids) if i in self._internal or ids.count(i) > 1]
+        counts = Counter(ids)
+        duplicates = [i for i in counts if i in self._internal or counts[i] > 1]
         if duplicates:
             raise DuplicateItemError(f"item id(s) {', '.join(map(repr, duplicates[:5]))} already in the catalogue "
                                      f"(or given twice): add each new item once.")
@@ -353,15 +388,14 @@ class MISSRecPredictor:
             raise FeatureError(f"add_items needs features of at least one modality of {self.model.modalities}.")
         n = len(ids)
         features = {m: self._feature_matrix(m, given[m], n) for m in self.model.modalities}
-        present = {m: features[m].abs().sum(dim=1) > 0 for m in self.model.modalities}
+        present = {m: torch.count_nonzero(features[m], dim=1) > 0 for m in self.model.modalities}
         empty = ~torch.stack(list(present.values())).any(dim=0)
         if empty.any():
             raise FeatureError(f"item {ids[int(torch.nonzero(empty)[0])]!r} has no features (all-zero rows in every "
                                f"modality): it could not be scored.")
         self.model.append_items(features, present, self.model.assign_interests(features, present))
+        self._internal.update(zip(ids, range(len(self._ids), len(self._ids) + n)))
         self._ids.extend(ids)
-        for offset, item in enumerate(ids):
-            self._internal[item] = len(self._ids) - n + offset
         self.model.eval()
         return ids
 
@@ -379,6 +413,7 @@ class MISSRecPredictor:
         present = present[1:].cpu().numpy()
         return {m: np.ascontiguousarray(candidates[:, j]) for j, m in enumerate(self.model.modalities)}, present
 
-    def export(self, out_dir) -> Path:
-        """Write item vectors, one FAISS index per modality and ``manifest.json``; see :mod:`.export`."""
-        return export_predictor(self, out_dir)
+    def export(self, out_dir, approximate: str | None = None, nprobe: int | None = None) -> Path:
+        """Write item vectors, one FAISS index per modality and ``manifest.json``; see :mod:`.export`.
+        ``approximate``: ``"ivf"`` or ``"hnsw"`` indexes (fast search, not certified exact) instead of flat ones."""
+        return export_predictor(self, out_dir, approximate=approximate, nprobe=nprobe)

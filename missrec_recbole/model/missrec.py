@@ -176,6 +176,15 @@ class MISSRec(FeatureSequentialRecommender):
                 self._dpc_state = DPCKNNState(centroids=centroids if centroids.size else None,
                                               refreshes=refreshes) if refreshes else None
 
+    def _apply(self, fn, recurse=True):
+        """``.to()``/``.cuda()``/``.cpu()`` move the interest map as well: it is kept in plain attributes (its shape
+        changes at every refresh; checkpoints carry it through ``other_parameter``), which Module does not move."""
+        super()._apply(fn, recurse)
+        for key in ("center_item", "center_modality", "item_interest"):
+            setattr(self, key, fn(getattr(self, key)))
+        self._item_token_cache = None
+        return self
+
     @property
     def has_interest_map(self) -> bool:
         return self.item_interest.shape[0] == self.n_items
@@ -223,7 +232,8 @@ class MISSRec(FeatureSequentialRecommender):
         for index, m in enumerate(self.modalities):
             chosen = modality == index
             if chosen.any():
-                tokens[chosen] = self.adapters[m](self.adapter_dropout(self._features(m)[items[chosen]]))
+                chosen_tokens = self.adapters[m](self.adapter_dropout(self._features(m)[items[chosen]]))
+                tokens[chosen] = chosen_tokens.to(tokens.dtype)  # a lower precision under autocast
         return tokens
 
     def interest_tokens(self, item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,6 +280,7 @@ class MISSRec(FeatureSequentialRecommender):
         if not self.has_interest_map:
             raise RuntimeError("append_items needs the interest map (call refresh_interests first)")
         device = self.device
+        cached = self._valid_item_cache()
         n_old, n_new = self.n_items, len(interests)
         for m in self.modalities:
             setattr(self, f"{m}_features", torch.cat([self._features(m), features[m].to(device)]))
@@ -283,8 +294,9 @@ class MISSRec(FeatureSequentialRecommender):
             grown.weight.requires_grad = old.weight.requires_grad
             self.item_embedding = grown
         self.n_items = n_old + n_new
-        self._item_token_cache = None
-        return torch.arange(n_old, n_old + n_new, device=device)
+        new_items = torch.arange(n_old, n_old + n_new, device=device)
+        self._extend_item_cache(cached, new_items)
+        return new_items
 
     # ------------------------------------------------------------------ encoder-decoder
     def _input(self, tokens):
@@ -353,7 +365,7 @@ class MISSRec(FeatureSequentialRecommender):
         for rows in self._row_groups(item_seq_len):
             width = int(item_seq_len[rows].max())
             output, memory, mask = self._run_rows(self._forward_dense, item_seq[rows, :width], item_seq_len[rows])
-            seq_output = seq_output.index_put((rows,), output)
+            seq_output = seq_output.index_put((rows,), output.to(seq_output.dtype))  # (autocast: any precision)
             if with_diversity:
                 bucket_sum, bucket_pairs = self.interest_similarity(memory, mask)
                 similarity_sum, pairs = similarity_sum + bucket_sum, pairs + bucket_pairs
@@ -361,24 +373,50 @@ class MISSRec(FeatureSequentialRecommender):
 
     # ------------------------------------------------------------------ scores
     def candidate_tokens(self, items=None):
-        """Normalised per-modality candidate vectors [N, M, d] and presence [N, M]; all items if None."""
-        if items is None:
-            if self._item_token_cache is not None:
-                return self._item_token_cache
-            items = torch.arange(self.n_items, device=self.device)
-            cached = not self.training
-        else:
-            cached = False
+        """Normalised per-modality candidate vectors [N, M, d] and presence [N, M]; all items if None.
+
+        In eval mode the all-items result is cached until the catalogue or the weights change (a switch to
+        training, ``load_state_dict``, ``.to()``, or any in-place update of an item weight, seen through the
+        tensors' version counters): serving computes the item vectors once, not per call."""
+        if items is not None:
+            return self._candidate_tokens(items)
+        cached = self._valid_item_cache()
+        if cached is not None:
+            return cached
+        result = self._candidate_tokens(torch.arange(self.n_items, device=self.device))
+        self._item_token_cache = (self._item_cache_key(), result) if not self.training else None
+        return result
+
+    def _candidate_tokens(self, items):
         tokens, present = self.item_tokens(items)
         if self.transductive:
             tokens = tokens + self.item_embedding(items).unsqueeze(-2) * present.unsqueeze(-1)
-        result = (F.normalize(tokens, dim=-1), present)
-        if cached:
-            self._item_token_cache = result
-        return result
+        return F.normalize(tokens, dim=-1), present
+
+    def _item_cache_key(self) -> tuple:
+        """What the cached item vectors depend on: the catalogue size and the item weights (version counters
+        catch in-place updates such as optimizer steps, data pointers replaced or moved tensors)."""
+        weights = [*self.adapters.parameters(), *([] if self.item_embedding is None else
+                                                  self.item_embedding.parameters())]
+        return (self.n_items, *(w._version for w in weights), *(w.data_ptr() for w in weights))
+
+    def _valid_item_cache(self):
+        cache = self._item_token_cache
+        return cache[1] if cache is not None and cache[0] == self._item_cache_key() else None
+
+    def _extend_item_cache(self, cached, new_items: torch.Tensor) -> None:
+        """After ``append_items``: the vectors of the old items do not change (their weights are kept, copied
+        into a grown ID embedding), so a cache valid before it only needs the new items' vectors appended."""
+        self._item_token_cache = None
+        if cached is None or self.training:
+            return
+        tokens, present = self._candidate_tokens(new_items)
+        self._item_token_cache = (self._item_cache_key(), (torch.cat([cached[0], tokens]),
+                                                           torch.cat([cached[1], present])))
 
     def train(self, mode=True):
-        self._item_token_cache = None  # parameters may change from here on
+        if mode or self.training:  # parameters may change while training; eval -> eval keeps the item vectors
+            self._item_token_cache = None
         return super().train(mode)
 
     def load_state_dict(self, state_dict, strict=True, assign=False):

@@ -119,9 +119,11 @@ class UniSRec(FeatureSequentialRecommender):
         sequence: the same result as one padded block (padding is at the end and masked, rows are
         independent), much cheaper on short real histories. ``memory_chunk_rows``: see MISSRec.
         """
-        output = item_reps.new_zeros(len(item_seq), self.hidden_size)
+        output = None
         for rows in self._row_groups(item_seq_len):
             block = self._run_rows(self._encode_block, item_seq[rows], item_seq_len[rows], item_reps[rows])
+            if output is None:  # the blocks' precision, which autocast may make differ from the items'
+                output = block.new_zeros(len(item_seq), self.hidden_size)
             output = output.index_put((rows,), block)
         return output
 

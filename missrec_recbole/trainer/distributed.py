@@ -69,8 +69,9 @@ def configure(config) -> None:
 
 
 def join(config) -> None:
-    """Under torchrun: join the process group and point ``config`` at it (no-op in a single process)."""
-    init_from_env(config["use_gpu"])
+    """Under torchrun: join the process group and point ``config`` at it (no-op in a single process). NCCL when the
+    config's device (the ``device`` option; by default CUDA when present) is a GPU, gloo otherwise."""
+    init_from_env(config["device"].type == "cuda")
     configure(config)
 
 
@@ -90,12 +91,24 @@ def barrier() -> None:
 
 
 def broadcast(obj, src: int = 0):
-    """``obj`` from rank ``src`` on every rank (picklable objects, tensors included)."""
+    """``obj`` from rank ``src`` on every rank (picklable objects; tensors travel on the host and arrive there: a
+    CUDA tensor pickled on rank 0 would otherwise be unpickled onto rank 0's GPU in every process)."""
     if not active():
         return obj
-    holder = [obj if dist.get_rank() == src else None]
+    holder = [to_host(obj) if dist.get_rank() == src else None]
     dist.broadcast_object_list(holder, src=src)
     return holder[0]
+
+
+def to_host(obj):
+    """``obj`` with every tensor inside dicts, lists and tuples moved to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {key: to_host(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_host(value) for value in obj)
+    return obj
 
 
 def main_first(action):

@@ -13,6 +13,7 @@ from recbole.trainer import Trainer
 from recbole.utils import get_local_time, set_color
 
 from missrec_recbole.compat import plain
+from missrec_recbole.config_schema import ConfigError
 from missrec_recbole.files import atomic_torch_save
 from missrec_recbole.evaluation import TieRuleEvaluation
 from missrec_recbole.trainer import distributed
@@ -26,18 +27,51 @@ _RUN_NUMBER = itertools.count()  # tells apart runs of one process started withi
 
 
 def rng_state(train_data) -> dict:
-    """Every random state training consumes, as types ``torch.load(weights_only=True)`` accepts."""
+    """Every random state training consumes, as types ``torch.load(weights_only=True)`` accepts (the CUDA
+    generators too once CUDA is in use: dropout on a GPU draws from them)."""
     kind, keys, position, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "loader": train_data.generator.get_state(),
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached]}
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "loader": train_data.generator.get_state(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict, train_data) -> None:
+    """Restore :func:`rng_state`; CUDA states are restored where this machine has the GPUs (a resume file written
+    on a GPU continues on a CPU-only machine, with CPU random streams)."""
+    if state.get("cuda") and torch.cuda.is_available():
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     train_data.generator.set_state(state["loader"])
     kind, keys, position, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(config) -> torch.dtype | None:
+    """The ``mixed_precision`` option as a dtype (None: float32), checked against the run's device."""
+    choice = config["mixed_precision"]
+    if choice is None:
+        return None
+    if choice == "fp16" and config["device"].type != "cuda":
+        raise ConfigError("mixed_precision: fp16 needs a CUDA device (its loss scaling is CUDA's); on this "
+                          f"{config['device'].type} run use mixed_precision: bf16, or leave it out.")
+    return AUTOCAST_DTYPES[choice]
+
+
+def under_autocast(loss_func, device_type: str, dtype: torch.dtype):
+    """``loss_func`` run under ``torch.autocast``; its loss(es) returned in float32."""
+    def run(interaction):
+        with torch.autocast(device_type=device_type, dtype=dtype):
+            losses = loss_func(interaction)
+        return tuple(loss.float() for loss in losses) if isinstance(losses, tuple) else losses.float()
+
+    return run
 
 
 class MISSRecTrainer(TieRuleEvaluation, Trainer):
@@ -67,6 +101,9 @@ class MISSRecTrainer(TieRuleEvaluation, Trainer):
             # RecBole's _train_epoch routes every step through this wrapper (set_reduce_hook), so
             # DDP's backward hooks all-reduce the gradients of the loss computed by the model.
             self.distributed_model = distributed.wrap(self.model, config)
+        # mixed precision (training steps only): RecBole's loop scales the loss with a GradScaler for fp16
+        self.autocast_dtype = autocast_dtype(config)
+        self.enable_scaler = self.enable_scaler or self.autocast_dtype is torch.float16
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = self._build_optimizer(params=trainable)
         self.logger.info(set_color("Trainable parameters", "blue") + f": {sum(p.numel() for p in trainable)}")
@@ -170,6 +207,8 @@ class MISSRecTrainer(TieRuleEvaluation, Trainer):
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.save_resume_state(epoch_idx, train_data)
         self.refresh_interests(epoch_idx)
+        if self.autocast_dtype is not None:
+            loss_func = under_autocast(loss_func or self.model.calculate_loss, self.device.type, self.autocast_dtype)
         return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
