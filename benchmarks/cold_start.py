@@ -20,7 +20,7 @@ Protocol (per seed):
 
 Usage (each run trains 2 models per seed; run it in the background). The committed results came from::
 
-    OMP_NUM_THREADS=1 nohup python benchmarks/cold_start.py -d Scientific-mm --data_path=../shared/datasets \\
+    OMP_NUM_THREADS=1 nohup python benchmarks/cold_start.py -d Scientific-mm --data_path=<datasets> \\
         --seeds 2023 --out benchmarks/results/cold_start_Scientific-mm_full.json > cold-2023.log 2>&1 &
     # ... the same with --seeds 2024 and --seeds 2025 beside it (55-90 min per seed on a busy 2-core machine)
     OMP_NUM_THREADS=1 nohup python benchmarks/cold_start.py -d Demo-D --data_path=/tmp/demo-data \\

@@ -8,7 +8,7 @@ clustering follows the features' own geometry), runs one interest refresh and re
 training sequences: item tokens per sequence, distinct interests per sequence, and the share of
 sequences in which at least two tokens share an interest.
 
-    python benchmarks/interest_stats.py -d Scientific-mm --data_path=../shared/datasets --ratios 0.5 0.1 0.02
+    python benchmarks/interest_stats.py -d Scientific-mm --data_path=<datasets> --ratios 0.5 0.1 0.02
 
 Output: a table and ``benchmarks/results/interest_stats_<dataset>.json``.
 """

@@ -1,6 +1,6 @@
 """Which offline text encoder? Cost and a training-free quality check on validation only.
 
-    python benchmarks/text_encoders.py ../shared/datasets/Office ../shared/datasets/Scientific \\
+    python benchmarks/text_encoders.py <datasets>/Office <datasets>/Scientific \\
         --encoders wordllama,benchmarks.text_encoders:minilm
 
 For each dataset folder (NAME/ with NAME.text, NAME.item2index, NAME.valid.inter) and each encoder

@@ -7,7 +7,7 @@ schedule, early stopping and tie rule as the published table), in its own ``--ou
 only (the epoch chosen on valid NDCG@10): test metrics stay in each run's results.json, so choosing a
 setting from this table does not look at the test split.
 
-    OMP_NUM_THREADS=1 python benchmarks/tune.py -d Scientific-mm --data_path=../shared/datasets \\
+    OMP_NUM_THREADS=1 python benchmarks/tune.py -d Scientific-mm --data_path=<datasets> \\
         --row "MISSRec scratch transductive" --jobs 2 \\
         interest_ratio=0.1 interest_ratio=0.02 item_fusion=stack hidden_dropout_prob=0.3
 

@@ -1,7 +1,7 @@
 """Pre-train and fine-tune MISSRec with RecBole (``python run_missrec.py`` and ``missrec train|pretrain``).
 
   python run_missrec.py                                    # demo: pre-train on Demo-A,B,C, fine-tune on Demo-D
-  python run_missrec.py -d Scientific-mm --data_path=../shared/datasets     # fine-tune from scratch
+  python run_missrec.py -d Scientific-mm --data_path=<datasets>     # fine-tune from scratch
   python run_missrec.py -d NAME -p saved/MISSRec-...pth                    # fine-tune a pre-trained model
   python run_missrec.py --stage=pretrain -d Demo-A,Demo-B                   # pre-train (merged domains)
   python run_missrec.py recommend -p MODEL.pth -d NAME --history ID1,ID2 -k 10   # see recommend.py

@@ -1,6 +1,6 @@
 """Benchmark suite: MISSRec vs SASRec vs UniSRec on the same pre-split files, in one command.
 
-    python -m missrec_recbole.bench -d Scientific-mm --data_path=../shared/datasets --seeds 3
+    python -m missrec_recbole.bench -d Scientific-mm --data_path=<datasets> --seeds 3
     python -m missrec_recbole.bench --quick                 # demo data, tiny settings, a few minutes
 
 Protocol (docs/design.md §5):

@@ -1,6 +1,6 @@
 """MISSRecDataset: RecBole's SequentialDataset plus frozen per-item modality features.
 
-Files (docs/design.md §2) in ``<data_path>/<NAME>/``: ``NAME.{train,valid,test}.inter`` with
+Files (docs/data.md) in ``<data_path>/<NAME>/``: ``NAME.{train,valid,test}.inter`` with
 0-based item indices or, when ``NAME.item2index`` is there, the original ids it maps (read as their indices,
 so RecBole sees the same tokens either way), and one raw float32 file per modality (``NAME.<text_suffix>``,
 ``NAME.<image_suffix>``), row i = item index i. An all-zero row means "modality missing".
@@ -97,7 +97,7 @@ def _read_inter(path: Path) -> tuple[pd.DataFrame, str]:
     """The three required columns of an .inter file (as strings) and its text."""
     if not path.is_file():
         _fail(path, "interaction file not found",
-              "A dataset needs NAME.train.inter, NAME.valid.inter and NAME.test.inter (see dataset/README.md).")
+              "A dataset needs NAME.train.inter, NAME.valid.inter and NAME.test.inter (see docs/data.md).")
     text = read_text(path)
     if not text.strip():
         _fail(path, "is empty", "An .inter file needs the header line and at least one data line.")

@@ -1,7 +1,7 @@
 """``python recommend.py``: top-k recommendations for one history, printed as a table.
 
   python recommend.py -p saved/MISSRec-Scientific-mm-inductive-....pth -d Scientific-mm \\
-      --data_path=../shared/datasets --history B00O47ILVA,B006ATU73A -k 10
+      --data_path=<datasets> --history B00O47ILVA,B006ATU73A -k 10
   python recommend.py -p MODEL.pth --history_file history.txt     # one id per line (ids with commas)
 
 Ids are the dataset's original ids (NAME.item2index). The item text is shown when NAME.text exists.

@@ -4,7 +4,7 @@
 
     from missrec_recbole.inference import MISSRecPredictor
     rec = MISSRecPredictor.load("saved/MISSRec-Scientific-mm-inductive-....pth", dataset="Scientific-mm",
-                                data_path="../shared/datasets")
+                                data_path="<datasets>")
     rec.recommend(["B00O47ILVA", "B006ATU73A"], k=10)          # [(original id, score), ...]
     rec.add_items(["NEW1"], text_features=t, image_features=None)  # rankable at once (inductive)
     rec.export("serving/")                                       # vectors + FAISS indexes + manifest

@@ -22,7 +22,7 @@ Steps (all deterministic):
    ``kcore`` are removed until nothing changes (3 = the minimum for a leave-one-out split).
 6. Per user, items are ordered by time; ties are broken by ASIN (independent of file order).
    Users get indices in sorted ``reviewerID`` order, items in order of first appearance.
-7. Leave-one-out split (dataset/README.md): last item = test, second-last = valid, one train row
+7. Leave-one-out split (docs/data.md): last item = test, second-last = valid, one train row
    per earlier prefix; histories keep their last ``max_len`` items.
 
 Output in ``-o DIR`` (dataset name = the folder name unless ``--name``): ``NAME.train/valid/test.inter``,

@@ -2,7 +2,7 @@
 
 The demo domains (``Demo-A`` .. ``Demo-D``) stand in for real Amazon/CLIP data in examples,
 tests and quick benchmarks. They use exactly the on-disk format of the real datasets
-(docs/design.md §2): leave-one-out ``.inter`` files, ``item2index`` / ``user2index`` maps,
+(docs/data.md): leave-one-out ``.inter`` files, ``item2index`` / ``user2index`` maps,
 a ``.text`` file and raw little-endian float32 feature files (``feat1CLS`` = text,
 ``feat3CLS`` = image, all-zero row = missing modality).
 
@@ -537,7 +537,7 @@ def _read_inter(path: Path) -> tuple[np.ndarray, list[list[int]], np.ndarray]:
 
 
 def load_domain(domain_dir: str | Path, name: str | None = None, feature_dim: int = 512) -> dict:
-    """Load a domain (docs/design.md §2 format) into numpy arrays (for checks and baselines)."""
+    """Load a domain (docs/data.md format) into numpy arrays (for checks and baselines)."""
     domain_dir = Path(domain_dir)
     name = name or domain_dir.name
     out = {}

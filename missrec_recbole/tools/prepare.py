@@ -2,7 +2,7 @@
 
 ::
 
-    python -m missrec_recbole.tools.prepare ../shared/datasets/Office ../shared/datasets/Scientific -o data/
+    python -m missrec_recbole.tools.prepare <datasets>/Office <datasets>/Scientific -o data/
     python run_missrec.py -d Office --data_path=data/
 
 For each source folder ``SRC/NAME``: the atomic files (``NAME.{train,valid,test}.inter``, ``NAME.item2index``,

@@ -15,7 +15,7 @@ pre-train on some of its users and are evaluated on the others. :func:`split_use
 
 Command line::
 
-    python -m missrec_recbole.tools.split_users Scientific-mm --data_path ../shared/datasets --seed 2020 -o saved/datasets
+    python -m missrec_recbole.tools.split_users Scientific-mm --data_path <datasets> --seed 2020 -o saved/datasets
 """
 
 from __future__ import annotations
