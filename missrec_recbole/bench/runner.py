@@ -25,8 +25,8 @@ from missrec_recbole.bench.settings import BENCH_VERSION, PACKAGE_ROOT, SASREC_S
 from missrec_recbole.bench.store import Results, config_hash, fingerprint, now
 from missrec_recbole.bench.worker import RUN_KINDS, Unavailable
 from missrec_recbole.command import watched
-from missrec_recbole.files import atomic_write
 from missrec_recbole.config import merged_props
+from missrec_recbole.files import atomic_write
 from missrec_recbole.trainer.checkpoint import OLDER_DEFAULTS
 from missrec_recbole.trainer.trainer import RESUME_FILE_LOG, RESUMED_LOG
 
