@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -190,12 +189,11 @@ def main(argv=None) -> int:
     for r in ratios:
         print(f"{r['case']:32s} {r['threads']} thread(s): step {r['step speed-up']:.2f}x (CPU time "
               f"{r['step speed-up, CPU time']:.2f}x), epoch {r['epoch speed-up']:.2f}x")
-    load = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                                    "machine": machine(), "load_average_at_end": load, "steps": args.steps,
-                                    "full_epoch": args.full_epoch, "results": results, "ratios": ratios},
-                                   indent=1) + "\n")
+    from missrec_recbole.bench.store import machine, now  # this checkout's (the workers import their version's)
+    from missrec_recbole.files import write_json
+
+    write_json(args.out, {"date": now(), "machine": machine(), "load_average_at_end": os.getloadavg(),
+                          "steps": args.steps, "full_epoch": args.full_epoch, "results": results, "ratios": ratios})
     print(f"written: {args.out}")
     return 0
 
@@ -212,12 +210,6 @@ def speed_ratios(results: list[dict]) -> list[dict]:
                            "step speed-up, CPU time": current["rows_per_cpu_second"] / baseline["rows_per_cpu_second"],
                            "epoch speed-up": baseline["epoch_seconds"] / current["epoch_seconds"]})
     return ratios
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               None) if os.path.exists("/proc/cpuinfo") else None
-    return {"cpu": cpu, "cores": os.cpu_count()}
 
 
 if __name__ == "__main__":

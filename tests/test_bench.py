@@ -126,7 +126,7 @@ def test_finetune_overrides_reuse_the_pretraining_of_another_out_dir(quick_run, 
 @pytest.mark.slow
 def test_kept_pretraining_is_found_when_the_work_dir_is_gone(quick_run, tmp_path):
     """--keep_pretrained copies the checkpoint into out_dir/pretrained/; a later invocation fine-tunes from that copy
-    when the file the pre-training wrote is gone (a fresh clone of committed results), without pre-training again."""
+    when the file the pre-training wrote is gone (a copy of the out_dir elsewhere), without pre-training again."""
     root, _ = quick_run
     row, out = "MISSRec pre-trained transductive", tmp_path / "kept"
     first = bench.main(bench_args(root, f"--rows={row}", "--tables=pretrained", f"--out_dir={out}", "--keep_pretrained",

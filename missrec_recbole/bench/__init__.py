@@ -45,7 +45,7 @@ pre-training again, e.g. to fine-tune the pre-trained rows with another setting 
 ``--runs_from DIR`` copies the finished runs of another out_dir that have the same key (row, seed, data, settings),
 e.g. the scratch rows beside the pre-trained rows of another pre-training corpus. ``--keep_pretrained`` keeps a copy
 of each pre-training checkpoint in ``out_dir/pretrained/``, where a later invocation finds it when the work_dir is
-gone (a fresh clone of committed results fine-tunes without pre-training again).
+gone (a copy of the out_dir fine-tunes without pre-training again; checkpoints are not committed).
 """
 
 from missrec_recbole.bench.cli import main, make_suite, parse_args

@@ -209,7 +209,7 @@ def ensure_pretrained(suite: Suite, kind: str) -> str:
 
 def kept_checkpoint(results: Results, key: str) -> Path:
     """Where ``--keep_pretrained`` keeps the checkpoint of pre-training ``key``: beside results.json, so that the
-    results folder alone (a fresh clone of it, say) holds what its pre-trained rows fine-tune from."""
+    results folder alone (a copy of it on another machine, say) holds what its pre-trained rows fine-tune from."""
     return results.out_dir / "pretrained" / f"{file_safe(key.replace('|', '-'))}.pth"
 
 
