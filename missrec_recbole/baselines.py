@@ -15,7 +15,7 @@ from missrec_recbole.trainer import MISSRecTrainer
 
 
 def run_unisrec(dataset, *, stage: str, mode: str, pretrained=None, config_dict=None, data_path=None,
-                trainer_class=MISSRecTrainer, resume=None) -> dict:
+                trainer_class=MISSRecTrainer, resume=None, resume_file=None) -> dict:
     """Pre-train or fine-tune the UniSRec baseline (props/common.yaml < props/UniSRec.yaml < props/<stage>.yaml
     < ``config_dict``).
 
@@ -25,7 +25,8 @@ def run_unisrec(dataset, *, stage: str, mode: str, pretrained=None, config_dict=
     Adaptor-only fine-tuning is ``config_dict={"adapters_only": True}``; by default it is on exactly
     when ``pretrained`` is given (props/finetune.yaml). ``trainer_class``: MISSRecTrainer or a subclass (it
     skips the interest refresh for models without interests and names files after the model). ``resume``: the
-    ``*-resume.pth`` file of an interrupted run with the same arguments.
+    ``*-resume.pth`` file of an interrupted run with the same arguments; ``resume_file``: where this run writes its
+    own (default: beside its model file, or the ``resume`` file).
 
     Returns, for ``finetune``: model, stage, dataset, mode, pretrained, best_valid_score, valid, test
     (metric -> value), epochs, best_epoch (0-based), seconds_per_epoch, interest_refresh_seconds (None),
@@ -41,11 +42,11 @@ def run_unisrec(dataset, *, stage: str, mode: str, pretrained=None, config_dict=
         datasets = [dataset] if isinstance(dataset, str) else list(dataset)
         start = time.time()
         checkpoints = pretrain(datasets, config_dict=config_dict, model_class=UniSRec, trainer_class=trainer_class,
-                               resume=resume)
+                               resume=resume, resume_file=resume_file)
         return {"model": "UniSRec", "stage": stage, "dataset": "+".join(datasets), "mode": mode,
                 "checkpoints": checkpoints, "checkpoint": checkpoints[-1], "seconds": time.time() - start}
     if stage != "finetune":
         raise ValueError(f"run_unisrec: stage {stage!r} must be pretrain or finetune")
     result = finetune(dataset, pretrained=pretrained, config_dict=config_dict, model_class=UniSRec,
-                      trainer_class=trainer_class, resume=resume)
+                      trainer_class=trainer_class, resume=resume, resume_file=resume_file)
     return {"model": "UniSRec", "stage": stage, **result, "interest_refresh_seconds": None}

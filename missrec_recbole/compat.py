@@ -16,8 +16,10 @@ Fixes:
    row's: ``SequentialDataset._benchmark_presets`` (sequential_dataset.py:160) then gives every
    pre-split row ``item_length`` = number of rows -> compute the length per row.
 4. torch >= 2.6 loads with ``weights_only=True``; RecBole pickles its ``Config`` into every
-   checkpoint, so its own best-model reload (trainer.py:583) fails -> checkpoints store the config
-   as plain types (and are written atomically), so ``weights_only=True`` stays on.
+   checkpoint (trainer.py:299-308), so its own best-model reload (trainer.py:583) fails -> RecBole's stock
+   ``Trainer._save_checkpoint`` becomes :class:`MISSRecTrainer`'s (named by :data:`CHECKPOINT_SAVER`): the config as
+   plain types, written atomically, so ``weights_only=True`` stays on. Our trainers override the method themselves;
+   this global fix is for RecBole's own trainers (``evaluation.TieRuleTrainer``, a user's SASRec) in the process.
 5. ``sine.py:25`` turns on ``torch.autograd.set_detect_anomaly(True)`` globally on import
    (about a third of CPU time per batch) -> switch it off again.
 6. ``ensure_dir`` (utils.py:51-52) checks ``os.path.exists`` and then calls ``os.makedirs``: when
@@ -29,8 +31,9 @@ Fixes:
 9. ``recbole.quick_start.load_data_and_model`` (quick_start/quick_start.py:235-270) reads ``checkpoint["config"]``
    as a ``Config`` (``init_logger`` at utils/logger.py:80 fails on our plain dict with ``'dict' object has no
    attribute 'final_config_dict'``) and builds RecBole's dataset and a model looked up by name -> when that module is
-   imported, its function is wrapped: a checkpoint of this package (plain-typed config, read with
-   ``weights_only=True``) goes to :data:`CHECKPOINT_LOADER`, any other to RecBole's original.
+   imported, its function is replaced by :data:`CHECKPOINT_LOADER`, which reads the file once (``weights_only=True``).
+   RecBole's original reads no checkpoint on torch >= 2.6 (a pickled ``Config`` is refused, a plain one breaks
+   ``init_logger``), so nothing is lost: any other file gets the loader's one-line error.
 10. ``Config._init_device`` (configurator.py:476-493) ignores ``use_gpu`` (CUDA whenever present), always sets
    ``CUDA_VISIBLE_DEVICES`` to ``gpu_id`` (default "0": under torchrun every rank then sees one GPU and
    ``LOCAL_RANK`` 1 has none; a user's own setting is overwritten) and has no way to ask for a device ->
@@ -55,8 +58,6 @@ import warnings
 import numpy as np
 import pandas as pd
 import torch
-
-from missrec_recbole.files import atomic_torch_save
 
 _NUMPY_ALIASES = {"float_": np.float64, "complex_": np.complex128, "unicode_": np.str_, "bool8": np.bool_}
 _applied = False
@@ -260,25 +261,23 @@ def plain(value):
     return str(value)
 
 
-def save_checkpoint(self, epoch, verbose=True, **kwargs) -> None:
-    """Fix 4: ``Trainer._save_checkpoint`` with a plain-typed config, written atomically."""
-    from recbole.utils import set_color
+# What fixes 4 and 9 hand RecBole's calls to, named rather than imported: compat is the bottom layer and must not
+# import the trainer or the pipeline.
+CHECKPOINT_SAVER = "missrec_recbole.trainer.trainer:MISSRecTrainer._save_checkpoint"
+CHECKPOINT_LOADER = "missrec_recbole.quick_start:load_data_and_model"
 
-    if not self.config["single_spec"] and self.config["local_rank"] != 0:
-        return
-    saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
-    state = {
-        "config": plain(self.config.final_config_dict),
-        "epoch": plain(epoch),
-        "cur_step": plain(self.cur_step),
-        "best_valid_score": plain(self.best_valid_score),
-        "state_dict": self.model.state_dict(),
-        "other_parameter": self.model.other_parameter(),
-        "optimizer": self.optimizer.state_dict(),
-    }
-    atomic_torch_save(state, saved_model_file)
-    if verbose:
-        self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+def _named(target: str):
+    module, names = target.split(":")
+    value = importlib.import_module(module)
+    for name in names.split("."):
+        value = getattr(value, name)
+    return value
+
+
+def save_checkpoint(self, epoch, verbose=True, **kwargs) -> None:
+    """Fix 4: RecBole's ``Trainer._save_checkpoint`` written as :class:`MISSRecTrainer` writes it."""
+    return _named(CHECKPOINT_SAVER)(self, epoch, verbose, **kwargs)
 
 
 def disable_anomaly_detection() -> None:
@@ -305,18 +304,12 @@ def patch_ensure_dir() -> None:
         setattr(importlib.import_module(name), "ensure_dir", ensure_dir)
 
 
-# Our loader, named rather than imported: compat is the bottom layer and must not import the pipeline.
-CHECKPOINT_LOADER = "missrec_recbole.quick_start:load_data_and_model"
 RECBOLE_QUICK_START = "recbole.quick_start.quick_start"
 
 
 def load_data_and_model(model_file):
-    """RecBole's ``load_data_and_model`` that also reads this package's checkpoints (fix 9)."""
-    checkpoint = torch.load(model_file, map_location="cpu", weights_only=True)
-    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("config"), dict):  # plain-typed: ours
-        module, name = CHECKPOINT_LOADER.split(":")
-        return getattr(importlib.import_module(module), name)(model_file)
-    return ORIGINALS["load_data_and_model"](model_file)
+    """Fix 9: RecBole's ``load_data_and_model``, done by this package's (one read, ``weights_only=True``)."""
+    return _named(CHECKPOINT_LOADER)(model_file)
 
 
 def patch_load_data_and_model(module) -> None:

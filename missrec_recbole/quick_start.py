@@ -26,8 +26,8 @@ from missrec_recbole.model import MISSRec, UniSRec
 from missrec_recbole.tools.demo import DEMO_DOMAINS, ensure_demo_dataset
 from missrec_recbole.tools.merge import merge_datasets
 from missrec_recbole.trainer import MISSRecTrainer, distributed
-from missrec_recbole.trainer.checkpoint import (RESUME_HINT, Checkpoint, CheckpointError, CheckpointMismatchError,
-                                                run_identity, saved_data_path)
+from missrec_recbole.trainer.checkpoint import (RESUME_HINT, TRAINED_HINT, Checkpoint, CheckpointError,
+                                                CheckpointMismatchError, run_identity, saved_data_path)
 
 def build_config(dataset: str, stage: str = "finetune", config_files=None, config_dict=None,
                  model_class=MISSRec):
@@ -125,11 +125,22 @@ def _merge(datasets, data_root, name, merged_root, config) -> None:
     merge_datasets(datasets, data_root, name, merged_root, config)
 
 
+def _trainer(trainer_class, config, model, train_data, resume: Checkpoint | None, resume_file):
+    """The run's trainer, writing its resume file to ``resume_file`` (if given) and continuing ``resume`` (if given)."""
+    trainer = trainer_class(config, model)
+    if resume_file:
+        trainer.resume_file = resume_file
+    if resume:
+        trainer.resume_checkpoint(resume, train_data)
+    return trainer
+
+
 def pretrain(datasets, config_files=None, config_dict=None, show_progress=False, resume=None,
-             model_class=MISSRec, trainer_class=MISSRecTrainer) -> list[str]:
+             model_class=MISSRec, trainer_class=MISSRecTrainer, resume_file=None) -> list[str]:
     """Pre-train on one or more datasets (merged into one, domains kept apart); returns checkpoint paths.
 
-    ``resume``: a ``*-resume.pth`` file of an interrupted run with the same arguments.
+    ``resume``: a ``*-resume.pth`` file of an interrupted run with the same arguments; ``resume_file``: where this
+    run writes its own (default: :attr:`MISSRecTrainer.resume_file`).
     ``model_class``/``trainer_class``: another model on the same pipeline (e.g. the UniSRec baseline)."""
     datasets = list(datasets)
     config_dict = dict(config_dict or {})
@@ -147,21 +158,20 @@ def pretrain(datasets, config_files=None, config_dict=None, show_progress=False,
     _setup(config)
     model, _, train_data, _, _ = build_model(config, files, model_class=model_class)
     getLogger().info(model)
-    trainer = trainer_class(config, model)
-    if resume:
-        trainer.resume(resume, train_data)
+    trainer = _trainer(trainer_class, config, model, train_data, resume, resume_file)
     return trainer.pretrain(train_data, show_progress=show_progress)
 
 
 def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show_progress=False,
-             freeze=True, resume=None, model_class=MISSRec, trainer_class=MISSRecTrainer) -> dict:
+             freeze=True, resume=None, model_class=MISSRec, trainer_class=MISSRecTrainer, resume_file=None) -> dict:
     """Fine-tune (or train from scratch) on ``dataset``; returns valid/test metrics and costs.
 
     With ``pretrained``, the run takes the options that define the pre-trained network from the checkpoint
     (:data:`~missrec_recbole.trainer.checkpoint.MODEL_KEYS`, unless ``config_files``/``config_dict`` set them),
     its transferable weights are loaded and, if ``freeze``, only
     adapters, beta, input LayerNorm and (transductive) ID embedding are trained. ``resume``: a
-    ``*-resume.pth`` file of an interrupted run with the same arguments. ``best_epoch`` is 0-based.
+    ``*-resume.pth`` file of an interrupted run with the same arguments; ``resume_file``: where this run writes its
+    own (returned; default: :attr:`MISSRecTrainer.resume_file`). ``best_epoch`` is 0-based.
     """
     checkpoint = Checkpoint.read(pretrained) if pretrained else None
     inherited = checkpoint.model_options(configuration.given_options(config_files, config_dict)) if checkpoint else {}
@@ -178,9 +188,7 @@ def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show
     if frozen:
         getLogger().info(f"trainable parameters: {model.freeze_for_finetune(unfreeze)}")
     getLogger().info(model)
-    trainer = trainer_class(config, model)
-    if resume:
-        trainer.resume(resume, train_data)
+    trainer = _trainer(trainer_class, config, model, train_data, resume, resume_file)
     start = time.time()
     best_valid_score, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=show_progress)
     seconds = time.time() - start
@@ -209,7 +217,6 @@ MODELS = {"MISSRec": MISSRec, "UniSRec": UniSRec}
 # CPU-only machine and the reverse).
 NOT_INHERITED = {"eval_args", "train_neg_sample_args", "valid_neg_sample_args", "test_neg_sample_args",
                  "text_dim", "image_dim", "stage", "device"}
-TRAINED_HINT = "Pass a .pth written by training (saved/<model>-<dataset>-<mode>-....pth)."
 
 
 def checkpoint_model(checkpoint: Checkpoint):

@@ -308,7 +308,7 @@ def test_resumed_run_keeps_writing_its_resume_file(tiny_runs, workdir, capsys, m
     assert result["seconds_per_epoch"] == 12.0  # not 12 / 2: the first epoch ran in another process
     assert [p.resolve() for p in Path("saved").glob("*-resume.pth")] == [resume_file]
     assert read_checkpoint(resume_file)["next_epoch"] == 2
-    assert f"this run keeps writing {resume_file}" in caplog.text
+    assert f"Resume file (rewritten every epoch): {resume_file}" in caplog.text
 
 
 def test_finetuning_takes_the_pretrained_network_from_the_checkpoint(tiny_runs, workdir, capsys):

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,6 +76,10 @@ def test_results_json_structure(quick_run):
         assert 0 < run["cpu_seconds"] < 2 * run["wall_seconds"]  # the run's process CPU time (1 thread)
         assert (run["interest_refresh_seconds"] is not None) == name.startswith("MISSRec")
     assert {p["kind"] for p in data["pretraining"]} == {"missrec", "unisrec"}
+    # a finished run's model and resume files are deleted; the pre-trainings' resume files stay, named in their records
+    assert all(run["model_file"] is None and run["resume_file"] is None for run in runs.values())
+    assert sorted((root / "work" / "saved").rglob("*-resume.pth")) == sorted(
+        Path(p["resume_file"]) for p in data["pretraining"])
     pre_trained = runs[("pretrained", "MISSRec pre-trained transductive")]
     assert pre_trained["pretrained_checkpoint"].endswith(".pth")
 
@@ -266,16 +271,18 @@ def test_sasrec_resumes_exactly(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # RecBole's logger writes ./log
     write_dataset(tmp_path, "Tiny", n_items=80)
 
-    def sasrec(epochs, folder, resume=None):
+    def sasrec(epochs, folder, **resume_files):
         overrides = tiny_overrides(data_path=str(tmp_path), checkpoint_dir=str(tmp_path / folder), topk=[10, 50],
                                    epochs=epochs, stopping_step=100)
         return bench.worker.run_sasrec({"dataset": "Tiny", "config_files": [], "config_dict": overrides,
-                                        "show_progress": False, "resume": resume})
+                                        "show_progress": False, **resume_files})
 
+    chosen = str(tmp_path / "run-resume.pth")  # as the bench chooses it
     straight, straight_trainer = sasrec(4, "straight")
-    _, first = sasrec(2, "stopped")
-    resumed, resumed_trainer = sasrec(4, "stopped", resume=first.resume_file)
-    assert resumed_trainer.resume_file == first.resume_file  # it keeps writing the file it continued
+    _, first = sasrec(2, "stopped", resume_file=chosen)
+    assert first.resume_file == chosen
+    resumed, resumed_trainer = sasrec(4, "stopped", resume=chosen, resume_file=chosen)
+    assert resumed_trainer.resume_file == chosen
     assert resumed["epochs"] == straight["epochs"] == 4 and resumed["best_epoch"] == straight["best_epoch"]
     assert resumed["test"] == straight["test"] and resumed["valid"] == straight["valid"]
     expected = straight_trainer.model.state_dict()
@@ -684,22 +691,24 @@ def test_valid_curves_compare_runs_at_equal_epoch_budgets(tmp_path, capsys):
 
 
 def test_an_interrupted_run_continues_from_its_resume_file(tmp_path):
-    """launch: when the previous attempt's log names a resume file that still exists, the worker gets it as
-    ``resume`` and the log goes on; a finished run (resume file deleted) or a first attempt starts afresh."""
+    """launch chooses each run's resume file (work_dir/saved/<run>-resume.pth) and gives it to the worker; when an
+    earlier attempt left it, the worker also gets it as ``resume`` and the log goes on. A run interrupted under the
+    code that named its resume file only in the log (aecb238) continues from that file; a first attempt starts
+    afresh."""
     import types
 
-    resume = tmp_path / "MISSRec-Office-inductive-Nov-30-2026_12-16-24-24345-0-resume.pth"
+    legacy = tmp_path / "MISSRec-Office-inductive-Nov-30-2026_12-16-24-24345-0-resume.pth"
     later = tmp_path / "other-resume.pth"
     log = tmp_path / "row.log"
-    log.write_text(f"INFO  Resume checkpoint (rewritten every epoch): {resume}\nINFO  epoch 0 evaluating\n")
-    assert bench.runner.previous_resume_file(log) is None  # not on disk: start afresh
-    resume.write_bytes(b"x")
-    assert bench.runner.previous_resume_file(log) == str(resume)
-    with open(log, "a") as handle:  # a resumed attempt keeps writing the file it continued
+    log.write_text(f"INFO  Resume checkpoint (rewritten every epoch): {legacy}\nINFO  epoch 0 evaluating\n")
+    assert bench.runner.legacy_resume_file(log) is None  # not on disk: start afresh
+    legacy.write_bytes(b"x")
+    assert bench.runner.legacy_resume_file(log) == str(legacy)
+    with open(log, "a") as handle:  # a resumed attempt kept writing the file it continued
         handle.write(f"INFO  Resume checkpoint (rewritten every epoch): {later}\n"
-                     f"INFO  Resumed from {resume}: continuing at epoch 3; this run keeps writing {resume}\n")
-    assert bench.runner.previous_resume_file(log) == str(resume)
-    assert bench.runner.previous_resume_file(tmp_path / "first-attempt.log") is None
+                     f"INFO  Resumed from {legacy}: continuing at epoch 3; this run keeps writing {legacy}\n")
+    assert bench.runner.legacy_resume_file(log) == str(legacy)
+    assert bench.runner.legacy_resume_file(tmp_path / "first-attempt.log") is None
 
     seen = tmp_path / "seen.json"
     copy = f"import shutil, sys; shutil.copy(sys.argv[1], {str(seen)!r}); sys.exit(3)"
@@ -708,28 +717,48 @@ def test_an_interrupted_run_continues_from_its_resume_file(tmp_path):
     try:
         suite = types.SimpleNamespace(launched=0, log_dir=tmp_path, progress=lambda line: None,
                                       args=types.SimpleNamespace(verbose=False, work_dir=tmp_path, threads=None))
+        chosen = tmp_path / "saved" / "row-resume.pth"
+        assert bench.runner.resume_file_of(suite, "row") == chosen
         with pytest.raises(RuntimeError, match="exit code 3"):
             bench.launch(suite, {"kind": "missrec"}, "row")
-        assert json.loads(seen.read_text())["resume"] == str(resume)
+        spec = json.loads(seen.read_text())
+        assert spec["resume"] == str(legacy) and spec["resume_file"] == str(chosen)  # continued, into the new name
         assert "epoch 0 evaluating" in log.read_text()  # appended, not overwritten
+        chosen.parent.mkdir()
+        chosen.write_bytes(b"x")  # that attempt wrote the chosen file before it stopped: it wins over the log
+        with pytest.raises(RuntimeError):
+            bench.launch(suite, {"kind": "missrec"}, "row")
+        assert json.loads(seen.read_text())["resume"] == str(chosen)
         with pytest.raises(RuntimeError):
             bench.launch(suite, {"kind": "missrec"}, "fresh")
-        assert "resume" not in json.loads(seen.read_text())
+        spec = json.loads(seen.read_text())
+        assert "resume" not in spec and spec["resume_file"] == str(tmp_path / "saved" / "fresh-resume.pth")
     finally:
         bench.runner.worker_command = real
 
 
-def test_the_worker_passes_the_resume_file_to_every_resumable_run(monkeypatch):
+def test_a_finished_run_deletes_its_model_and_resume_files(tmp_path):
+    files = [tmp_path / name for name in ("model.pth", "run-resume.pth", "legacy-resume.pth")]
+    for path in files:
+        path.write_bytes(b"x")
+    record = dict(zip(("model_file", "resume_file", "resumed_from"), map(str, files)))
+    bench.runner._remove_model(record, keep=False)
+    assert not any(path.exists() for path in files)
+    assert record["model_file"] is None and record["resume_file"] is None
+
+
+def test_the_worker_passes_the_resume_files_to_every_resumable_run(monkeypatch):
     from missrec_recbole.bench import worker
     seen = []
-    monkeypatch.setattr(worker.quick_start, "finetune", lambda *a, **kw: seen.append(kw.get("resume")) or {})
-    monkeypatch.setattr(worker.quick_start, "pretrain", lambda *a, **kw: seen.append(kw.get("resume")) or ["c"])
-    monkeypatch.setattr(worker, "unisrec", lambda *a, **kw: seen.append(kw.get("resume")) or {"checkpoint": "c"})
+    record = lambda *a, **kw: seen.append((kw.get("resume"), kw.get("resume_file")))  # noqa: E731
+    monkeypatch.setattr(worker.quick_start, "finetune", lambda *a, **kw: record(*a, **kw) or {})
+    monkeypatch.setattr(worker.quick_start, "pretrain", lambda *a, **kw: record(*a, **kw) or ["c"])
+    monkeypatch.setattr(worker, "unisrec", lambda *a, **kw: record(*a, **kw) or {"checkpoint": "c"})
     spec = {"dataset": "D", "pretrained": None, "mode": "inductive", "config_files": [], "config_dict": {},
-            "show_progress": False, "resume": "r.pth"}
+            "show_progress": False, "resume": "r.pth", "resume_file": "w.pth"}
     for run in (worker.run_missrec, worker.pretrain_missrec, worker.run_unisrec, worker.pretrain_unisrec):
         run(spec)
-    assert seen == ["r.pth"] * 4
+    assert seen == [("r.pth", "w.pth")] * 4
 
 
 def _record(row, seed, settings, config_hash, ndcg, date="2026-12-01 10:00:00 UTC"):

@@ -80,16 +80,33 @@ def _fake_trainer(tmp_path, tiny_config):
 
 
 def test_recbole_checkpoints_load_with_weights_only(tmp_path, tiny_config):
+    """Fix 4: RecBole's stock Trainer writes MISSRecTrainer's best-model file (plain config, atomic); our trainer
+    defines the method itself rather than relying on the global fix."""
+    from recbole.trainer import Trainer
+
+    from missrec_recbole.trainer import MISSRecTrainer
+
     trainer = _fake_trainer(tmp_path, tiny_config)
     compat.ORIGINALS["save_checkpoint"](trainer, 3, verbose=False)
     with pytest.raises(Exception, match="[Ww]eights only"):
         torch.load(trainer.saved_model_file, weights_only=True)
+    assert Trainer._save_checkpoint is compat.save_checkpoint
+    assert "_save_checkpoint" in vars(MISSRecTrainer) and MISSRecTrainer._save_checkpoint is not compat.save_checkpoint
     compat.save_checkpoint(trainer, 3, verbose=False)
     checkpoint = torch.load(trainer.saved_model_file, weights_only=True)
     assert checkpoint["epoch"] == 3 and checkpoint["config"]["model"] == "MISSRec"
     assert checkpoint["best_valid_score"] == 0.25
     assert torch.equal(checkpoint["state_dict"]["weight"], trainer.model.weight)
     assert not list(tmp_path.glob(".tmp-*"))  # atomic write leaves no temp file
+
+
+def test_recbole_load_data_and_model_hands_the_file_to_ours_unread(monkeypatch):
+    """Fix 9: RecBole's loader becomes ours, which reads the file once; compat itself reads nothing."""
+    import missrec_recbole.quick_start as quick_start
+
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: pytest.fail("compat read the checkpoint itself"))
+    monkeypatch.setattr(quick_start, "load_data_and_model", lambda path: ("ours", path))
+    assert compat.load_data_and_model("model.pth") == ("ours", "model.pth")
 
 
 @pytest.mark.slow

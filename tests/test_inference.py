@@ -64,7 +64,7 @@ def tiny(tmp_path_factory):
 
 
 def _untrained_checkpoint(root, name, mode) -> str:
-    """A best-model checkpoint in the trainer's format (compat.save_checkpoint) for random weights:
+    """A best-model checkpoint in the trainer's format (checkpoint.save_trained's keys) for random weights:
     exporting and retrieval must be exact whatever the weights, so the export test skips training."""
     from missrec_recbole.compat import plain
     from missrec_recbole.files import atomic_torch_save

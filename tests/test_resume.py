@@ -49,7 +49,7 @@ def test_two_plus_two_epochs_equal_four(tiny_config, dpc_mode):
         assert int(read_checkpoint(first.resume_file)["other_parameter"]["dpc_refreshes"]) == 2
 
     resumed, train, valid, test = _trainer(tiny_config, 4, dpc_mode=dpc_mode)
-    resumed.resume(first.resume_file, train)
+    resumed.resume_checkpoint(first.resume_file, train)
     resumed.fit(train, valid, saved=True)
     assert sorted(resumed.train_loss_dict) == [0, 1, 2, 3]
     for name, value in _params(resumed).items():
@@ -64,7 +64,7 @@ def test_resume_restores_frozen_parameters(tiny_config):
     trainer.optimizer = trainer._build_optimizer(params=[p for p in trainer.model.parameters() if p.requires_grad])
     trainer.fit(train, valid, saved=False)
     fresh, train, _, _ = _trainer(tiny_config, 2)
-    fresh.resume(trainer.resume_file, train)
+    fresh.resume_checkpoint(trainer.resume_file, train)
     assert fresh.model.trainable_parameters() == trainer.model.trainable_parameters()
 
 
@@ -72,7 +72,7 @@ def test_not_a_resume_checkpoint(tiny_config, tmp_path):
     trainer, train, _, _ = _trainer(tiny_config, 1, stage="pretrain")
     final = trainer.pretrain(train)[-1]
     with pytest.raises(CheckpointError, match="not a resume checkpoint"):
-        trainer.resume(final, train)
+        trainer.resume_checkpoint(final, train)
 
 
 @pytest.mark.slow
@@ -110,31 +110,76 @@ def test_resume_restores_the_warm_start_quantizer(tiny_config):
 
     fresh, train, _, _ = _trainer(tiny_config, 4, dpc_mode="approx")
     assert fresh.model._dpc_state is None
-    fresh.resume(trainer.resume_file, train)
+    fresh.resume_checkpoint(trainer.resume_file, train)
     after = fresh.model._dpc_state
     assert after.refreshes == before.refreshes
     assert (after.centroids == before.centroids).all()
 
 
-def test_the_benchmark_finds_the_resume_file_in_the_trainers_log(tiny_config, tmp_path, caplog):
-    """The bench continues a stopped run from the resume file its log names: read back from what the trainer
-    really logs, for a new run and for a resumed one (which keeps writing the file it continued)."""
-    import logging
+def test_recbole_style_resume_and_a_resume_file_chosen_by_the_caller(tiny_config, tmp_path):
+    """RecBole's call, ``resume_checkpoint(file)`` then ``fit``, continues exactly too (the data check and the random
+    states wait for fit); a resume file the caller chose is written, and kept after resuming from another file."""
+    straight, train, valid, _ = _trainer(tiny_config, 3)
+    straight.fit(train, valid, saved=True)
+    first, train, valid, _ = _trainer(tiny_config, 1)
+    first.resume_file = tmp_path / "chosen-resume.pth"
+    first.fit(train, valid, saved=True)
+    assert first.resume_file == str(tmp_path / "chosen-resume.pth")
+    assert read_checkpoint(first.resume_file)["next_epoch"] == 1
 
-    from missrec_recbole.bench.runner import previous_resume_file
+    resumed, train, valid, _ = _trainer(tiny_config, 3)
+    resumed.resume_file = tmp_path / "next-resume.pth"
+    resumed.resume_checkpoint(first.resume_file)
+    resumed.fit(train, valid, saved=True)
+    assert read_checkpoint(tmp_path / "next-resume.pth")["next_epoch"] == 3
+    for name, value in _params(resumed).items():
+        assert torch.allclose(value, _params(straight)[name], atol=1e-6), name
 
-    log = tmp_path / "run.log"
-    with caplog.at_level(logging.INFO):
-        trainer, train, valid, _ = _trainer(tiny_config, 1)
-        trainer.fit(train, valid, saved=False)
-    log.write_text(caplog.text)
-    assert previous_resume_file(log) == trainer.resume_file
-    caplog.clear()
-    with caplog.at_level(logging.INFO):
-        fresh, train, _, _ = _trainer(tiny_config, 2)  # logs its own new file name first
-        fresh.resume(trainer.resume_file, train)
-    log.write_text(log.read_text() + caplog.text)
-    assert fresh.resume_file == trainer.resume_file and previous_resume_file(log) == trainer.resume_file
+    other, train, _, _ = _trainer(tiny_config, 3, n_heads=4)  # other options: refused at once, data or not
+    with pytest.raises(CheckpointError, match="belongs to another run"):
+        other.resume_checkpoint(first.resume_file)
+
+
+def test_a_resume_file_of_other_data_is_refused_when_training_starts(tiny_config, tmp_path):
+    """Without ``train_data`` the dataset's files are compared when fit starts, before anything is written."""
+    import dataclasses
+
+    first, train, valid, _ = _trainer(tiny_config, 1)
+    first.fit(train, valid, saved=False)
+    resumed, train, valid, _ = _trainer(tiny_config, 2)
+    resumed.resume_checkpoint(first.resume_file)
+    train._dataset.files = dataclasses.replace(train._dataset.files, fingerprint="other files")
+    before = read_checkpoint(first.resume_file)["next_epoch"]
+    with pytest.raises(CheckpointError, match="data_fingerprint"):
+        resumed.fit(train, valid, saved=False)
+    assert read_checkpoint(first.resume_file)["next_epoch"] == before
+
+
+# The key sets of the three checkpoint kinds as commit aecb238 wrote and read them: files load in both directions.
+LAYOUTS = {
+    "trained": {"config", "epoch", "cur_step", "best_valid_score", "state_dict", "other_parameter", "optimizer"},
+    "resume": {"format", "identity", "pretrain_prefix", "config", "next_epoch", "cur_step", "best_valid_score",
+               "best_valid_result", "train_loss_dict", "saved_model_file", "trainable", "state_dict",
+               "other_parameter", "optimizer", "rng"},
+    "pretrained": {"format", "epoch", "config", "state_dict"},
+}
+
+
+def test_checkpoint_layouts_are_those_of_earlier_versions(tiny_config):
+    from missrec_recbole.trainer.checkpoint import FORMAT, RESUME_FORMAT, Checkpoint
+
+    trainer, train, valid, _ = _trainer(tiny_config, 1)
+    trainer.fit(train, valid, saved=True)
+    pretrainer, pretrain_data, _, _ = _trainer(tiny_config, 1, stage="pretrain")
+    (pretrained,) = pretrainer.pretrain(pretrain_data)
+    files = {"trained": trainer.saved_model_file, "resume": trainer.resume_file, "pretrained": pretrained}
+    for kind, path in files.items():
+        checkpoint = Checkpoint.read(path)
+        assert checkpoint.kind == kind and set(checkpoint.content) == LAYOUTS[kind], kind
+        assert isinstance(checkpoint.config, dict) and checkpoint.config["model"] == "MISSRec"
+    assert (read_checkpoint(files["pretrained"])["format"], read_checkpoint(files["resume"])["format"]) == (
+        FORMAT, RESUME_FORMAT) == ("missrec-recbole/1", "missrec-recbole-resume/2")
+    assert read_checkpoint(files["trained"])["epoch"] == 0
 
 
 def test_a_resume_file_from_before_an_option_existed_counts_as_its_old_behaviour():

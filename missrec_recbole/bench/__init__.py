@@ -30,8 +30,8 @@ process: SASRec, UniSRec and MISSRec runners), :mod:`~missrec_recbole.bench.stor
 
 Outputs in ``--out_dir`` (default ``results/<dataset>/``): ``results.json`` (every run, rewritten
 atomically after each one; runs with the same table, row, seed and config hash are skipped on the next
-invocation, and by a concurrent invocation sharing ``--out_dir`` while one is running; a MISSRec or UniSRec run
-(or pre-training) that was stopped continues from the resume file its log names, SASRec starts again), ``ranks.npz``
+invocation, and by a concurrent invocation sharing ``--out_dir`` while one is running; a run (or pre-training) that
+was stopped continues from its resume file, ``<work_dir>/saved/<run>-resume.pth``), ``ranks.npz``
 (per run: target item index and pessimistic rank of every test case), ``results.md`` (mean ± std over
 seeds) and ``longtail.png`` (needs matplotlib: ``pip install -e .[plot]``).
 Checkpoints, split datasets and per-run logs go to ``--work_dir`` (default ``saved/bench/<dataset>/``).

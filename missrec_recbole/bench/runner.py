@@ -28,7 +28,6 @@ from missrec_recbole.command import watched
 from missrec_recbole.config import merged_props
 from missrec_recbole.files import atomic_write
 from missrec_recbole.trainer.checkpoint import OLDER_DEFAULTS
-from missrec_recbole.trainer.trainer import RESUME_FILE_LOG, RESUMED_LOG
 
 
 @dataclass
@@ -130,13 +129,21 @@ def worker_threads(args) -> int:
     return args.threads or torch.get_num_threads()
 
 
+def resume_file_of(suite: Suite, label: str) -> Path:
+    """Where the run ``label`` writes its resume file (chosen here, so a later invocation finds it by the same name)."""
+    return suite.args.work_dir / "saved" / f"{file_safe(label)}-resume.pth"
+
+
 def launch(suite: Suite, spec: dict, label: str) -> tuple[dict, dict | None]:
-    """Run ``spec`` in a fresh ``python -m missrec_recbole.bench _worker`` process: (record, per-case ranks)."""
+    """Run ``spec`` in a fresh ``python -m missrec_recbole.bench _worker`` process: (record, per-case ranks). The run
+    writes its resume file to :func:`resume_file_of`; if an earlier attempt left one, the run continues from it."""
     suite.launched += 1
     log = suite.log_dir / f"{file_safe(label)}.log"
-    resume = previous_resume_file(log)
+    resume_file = resume_file_of(suite, label)
+    resume = str(resume_file) if resume_file.is_file() else legacy_resume_file(log)
+    spec = {**spec, "resume_file": str(resume_file)}
     if resume:  # an earlier invocation was stopped during this run: continue it (its log goes on)
-        spec = {**spec, "resume": resume}
+        spec["resume"] = resume
         say(f"{label}: continuing the interrupted run from {resume}")
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
@@ -160,23 +167,24 @@ def launch(suite: Suite, spec: dict, label: str) -> tuple[dict, dict | None]:
         record = json.loads(out_file.read_text(encoding="utf-8"))
         npz = out_file.with_suffix(".npz")
         cases = dict(np.load(npz)) if npz.is_file() else None
-    record["log"] = str(log)
+    record.update(log=str(log), resume_file=str(resume_file))
     if resume:
         record["resumed_from"] = resume
     return record, cases
 
 
-# What the trainer logs about its resume file: the file a fresh run writes, then (if resumed) the file it continues.
-RESUME_LINE = re.compile(f"(?:{re.escape(RESUME_FILE_LOG)}|{re.escape(RESUMED_LOG)})" + r"(\S+?\.pth)")
+# How the trainer named its resume file in the log before the bench chose the file (code up to aecb238): the file
+# a fresh run wrote, then (if resumed) the file it continued. Only read for runs interrupted under that code.
+LEGACY_RESUME_LINE = re.compile(r"(?:Resume checkpoint \(rewritten every epoch\): |Resumed from )(\S+?\.pth)")
 
 
-def previous_resume_file(log: Path) -> str | None:
-    """The resume file an interrupted earlier attempt of this run left (named in its log), if it is still on disk.
-    A finished run's resume file is deleted with its model (:func:`_remove_model`), so only interrupted runs
-    continue. SASRec's trainer writes none: it starts again."""
+def legacy_resume_file(log: Path) -> str | None:
+    """The resume file an attempt of this run interrupted under earlier code left (named in its log), if it is still
+    on disk. A finished run's resume file is deleted with its model (:func:`_remove_model`), so only interrupted runs
+    continue."""
     if not log.is_file():
         return None
-    found = RESUME_LINE.findall(log.read_text(encoding="utf-8", errors="replace"))
+    found = LEGACY_RESUME_LINE.findall(log.read_text(encoding="utf-8", errors="replace"))
     return found[-1] if found and Path(found[-1]).is_file() else None
 
 
@@ -283,16 +291,19 @@ def _reuse_run(suite: Suite, key: str) -> bool:
 
 def _train_row(suite: Suite, row: Row, base: dict, settings: dict, data_path: Path) -> str:
     seed, dataset = base["seed"], base["dataset"]
+    label = f"{row.table}-{row.name}-{seed}-{base['config_hash']}"
     try:
         _check(row.kind)
         checkpoint = ensure_pretrained(suite, row.kind) if row.pretrained else None
         spec = _spec(suite, "finetune", row.kind, dataset, data_path, seed, settings, row.mode, checkpoint)
-        record, cases = launch(suite, spec, f"{row.table}-{row.name}-{seed}-{base['config_hash']}")
+        record, cases = launch(suite, spec, label)
     except Unavailable as error:
         suite.results.put("runs", {**base, "status": "unavailable", "message": str(error)})
         return "unavailable"
     except RuntimeError as error:
-        suite.results.put("runs", {**base, "status": "failed", "message": str(error)})
+        # the next invocation continues from the resume file the failed attempt left (if it got that far)
+        suite.results.put("runs", {**base, "status": "failed", "message": str(error),
+                                   "resume_file": str(resume_file_of(suite, label))})
         say(f"FAILED {row.table} / {row.name} / seed {seed}: {error}")
         return "failed"
     _remove_model(record, suite.args.keep_models)
@@ -301,13 +312,13 @@ def _train_row(suite: Suite, row: Row, base: dict, settings: dict, data_path: Pa
 
 
 def _remove_model(record: dict, keep: bool) -> None:
-    model_file = record.get("model_file")
-    if keep or not model_file:
+    """Delete a finished run's model and resume files (the one it wrote, and one it continued under earlier code)."""
+    if keep:
         return
-    for path in (Path(model_file), Path(model_file[: -len(".pth")] + "-resume.pth")):
-        if path.is_file():
-            path.unlink()
-    record["model_file"] = None
+    for path in (record.get("model_file"), record.get("resume_file"), record.get("resumed_from")):
+        if path and Path(path).is_file():
+            Path(path).unlink()
+    record.update(model_file=None, resume_file=None)
 
 
 def say(message: str) -> None:

@@ -100,8 +100,10 @@ def run_sasrec(spec) -> tuple[dict, RecordingTrainer]:
     init_seed(config["seed"], config["reproducibility"])
     model = SASRec(config, train_data._dataset).to(config["device"])
     trainer = recording(MISSRecTrainer)(config, model)  # for its resume files; SASRec has no interests to refresh
+    if spec.get("resume_file"):
+        trainer.resume_file = spec["resume_file"]
     if spec.get("resume"):
-        trainer.resume(spec["resume"], train_data)
+        trainer.resume_checkpoint(spec["resume"], train_data)
     start = time.time()
     _, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=spec["show_progress"])
     seconds = time.time() - start
@@ -111,7 +113,8 @@ def run_sasrec(spec) -> tuple[dict, RecordingTrainer]:
 
 def _quick_start_kwargs(spec) -> dict:
     return {"config_files": spec["config_files"], "config_dict": spec["config_dict"],
-            "show_progress": spec["show_progress"], "resume": spec.get("resume")}
+            "show_progress": spec["show_progress"], "resume": spec.get("resume"),
+            "resume_file": spec.get("resume_file")}
 
 
 def run_missrec(spec):
@@ -136,13 +139,14 @@ def _unisrec_config(spec) -> dict:
 def run_unisrec(spec):
     result = unisrec(spec["dataset"], stage="finetune", mode=spec["mode"], pretrained=spec["pretrained"],
                      config_dict=_unisrec_config(spec), trainer_class=recording(MISSRecTrainer),
-                     resume=spec.get("resume"))
+                     resume=spec.get("resume"), resume_file=spec.get("resume_file"))
     return result, RecordingTrainer.last
 
 
 def pretrain_unisrec(spec) -> str:
     return unisrec(spec["dataset"].split(","), stage="pretrain", mode="inductive",
-                   config_dict=_unisrec_config(spec), resume=spec.get("resume"))["checkpoint"]
+                   config_dict=_unisrec_config(spec), resume=spec.get("resume"),
+                   resume_file=spec.get("resume_file"))["checkpoint"]
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,24 @@
-"""Checkpoints: portable pre-training checkpoints, RecBole best-model files and resume files, read by one loader.
+"""Checkpoints: portable pre-training checkpoints, RecBole best-model files and resume files, written and read here.
 
-Every checkpoint is a dict of tensors and plain Python values, written atomically and always read with
-``torch.load(weights_only=True)``. :class:`Checkpoint` reads any of the three kinds once, checks that it fits a
-run (the options that fix the weights' shapes; for a resume file, the whole run), and loads its weights into a
-model: every weight (trained and resume files, plus the interest map) or only the transferable ones (fine-tuning
-from ``-p``, zero-shot use of a pre-training checkpoint). A pre-training checkpoint leaves out everything tied to
-one dataset's items (ID embedding, features, interest map), so it loads into a dataset with another item count.
+Every checkpoint is a dict of tensors and plain Python values, built by :func:`checkpoint_state` (RecBole pickles its
+``Config``; ours is stored as plain values), written atomically and always read with ``torch.load(weights_only=True)``.
+The writers: :func:`save_pretrained`, :func:`save_trained` (RecBole's ``Trainer._save_checkpoint`` layout) and
+:func:`save_resume`. :class:`Checkpoint` reads any of the three kinds once, checks that it fits a run (the options
+that fix the weights' shapes; for a resume file, the whole run), and loads its weights into a model: every weight
+(trained and resume files, plus the interest map) or only the transferable ones (fine-tuning from ``-p``, zero-shot
+use of a pre-training checkpoint); :func:`load_resume` puts a resume file's training state back into a trainer. A
+pre-training checkpoint leaves out everything tied to one dataset's items (ID embedding, features, interest map), so
+it loads into a dataset with another item count. The key sets are those of earlier versions (tests/test_resume.py
+pins them): files load in both directions.
 """
 
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from missrec_recbole.compat import plain
@@ -39,6 +45,7 @@ MODEL_KEYS = tuple(key for key in ARCHITECTURE_KEYS if key not in FEATURE_WIDTH_
 # rather than ignored.
 RUN_KEYS = ("model", "dataset", "stage", "mode", "adapters_only", "unfreeze") + ARCHITECTURE_KEYS
 PRETRAINED_HINT = "Pass the .pth written by --stage=pretrain."
+TRAINED_HINT = "Pass a .pth written by training (saved/<model>-<dataset>-<mode>-....pth)."
 RESUME_HINT = "Pass the *-resume.pth file named in the log of the interrupted run."
 
 
@@ -50,16 +57,98 @@ class CheckpointMismatchError(CheckpointError):
     """A readable checkpoint that does not fit the model or dataset it is loaded into."""
 
 
+def checkpoint_state(config, weights: dict, **fields) -> dict:
+    """The layout every checkpoint shares: the run's options as plain values (``weights_only=True`` reads them back),
+    its weights and the fields of its kind."""
+    return {"config": plain(config.final_config_dict), "state_dict": weights, **fields}
+
+
 def save_pretrained(model, config, path, epoch: int) -> str:
     """Write ``model``'s transferable weights and ``config`` to ``path`` (atomic)."""
-    state = {
-        "format": FORMAT,
-        "epoch": int(epoch),
-        "config": plain(config.final_config_dict),
-        "state_dict": model.transferable_state_dict(),
-    }
-    atomic_torch_save(state, path)
+    atomic_torch_save(checkpoint_state(config, model.transferable_state_dict(), format=FORMAT, epoch=int(epoch)), path)
     return os.fspath(path)
+
+
+def _training_state(trainer) -> dict:
+    """What a RecBole trainer's checkpoint holds besides its epoch: weights, interest map, optimizer, early stopping."""
+    return checkpoint_state(trainer.config, trainer.model.state_dict(), cur_step=plain(trainer.cur_step),
+                            best_valid_score=plain(trainer.best_valid_score),
+                            other_parameter=trainer.model.other_parameter(), optimizer=trainer.optimizer.state_dict())
+
+
+def save_trained(trainer, epoch: int, path) -> str:
+    """Write a RecBole trainer's best-model file to ``path`` (atomic): the fields of RecBole's
+    ``Trainer._save_checkpoint``, so RecBole's best-model reload reads it."""
+    atomic_torch_save({**_training_state(trainer), "epoch": plain(epoch)}, path)
+    return os.fspath(path)
+
+
+def dataset_files(train_data):
+    """The :class:`DatasetFiles` of the data a trainer trains on (None for RecBole's own datasets)."""
+    return getattr(train_data._dataset, "files", None)
+
+
+def rng_state(train_data) -> dict:
+    """Every random state training consumes, as types ``torch.load(weights_only=True)`` accepts (the CUDA
+    generators too once CUDA is in use: dropout on a GPU draws from them)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "loader": train_data.generator.get_state(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, train_data) -> None:
+    """Restore :func:`rng_state`; CUDA states are restored where this machine has the GPUs (a resume file written
+    on a GPU continues on a CPU-only machine, with CPU random streams)."""
+    if state.get("cuda") and torch.cuda.is_available():
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    train_data.generator.set_state(state["loader"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+
+
+def save_resume(trainer, path, next_epoch: int, train_data) -> str:
+    """Write everything a :class:`~missrec_recbole.trainer.MISSRecTrainer` needs to continue at ``next_epoch``
+    exactly (atomic): its training state, the run it belongs to (:func:`run_identity`), the trainable set and every
+    random state."""
+    model = trainer.model
+    atomic_torch_save({
+        **_training_state(trainer),
+        "format": RESUME_FORMAT,
+        "identity": run_identity(trainer.config, dataset_files(train_data)),
+        "pretrain_prefix": trainer.pretrain_prefix,
+        "next_epoch": int(next_epoch),
+        "best_valid_result": plain(dict(trainer.best_valid_result or {})),
+        "train_loss_dict": plain(trainer.train_loss_dict),
+        "saved_model_file": trainer.saved_model_file,
+        "trainable": [name for name, parameter in model.named_parameters() if parameter.requires_grad],
+        "rng": rng_state(train_data),
+    }, path)
+    return os.fspath(path)
+
+
+def load_resume(trainer, checkpoint: "Checkpoint") -> None:
+    """Put the training state of the resume file ``checkpoint`` (:func:`save_resume`) back into ``trainer``: trainable
+    set, weights and interest map, optimizer, epoch, early stopping and the interrupted run's file names. The random
+    states are restored by :func:`set_rng_state` when training starts (they need the training data)."""
+    state = checkpoint.content
+    trainable = set(state["trainable"])
+    for name, parameter in trainer.model.named_parameters():
+        parameter.requires_grad = name in trainable
+    trainer.optimizer = trainer._build_optimizer(params=[p for p in trainer.model.parameters() if p.requires_grad])
+    checkpoint.load_all(trainer.model, trainer.config["dataset"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.start_epoch, trainer.cur_step = state["next_epoch"], state["cur_step"]
+    trainer.best_valid_score = state["best_valid_score"]
+    trainer.best_valid_result = state["best_valid_result"] or None
+    trainer.train_loss_dict = {int(k): v for k, v in state["train_loss_dict"].items()}
+    trainer.saved_model_file = state["saved_model_file"]
+    trainer.pretrain_prefix = state["pretrain_prefix"]
 
 
 def read_checkpoint(path, missing_hint: str = PRETRAINED_HINT) -> dict:

@@ -4,50 +4,20 @@ from __future__ import annotations
 
 import itertools
 import os
-import random
 import time
 
-import numpy as np
 import torch
 from recbole.trainer import Trainer
 from recbole.utils import get_local_time, set_color
 
-from missrec_recbole.compat import plain
 from missrec_recbole.config_schema import ConfigError
-from missrec_recbole.files import atomic_torch_save
 from missrec_recbole.evaluation import TieRuleEvaluation
 from missrec_recbole.trainer import distributed
-from missrec_recbole.trainer.checkpoint import RESUME_FORMAT, RESUME_HINT, Checkpoint, run_identity, save_pretrained
+from missrec_recbole.trainer.checkpoint import (RESUME_HINT, TRAINED_HINT, Checkpoint, dataset_files, load_resume,
+                                                run_identity, save_pretrained, save_resume, save_trained,
+                                                set_rng_state)
 
-# Log lines naming the resume file (the benchmark reads them back to continue a stopped run): the file a new run
-# writes, and the file a resumed run continues (and keeps writing).
-RESUME_FILE_LOG = "Resume checkpoint (rewritten every epoch): "
-RESUMED_LOG = "Resumed from "
 _RUN_NUMBER = itertools.count()  # tells apart runs of one process started within the same second
-
-
-def rng_state(train_data) -> dict:
-    """Every random state training consumes, as types ``torch.load(weights_only=True)`` accepts (the CUDA
-    generators too once CUDA is in use: dropout on a GPU draws from them)."""
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "loader": train_data.generator.get_state(),
-             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached]}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict, train_data) -> None:
-    """Restore :func:`rng_state`; CUDA states are restored where this machine has the GPUs (a resume file written
-    on a GPU continues on a CPU-only machine, with CPU random streams)."""
-    if state.get("cuda") and torch.cuda.is_available():
-        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(cuda_state, index)
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    train_data.generator.set_state(state["loader"])
-    kind, keys, position, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
 
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -82,9 +52,11 @@ class MISSRecTrainer(TieRuleEvaluation, Trainer):
     - ``pretrain`` trains without validation and writes a portable checkpoint every ``save_step``
       epochs and at the end;
     - evaluation applies the ``tie_rule`` (:mod:`missrec_recbole.evaluation`);
-    - before every epoch (and when done) it writes ``resume_file``: weights, interest map, optimizer,
-      epoch, early-stopping bookkeeping and all random states, so :meth:`resume` continues an
-      interrupted run exactly as if it had not stopped;
+    - before every epoch (and when done) it writes ``resume_file`` (:func:`~.checkpoint.save_resume`; the caller
+      may choose the path): weights, interest map, optimizer, epoch, early-stopping bookkeeping and all random
+      states, so :meth:`resume_checkpoint` continues an interrupted run exactly as if it had not stopped;
+    - its best-model file (``_save_checkpoint``) holds plain types and is read back by the one reader
+      (:class:`~.checkpoint.Checkpoint`, ``weights_only=True``);
     - under ``torchrun`` (see :mod:`missrec_recbole.trainer.distributed`) gradients are averaged over
       the processes by DDP, the interest map is computed on rank 0 and broadcast, and only rank 0
       writes files.
@@ -109,11 +81,11 @@ class MISSRecTrainer(TieRuleEvaluation, Trainer):
         self.logger.info(set_color("Trainable parameters", "blue") + f": {sum(p.numel() for p in trainable)}")
         name = f"{self.run_name}-{get_local_time()}-{os.getpid()}-{next(_RUN_NUMBER)}.pth"
         self.saved_model_file = distributed.broadcast(os.path.join(self.checkpoint_dir, name))
-        self._resume_file = None  # set by resume(): the resumed run keeps writing that file
+        self._resume_file = None  # chosen by the caller, else the file resumed from, else beside saved_model_file
+        self._resuming = None  # a resume file whose random states are restored when training starts
         self.pretrain_prefix = distributed.broadcast(self._free_pretrain_prefix())
         self.interest_refresh_seconds = []
-        self.epochs_resumed = 0  # epochs trained before resume() (by the interrupted process)
-        self.logger.info(f"{RESUME_FILE_LOG}{self.resume_file}")
+        self.epochs_resumed = 0  # epochs trained before resume_checkpoint() (by the interrupted process)
 
     @property
     def run_name(self) -> str:
@@ -147,7 +119,13 @@ class MISSRecTrainer(TieRuleEvaluation, Trainer):
 
     @property
     def resume_file(self) -> str:
+        """Where this run writes its resume file: the path the caller set, else the file it resumed from, else
+        ``<saved_model_file>-resume.pth``."""
         return self._resume_file or self.saved_model_file[: -len(".pth")] + "-resume.pth"
+
+    @resume_file.setter
+    def resume_file(self, path) -> None:
+        self._resume_file = os.fspath(path)
 
     def _free_pretrain_prefix(self) -> str:
         """Prefix of this run's pre-training checkpoints: ``<run_name>`` unless another run already wrote
@@ -156,53 +134,39 @@ class MISSRecTrainer(TieRuleEvaluation, Trainer):
             if os.path.isdir(self.checkpoint_dir) else False
         return self.saved_model_file[: -len(".pth")] if taken else os.path.join(self.checkpoint_dir, self.run_name)
 
-    def save_resume_state(self, next_epoch: int, train_data) -> None:
-        """Atomically write everything needed to continue training at ``next_epoch``."""
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        """RecBole's best-model file, written by :func:`~.checkpoint.save_trained` (plain types, atomic; rank 0)."""
         if not distributed.is_main():
             return
-        state = {
-            "format": RESUME_FORMAT,
-            "identity": run_identity(self.config, getattr(train_data._dataset, "files", None)),
-            "pretrain_prefix": self.pretrain_prefix,
-            "config": plain(self.config.final_config_dict),
-            "next_epoch": next_epoch,
-            "cur_step": self.cur_step,
-            "best_valid_score": plain(self.best_valid_score),
-            "best_valid_result": plain(dict(self.best_valid_result or {})),
-            "train_loss_dict": plain(self.train_loss_dict),
-            "saved_model_file": self.saved_model_file,
-            "trainable": [n for n, p in self.model.named_parameters() if p.requires_grad],
-            "state_dict": self.model.state_dict(),
-            "other_parameter": self.model.other_parameter(),
-            "optimizer": self.optimizer.state_dict(),
-            "rng": rng_state(train_data),
-        }
-        atomic_torch_save(state, self.resume_file)
+        path = save_trained(self, epoch, kwargs.pop("saved_model_file", self.saved_model_file))
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {path}")
 
-    def resume(self, checkpoint, train_data) -> None:
-        """Continue the run that wrote the resume file ``checkpoint`` (a path or a :class:`Checkpoint`; same config
-        and data: checked, see :meth:`Checkpoint.check_run`). Keeps writing that file."""
-        if not isinstance(checkpoint, Checkpoint):
-            checkpoint = Checkpoint.read(checkpoint, RESUME_HINT)
-        checkpoint.check_run(run_identity(self.config, getattr(train_data._dataset, "files", None)))
-        state, path = checkpoint.content, checkpoint.path
-        trainable = set(state["trainable"])
-        for name, parameter in self.model.named_parameters():
-            parameter.requires_grad = name in trainable
-        self.optimizer = self._build_optimizer(params=[p for p in self.model.parameters() if p.requires_grad])
-        checkpoint.load_all(self.model, self.config["dataset"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.start_epoch, self.cur_step = state["next_epoch"], state["cur_step"]
-        self.best_valid_score = state["best_valid_score"]
-        self.best_valid_result = state["best_valid_result"] or None
-        self.train_loss_dict = {int(k): v for k, v in state["train_loss_dict"].items()}
-        self.saved_model_file = state["saved_model_file"]
-        self.pretrain_prefix = state["pretrain_prefix"]
-        self._resume_file = os.fspath(path)
+    def save_resume_state(self, next_epoch: int, train_data) -> None:
+        """Write everything needed to continue training at ``next_epoch`` to :attr:`resume_file` (rank 0)."""
+        if distributed.is_main():
+            save_resume(self, self.resume_file, next_epoch, train_data)
+
+    def resume_checkpoint(self, resume_file, train_data=None) -> None:
+        """RecBole's resume, exact: continue the run that wrote the resume file ``resume_file`` (a path or a
+        :class:`Checkpoint`; same options and data: checked, see :meth:`Checkpoint.check_run`). Unless the caller
+        set :attr:`resume_file`, this run keeps writing that file. ``train_data`` (the run's training data) lets the
+        data be checked now; without it (RecBole's call), when training starts, as are the random states restored."""
+        checkpoint = resume_file if isinstance(resume_file, Checkpoint) else Checkpoint.read(resume_file, RESUME_HINT)
+        checkpoint.check_run(run_identity(self.config, dataset_files(train_data) if train_data is not None else None))
+        load_resume(self, checkpoint)
+        self._resume_file = self._resume_file or checkpoint.path
+        self._resuming = checkpoint
         self.epochs_resumed = len(self.train_loss_dict)
-        set_rng_state(state["rng"], train_data)
-        self.logger.info(f"{RESUMED_LOG}{path}: continuing at epoch {self.start_epoch}; this run keeps writing "
-                         f"{self.resume_file}")
+        self.logger.info(f"Continuing {checkpoint.path} at epoch {self.start_epoch}")
+
+    def _start_training(self, train_data) -> None:
+        """Before the first epoch: finish a pending resume (the data check, every random state), name the file."""
+        checkpoint, self._resuming = self._resuming, None
+        if checkpoint is not None:
+            checkpoint.check_run(run_identity(self.config, dataset_files(train_data)))
+            set_rng_state(checkpoint.content["rng"], train_data)
+        self.logger.info(f"Resume file (rewritten every epoch): {self.resume_file}")
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.save_resume_state(epoch_idx, train_data)
@@ -212,16 +176,26 @@ class MISSRecTrainer(TieRuleEvaluation, Trainer):
         return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        self._start_training(train_data)
         result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
         distributed.barrier()  # rank 0 may still be writing the best model the others load next
         self.save_resume_state(max(self.train_loss_dict, default=self.start_epoch - 1) + 1, train_data)
         return result
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        """RecBole's evaluation; the best model is read back by the one reader (``weights_only=True``, checked)."""
+        if load_best_model and eval_data:
+            checkpoint = Checkpoint.read(model_file or self.saved_model_file, TRAINED_HINT)
+            checkpoint.load_all(self.model, self.config["dataset"])
+            self.logger.info(f"Loading model structure and parameters from {checkpoint.path}")
+        return super().evaluate(eval_data, False, model_file, show_progress)
 
     def pretrain_checkpoint_path(self, epoch: int) -> str:
         return f"{self.pretrain_prefix}-epoch{epoch}.pth"
 
     def pretrain(self, train_data, verbose=True, show_progress=False) -> list[str]:
         """Pre-train for ``epochs`` epochs; returns the checkpoint paths (last = final)."""
+        self._start_training(train_data)
         for epoch_idx in range(self.start_epoch, self.epochs):
             start = time.time()
             train_loss = self._train_epoch(train_data, epoch_idx, show_progress=show_progress)
