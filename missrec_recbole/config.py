@@ -92,7 +92,7 @@ def build_config(dataset: str, stage: str = "finetune", config_files=None, confi
             raise FileNotFoundError(f"{path}: config file not found")
     config_dict = {key: config_value(value) for key, value in (config_dict or {}).items()}  # as RecBole reads them
     layers = [(str(path), read_config_file(path)) for path in files] + [("", config_dict)]
-    check_options(layers)  # before RecBole reads anything: one message naming the option
+    check_options(layers, model_class.__name__)  # before RecBole reads anything: one message naming the option
     n_generic = len(props_files(model_class.__name__, stage))  # data_path counts from props/<dataset>.yaml on
     if not any("data_path" in values for _, values in layers[n_generic:]):
         config_dict["data_path"] = str(DEFAULT_DATA_PATH.resolve())

@@ -1,11 +1,12 @@
 """One schema for every option, however it is given (``--key=value``, a YAML file, a Python ``config_dict``).
 
 :data:`OPTIONS` gives each option MISSRec or the training loop reads its type, range or choices and a
-one-line description; :func:`check_options` checks the layers of a configuration before RecBole's
-``Config`` is built (hence before any data is read or any file is written) and raises one
-:class:`ConfigError` naming the option and what to do. Keys are valid if they are in :data:`OPTIONS`
-or are one of RecBole's own (its default YAML files in ``recbole/properties/``); anything else is
-rejected with a "did you mean" suggestion.
+one-line description (:data:`MODEL_OPTIONS`: a model's stricter limits); :func:`check_options` checks the layers
+of a configuration before RecBole's ``Config`` is built (hence before any data is read or any file is written) and
+raises one :class:`ConfigError` naming the option and what to do; :func:`check_config` checks a ``Config`` built
+by RecBole's own route the same way. The models read the values as given. Keys are valid if they are in
+:data:`OPTIONS` or are one of RecBole's own (its default YAML files in ``recbole/properties/``); anything else
+is rejected with a "did you mean" suggestion.
 
 ``python -m missrec_recbole.config_schema`` prints the table.
 """
@@ -158,7 +159,7 @@ OPTIONS: dict[str, Option] = {
     "item_adapter": _choice("MISSRec's adapter per modality: linear (paper) or moe (UniSRec's whitening experts)",
                             "linear", "moe"),
     "item_fusion": _choice("add: sum of modality embeddings; stack: one token per modality", "add", "stack"),
-    "n_layers": _int("Transformer layers (interest encoder + item decoder)", 2),
+    "n_layers": _int("Transformer layers", 1),
     "n_heads": _int("attention heads (must divide hidden_size)", 1),
     "hidden_size": _int("width of the model", 1),
     "inner_size": _int("width of the feed-forward layers", 1),
@@ -177,7 +178,7 @@ OPTIONS: dict[str, Option] = {
     "loss_candidates": _choice("sequence-item loss negatives: all items or in-batch targets", "all", "batch"),
     "n_exps": _int("experts of the MoE adaptor (UniSRec; MISSRec with item_adapter: moe)", 1),
     "gating_noise": _bool("noisy gating of the MoE adaptor (UniSRec; MISSRec with item_adapter: moe)"),
-    "memory_chunk_rows": _int("recompute activations this many sequences at a time (0: off)", 0, null=True),
+    "memory_chunk_rows": _int("recompute activations this many sequences at a time (0: off)", 0),
     "length_buckets": _int("length groups per batch (speed only)", 1),
     # interests
     "interest_ratio": _float("interests per item token (K = ceil(ratio * tokens))", 0, 1, low_open=True),
@@ -239,6 +240,12 @@ OPTIONS: dict[str, Option] = {
     "dataset_save_path": _str("where to save the dataset (RecBole)", null=True),
     "save_dataloaders": _bool("save the data loaders (RecBole)"),
     "dataloaders_save_path": _str("where to save the data loaders (RecBole)", null=True),
+}
+
+# Per-model limits, replacing the entry of OPTIONS for that model.
+MODEL_OPTIONS: dict[str, dict[str, Option]] = {
+    "MISSRec": {"n_layers": _int("Transformer layers: the interest encoder has n_layers // 2, the item decoder the "
+                                 "rest, and each needs one", 2)},
 }
 
 # Keys RecBole or this package set at run time (not in RecBole's YAML files).
@@ -313,16 +320,24 @@ def unknown_key_message(key, source: str = "") -> str:
     return f"unknown option {key!r}{_where(source)}: {hint}"
 
 
-def check_value(key: str, value, source: str = "") -> None:
+def option_of(key: str, model: str | None = None) -> Option | None:
+    """The schema of option ``key`` for ``model`` (a class name: its :data:`MODEL_OPTIONS` entry if it has one);
+    None for keys the schema leaves to RecBole."""
+    return MODEL_OPTIONS.get(model, {}).get(key) or OPTIONS.get(key)
+
+
+def check_value(key: str, value, source: str = "", model: str | None = None) -> None:
     """Raise :class:`ConfigError` if ``value`` is not allowed for option ``key`` (unchecked if not in the schema)."""
-    option = OPTIONS.get(key)
+    option = option_of(key, model)
     if option is not None and not option.accepts(value):
+        limit = f"{model}: " if key in MODEL_OPTIONS.get(model, {}) else ""
         raise ConfigError(f"option {key!r}{_where(source)}: got {value!r}, must be {option.expected()} "
-                          f"({option.help}).")
+                          f"({limit}{option.help}).")
 
 
-def check_options(layers) -> dict:
-    """Check ``layers`` = [(source, dict)], later layers overriding earlier ones; returns the merged values.
+def check_options(layers, model: str | None = None) -> dict:
+    """Check ``layers`` = [(source, dict)], later layers overriding earlier ones, for ``model`` (a class name, for
+    its :data:`MODEL_OPTIONS`); returns the merged values.
 
     Raises :class:`ConfigError` for an unknown key, a value outside its schema, or options that
     contradict each other."""
@@ -334,9 +349,26 @@ def check_options(layers) -> dict:
                 raise ConfigError(unknown_key_message(key, source))
             merged[key], sources[key] = value, source
     for key, value in merged.items():
-        check_value(key, value, sources[key])
+        check_value(key, value, sources[key], model)
     _check_together(merged)
     return merged
+
+
+# options RecBole's Config turns into another form after reading them (``device``: a torch.device)
+REWRITTEN_BY_RECBOLE = ("device",)
+
+
+def check_config(config) -> None:
+    """Check the schema's options in a built RecBole ``Config`` (or a dict), for the model it names: the route
+    that builds ``Config(...)`` directly instead of through ``missrec_recbole.config.build_config`` gets the same
+    checks and messages. Keys outside the schema (RecBole's own) are not checked here."""
+    values = getattr(config, "final_config_dict", config)
+    model = values.get("model")
+    model = getattr(model, "__name__", model)
+    for key, value in values.items():
+        if key not in REWRITTEN_BY_RECBOLE:
+            check_value(key, value, model=model)
+    _check_together({key: value for key, value in values.items() if key not in REWRITTEN_BY_RECBOLE})
 
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -356,9 +388,11 @@ def _check_together(values: dict) -> None:
 
 
 def describe() -> str:
-    """The schema as a table: option, allowed values, description."""
-    width = max(map(len, OPTIONS))
-    return "\n".join(f"{key:<{width}}  {option.expected()}: {option.help}" for key, option in sorted(OPTIONS.items()))
+    """The schema as a table: option, allowed values, description (per-model limits after the option)."""
+    rows = list(OPTIONS.items())
+    rows += [(f"{key} ({model})", option) for model, limits in MODEL_OPTIONS.items() for key, option in limits.items()]
+    width = max(len(key) for key, _ in rows)
+    return "\n".join(f"{key:<{width}}  {option.expected()}: {option.help}" for key, option in sorted(rows))
 
 
 if __name__ == "__main__":

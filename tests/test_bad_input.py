@@ -19,7 +19,7 @@ import pytest
 
 import run_missrec
 from missrec_recbole import quick_start
-from missrec_recbole.config_schema import OPTIONS, ConfigError, check_options
+from missrec_recbole.config_schema import OPTIONS, ConfigError, check_options, describe
 from missrec_recbole.data.dataset import DatasetFormatError, validate_dataset
 from missrec_recbole.tools.demo import generate_demo_dataset
 from missrec_recbole.tools.inspect import _main as inspect_main
@@ -123,6 +123,11 @@ def test_every_option_wrong_type_and_out_of_range(key, how, value, fuzz_source, 
     (["--epochz=1"], "unknown option 'epochz': did you mean 'epochs'?"),
     (["--hidden_size=30", "--n_heads=4"], "hidden_size must be a multiple of n_heads"),
     (["--modalities=[]"], "option 'modalities'"),
+    (["--n_layers=1"], "option 'n_layers': got 1, must be an integer >= 2 (MISSRec: Transformer layers: the "
+                       "interest encoder has n_layers // 2, the item decoder the rest, and each needs one)."),
+    (["--item_fusion=sum"], "option 'item_fusion': got 'sum', must be one of add, stack"),
+    (["--dpc_mode=fast"], "option 'dpc_mode': got 'fast', must be one of auto, exact, approx"),
+    (["--memory_chunk_rows=~"], "option 'memory_chunk_rows': got None, must be an integer >= 0"),
     (["--mode=foo"], "--mode: invalid choice: 'foo'"),
     (["--unfreeze=[decoder]"], "unfreeze: 'decoder' is not a module of MISSRec that fine-tuning can unfreeze"),
     (["--unfreeze=[item_decoder]"], "unfreeze: ['item_decoder'] adds modules to adapters-only fine-tuning, but "
@@ -149,6 +154,37 @@ def test_options_in_a_config_dict(fuzz_source):
         quick_start.build_config(NAME, config_dict={"data_path": str(fuzz_source.parent), "learning_rate": "abc"})
     with pytest.raises(ConfigError, match="unknown option 'hiden_size'.*did you mean 'hidden_size'"):
         quick_start.build_config(NAME, config_dict={"hiden_size": 64})
+
+
+def test_per_model_limits():
+    """The schema holds each model's own limits: MISSRec's encoder + decoder need n_layers >= 2, UniSRec's one
+    Transformer takes 1."""
+    assert check_options([("", {"n_layers": 1})], "UniSRec")["n_layers"] == 1
+    with pytest.raises(ConfigError, match=r"option 'n_layers' \(in x.yaml\): got 1, must be an integer >= 2 \(MISSRec"):
+        check_options([("x.yaml", {"n_layers": 1})], "MISSRec")
+    with pytest.raises(ConfigError, match="option 'n_layers': got 1, must be an integer >= 2"):
+        quick_start.build_config(NAME, config_dict={"n_layers": 1})  # MISSRec by default
+    assert "n_layers (MISSRec)" in describe()
+
+
+def test_a_config_built_by_recbole_itself_meets_the_schema(fuzz_source):
+    """RecBole's own route (``Config(model=MISSRec, ...)`` with the props files, docs/training.md) skips
+    build_config: the dataset checks the built Config with the same schema and messages, before reading a file."""
+    from recbole.config import Config
+
+    from missrec_recbole.config import props_files, without_argv
+    from missrec_recbole.data import MISSRecDataset
+    from missrec_recbole.model import MISSRec
+
+    props = [str(path) for path in props_files("MISSRec", "finetune")]
+    for bad, message in [({"item_fusion": "sum"}, "option 'item_fusion': got 'sum'"),
+                         ({"n_layers": 1}, r"option 'n_layers': got 1, must be an integer >= 2 \(MISSRec"),
+                         ({"modalities": ["audio"]}, r"option 'modalities': got \['audio'\]")]:
+        with without_argv():
+            config = Config(model=MISSRec, dataset=NAME, config_file_list=props,
+                            config_dict={"data_path": str(fuzz_source.parent), **bad})
+        with pytest.raises(ConfigError, match=message):
+            MISSRecDataset(config)
 
 
 def test_recbole_keys_stay_valid_and_values_are_read_like_recbole():

@@ -86,9 +86,9 @@ def test_interest_map_and_item_cache_follow_the_model(tiny_config):
     model = MISSRec(config, MISSRecDataset(config)).eval()
     model.refresh_interests()
     model.candidate_tokens()
-    assert model._item_token_cache is not None
+    assert model._item_cache is not None
     moved = model.to("meta")
-    assert moved is model and model._item_token_cache is None
+    assert moved is model and model._item_cache is None
     for key in ("center_item", "center_modality", "item_interest"):
         tensor = getattr(model, key)
         assert tensor.device.type == "meta" and tensor.dtype == torch.long, key

@@ -500,8 +500,10 @@ def test_model_config_reaches_dpc_knn(tiny_config, monkeypatch, extra, mode):
     assert (calls[1]["state"] is not None) == (mode == "approx")
 
 
-def test_model_rejects_bad_dpc_mode(tiny_config):
-    with pytest.raises(ValueError, match="dpc_mode"):
+def test_bad_dpc_mode_is_refused_by_the_schema(tiny_config):
+    from missrec_recbole.config_schema import ConfigError
+
+    with pytest.raises(ConfigError, match="option 'dpc_mode': got 'fast', must be one of auto, exact, approx"):
         _tiny_model(tiny_config, dpc_mode="fast")
 
 

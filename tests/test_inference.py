@@ -635,9 +635,9 @@ def test_item_vectors_are_computed_once_and_give_the_uncached_recommendations(ti
     assert calls == [rec.model.n_items]  # once for all calls
     uncached = []
     for h in histories:
-        rec.model._item_token_cache = None
+        rec.model._item_cache = None
         uncached.append(rec.recommend(h, k=8))
-    rec.model._item_token_cache = None
+    rec.model._item_cache = None
     assert cached == uncached + rec.recommend_batch(histories, k=8)
     scores = rec.score(histories).masked_fill(~rec.rankable(), float("-inf"))
     for row, h in enumerate(histories):  # against a full stable sort
@@ -653,7 +653,7 @@ def test_item_vector_cache_follows_weight_changes(tiny):
         rec.model.adapters["text"].weight.mul_(-1.0)
     after = rec.recommend(["ITEM1", "ITEM2"], k=40)
     assert after != before
-    rec.model._item_token_cache = None
+    rec.model._item_cache = None
     assert rec.recommend(["ITEM1", "ITEM2"], k=40) == after
 
 
@@ -684,7 +684,7 @@ def test_add_items_appends_vectors_equal_to_a_rebuild(tiny, mode, monkeypatch):
     at_once.add_items(ids, allow_feature_only=mode == "transductive",
                       **{f"{m}_features": f for m, f in features.items()})
     extended = stepwise.model.candidate_tokens()
-    stepwise.model._item_token_cache = None
+    stepwise.model._item_cache = None
     rebuilt = stepwise.model.candidate_tokens()
     assert torch.equal(extended[1], rebuilt[1])
     assert torch.allclose(extended[0], rebuilt[0], atol=1e-6)

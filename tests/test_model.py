@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from missrec_recbole.config_schema import ConfigError
 from missrec_recbole.data import MISSRecDataset
 from missrec_recbole.model import MISSRec
 from missrec_recbole.model.missrec import distinct_per_row
@@ -190,9 +191,10 @@ def test_memory_chunks_change_nothing_without_dropout(built):
     assert len(model._row_groups(batch["item_length"])) == len(model._length_buckets(batch["item_length"]))
 
 
-@pytest.mark.parametrize("bad", [-1, 2.5, "big"])
+@pytest.mark.parametrize("bad", [-1, 2.5, "big", None])
 def test_memory_chunk_rows_is_checked(built, bad):
-    with pytest.raises(ValueError, match="memory_chunk_rows"):
+    """The schema checks it (0 is off; null is not another spelling of it): the model reads it as given."""
+    with pytest.raises(ConfigError, match=f"option 'memory_chunk_rows': got {bad!r}, must be an integer >= 0"):
         built(memory_chunk_rows=bad)
 
 

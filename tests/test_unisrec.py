@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from recbole.data import data_preparation
 
 from missrec_recbole.baselines import run_unisrec
+from missrec_recbole.config_schema import ConfigError
 from missrec_recbole.data import MISSRecDataset
 from missrec_recbole.model import UniSRec
 from missrec_recbole.quick_start import build_config
@@ -97,6 +98,34 @@ def test_inductive_and_transductive_parameter_sets(built):
     assert {"moe_adaptor.whitening_bias", "moe_adaptor.whitening_weight", "moe_adaptor.gate.weight",
             "moe_adaptor.noise.weight", "position_embedding.weight"} <= inductive
     assert any(n.startswith("trm_encoder.layer.1.") for n in inductive)  # 2 layers
+
+
+def test_all_item_vectors_cached_while_serving(built):
+    """The base class's cache (as MISSRec's): kept in eval mode, dropped by training, by a weight update and by
+    ``load_state_dict``; never while training."""
+    model, _, _ = built(mode="transductive")
+    model.eval()
+    with torch.no_grad():
+        first = model.item_representations()
+        assert model.item_representations() is first and model.eval().item_representations() is first
+        model.item_embedding.weight[1] += 1.0  # in place, as an optimizer step
+        updated = model.item_representations()
+        assert updated is not first and not torch.equal(updated[1], first[1])
+        model.load_state_dict(model.state_dict())
+        assert model.item_representations() is not updated
+        model.train()
+        assert model._item_cache is None and model.item_representations() is not model.item_representations()
+
+
+def test_one_transformer_layer_and_the_text_modality(built):
+    """n_layers: 1 is a valid UniSRec (only MISSRec's encoder + decoder needs 2); a dataset loaded without its text
+    features is refused by name."""
+    model, train, _ = built(n_layers=1)
+    assert not any(n.startswith("trm_encoder.layer.1.") for n, _ in model.named_parameters())
+    assert torch.isfinite(model.calculate_loss(_batch(train)))
+    with pytest.raises(ConfigError, match="option 'modalities': UniSRec reads text features, Tiny is loaded with "
+                                          r"\['image'\]"):
+        built(modalities=["image"], image_suffix="feat3CLS")
 
 
 def _grads(model, batch):
@@ -200,7 +229,7 @@ def test_memory_chunks_replay_dropout_and_match_the_whole_batch(built, monkeypat
     chunked = loss_and_grads(model, batch)
     model.memory_chunk_rows = 0
     assert_same_loss_and_grads(chunked, loss_and_grads(model, batch))
-    with pytest.raises(ValueError, match="memory_chunk_rows"):
+    with pytest.raises(ConfigError, match="option 'memory_chunk_rows': got -1"):
         built(memory_chunk_rows=-1)
 
 

@@ -155,7 +155,7 @@ def check_overrides(general: dict, pretrain: dict, finetune: dict, models: dict)
     for kind in RUN_KINDS:
         for stage in ("pretrain", "finetune"):
             check_options([("the defaults", merged_props(PROPS_MODEL[kind], stage)),
-                           *override_layers(kind, stage, general, models, pretrain, finetune)])
+                           *override_layers(kind, stage, general, models, pretrain, finetune)], RUN_KINDS[kind].label)
 
 
 def check_datasets_exist(args) -> None:

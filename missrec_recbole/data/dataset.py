@@ -27,6 +27,7 @@ import torch
 from recbole.data.dataset import SequentialDataset
 from recbole.utils import FeatureSource
 
+from missrec_recbole.config_schema import check_config
 from missrec_recbole.errors import InputError
 
 REQUIRED_COLUMNS = ("user_id:token", "item_id_list:token_seq", "item_id:token")
@@ -415,13 +416,9 @@ def read_indexed_inter(files: DatasetFiles, split: str) -> pd.DataFrame:
 
 
 def modality_names(config) -> list[str]:
-    """The config's ``modalities``, checked: a non-empty subset of :data:`MODALITIES`."""
-    modalities = list(config["modalities"] or [])
-    unknown = [m for m in modalities if m not in MODALITIES]
-    if not modalities or unknown:
-        raise DatasetFormatError(f"config `modalities`: {modalities!r} must be a non-empty subset of "
-                                 f"[{', '.join(MODALITIES)}].")
-    return modalities
+    """The config's ``modalities`` (checked by the schema; ``~`` resolved from the files by
+    :func:`resolve_feature_options`)."""
+    return list(config["modalities"])
 
 
 class MISSRecDataset(SequentialDataset):
@@ -434,6 +431,7 @@ class MISSRecDataset(SequentialDataset):
 
     def __init__(self, config, files: DatasetFiles | None = None):
         """``files``: the result of :func:`validate_dataset` for this config, if already checked."""
+        check_config(config)  # a Config built by RecBole's own route has not met the schema yet
         self.files = files or validate_dataset(config)
         self.modalities = modality_names(config)
         super().__init__(config)

@@ -1,8 +1,9 @@
 """The shared base of the feature-based sequential models (MISSRec, UniSRec) and their small building blocks.
 
-Both read frozen item features, drop items for the sequence-sequence view, run rows in length buckets (optionally
-recomputing activations chunk by chunk), freeze all but a few prefixes for parameter-efficient fine-tuning and
-transfer every weight but the ID embedding.
+Both read frozen item features through adapters, add ID (transductive) and position embeddings, cache all items'
+vectors while serving, drop items for the sequence-sequence view, run rows in length buckets (optionally
+recomputing activations chunk by chunk), train with the same contrastive losses, freeze all but a few prefixes for
+parameter-efficient fine-tuning and transfer every weight but the ID embedding.
 """
 
 from __future__ import annotations
@@ -46,15 +47,6 @@ def use_fast_dropout(module: nn.Module) -> None:
             setattr(module, name, FastDropout(child.p))
         else:
             use_fast_dropout(child)
-
-
-def memory_chunk_rows(config) -> int:
-    """The checked ``memory_chunk_rows`` option: 0 (off) or the rows whose activations are recomputed together."""
-    rows = config["memory_chunk_rows"] or 0
-    if not isinstance(rows, int) or rows < 0:
-        raise ValueError(f"config `memory_chunk_rows`: {rows!r} must be 0 (off) or a number of "
-                         "sequences whose activations are recomputed together in the backward pass")
-    return rows
 
 
 def left_align(values: torch.Tensor, keep: torch.Tensor, fill=0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,13 +103,55 @@ class MoEAdaptor(nn.Module):
 
 
 class FeatureSequentialRecommender(SequentialRecommender):
-    """RecBole sequential model on frozen item features. Subclasses set ``length_buckets``, ``memory_chunk_rows``,
-    ``item_drop_ratio``, ``initializer_range``, ``FINETUNE_TRAINABLE`` (parameter-name prefixes that train when
-    fine-tuning from a checkpoint) and ``UNFREEZABLE`` (the further modules the ``unfreeze`` option may train)."""
+    """RecBole sequential model on frozen item features: what MISSRec and UniSRec share (their options, ID and
+    position embeddings, initialisation, cached item vectors, length buckets, item drop, losses, freezing).
+
+    ``__init__`` builds the modules in one order, which is the order parameters draw from the random generator and
+    appear in ``state_dict`` and the optimizer (checkpoints and resume files depend on it): the subclass's
+    :meth:`_build_item_adapters` (feature buffers, adapters), the ID embedding (transductive) and position
+    embedding, the subclass's :meth:`_build_sequence_encoder`; then the weights are initialised. Options are read
+    as given: the schema (``config_schema``) has checked them. Subclasses set ``ITEM_MODULES`` (the modules the
+    item vectors are computed from), ``FINETUNE_TRAINABLE`` (parameter-name prefixes that train when fine-tuning
+    from a checkpoint) and ``UNFREEZABLE`` (the further modules the ``unfreeze`` option may train)."""
 
     input_type = InputType.POINTWISE
+    ITEM_MODULES: tuple[str, ...] = ()
     FINETUNE_TRAINABLE: tuple[str, ...] = ()
     UNFREEZABLE: tuple[str, ...] = ()
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self._item_cache = None  # (key, all items' vectors), see _cached_items
+        self.transductive = config["mode"] == "transductive"
+        self.stage = config["stage"]
+        self.hidden_size = config["hidden_size"]
+        self.temperature = config["temperature"]
+        self.lam = config["lambda"]
+        self.item_drop_ratio = config["item_drop_ratio"]
+        self.loss_candidates = config["loss_candidates"]
+        self.length_buckets = config["length_buckets"]
+        self.memory_chunk_rows = config["memory_chunk_rows"]
+        self.initializer_range = config["initializer_range"]
+
+        self._build_item_adapters(config, dataset)
+        self.item_embedding = (nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
+                               if self.transductive else None)
+        self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
+        self._build_sequence_encoder(config)
+
+        self.apply(self._init_weights)
+        for module in self.modules():
+            if isinstance(module, MoEAdaptor):
+                module.init_whitening(self.initializer_range)
+        use_fast_dropout(self)  # same rates, cheaper masks on CPU
+
+    def _build_item_adapters(self, config, dataset) -> None:
+        """Register the frozen feature buffers and the modules that turn features into item vectors."""
+        raise NotImplementedError
+
+    def _build_sequence_encoder(self, config) -> None:
+        """Register the modules that encode a sequence of item vectors."""
+        raise NotImplementedError
 
     @property
     def device(self) -> torch.device:
@@ -173,6 +207,57 @@ class FeatureSequentialRecommender(SequentialRecommender):
         empty = keep.sum(dim=1) == 0
         keep[empty] = valid[empty] & (positions[None, :] == item_seq_len[empty, None] - 1)
         return left_align(item_seq, keep)
+
+    # ------------------------------------------------------------------ item vectors, cached while serving
+    def _item_cache_key(self) -> tuple:
+        """What the all-items vectors depend on: the catalogue size and the weights of :attr:`ITEM_MODULES` (version
+        counters catch in-place updates such as optimizer steps, data pointers replaced or moved tensors)."""
+        modules = [getattr(self, name) for name in self.ITEM_MODULES]
+        weights = [w for module in modules if module is not None for w in module.parameters()]
+        return (self.n_items, *(w._version for w in weights), *(w.data_ptr() for w in weights))
+
+    def _cached_items(self):
+        """The all-items vectors kept by :meth:`_keep_items`, if their weights and catalogue have not changed."""
+        cache = self._item_cache
+        return cache[1] if cache is not None and cache[0] == self._item_cache_key() else None
+
+    def _keep_items(self, vectors) -> None:
+        """Keep the all-items vectors in eval mode (serving computes them once, not per call); not while training."""
+        self._item_cache = (self._item_cache_key(), vectors) if not self.training else None
+
+    def train(self, mode=True):
+        if mode or self.training:  # parameters may change while training; eval -> eval keeps the item vectors
+            self._item_cache = None
+        return super().train(mode)
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        self._item_cache = None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._item_cache = None  # ``.to()``/``.cpu()``/``.double()``: the vectors are the old tensors
+        return self
+
+    # ------------------------------------------------------------------ losses
+    @staticmethod
+    def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
+        """InfoNCE over [B, B] ``logits`` (already divided by the temperature): row i's positive is column i."""
+        return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+
+    def in_batch_loss(self, logits: torch.Tensor, pos_items: torch.Tensor) -> torch.Tensor:
+        """Sequence-item loss against the batch's targets, [B, B] ``logits`` (divided by the temperature). Other rows
+        with the same target item are not counted as negatives: their item is this row's positive too."""
+        duplicate = (pos_items[:, None] == pos_items[None, :]) & ~torch.eye(
+            len(pos_items), dtype=torch.bool, device=pos_items.device)
+        return self.contrastive_loss(logits.masked_fill(duplicate, float("-inf")))
+
+    @staticmethod
+    def all_items_loss(logits: torch.Tensor, pos_items: torch.Tensor) -> torch.Tensor:
+        """Sequence-item loss against every item, [B, n_items] ``logits`` (divided by the temperature; the padding
+        item 0 is masked in place)."""
+        logits[:, 0] = float("-inf")
+        return F.cross_entropy(logits, pos_items)
 
     @classmethod
     def check_unfreeze(cls, modules) -> tuple[str, ...]:

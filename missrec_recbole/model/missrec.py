@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from missrec_recbole.interests import DPCKNNState, dpc_knn, n_interests
 from missrec_recbole.interests.assign import nearest_center
-from missrec_recbole.model.base import FeatureSequentialRecommender, MoEAdaptor, memory_chunk_rows, use_fast_dropout
+from missrec_recbole.model.base import FeatureSequentialRecommender, MoEAdaptor
 
 MODALITY_INDEX = {"text": 0, "image": 1}
 
@@ -50,69 +50,45 @@ class MISSRec(FeatureSequentialRecommender):
 
     # trained when fine-tuning from a checkpoint: adapters, beta, input LayerNorm, ID embedding
     FINETUNE_TRAINABLE = ("adapters.", "fusion_beta", "input_layer_norm.", "item_embedding.")
+    ITEM_MODULES = ("adapters", "item_embedding")  # what the candidate vectors are computed from
     # what `unfreeze` may train as well (partial fine-tuning)
     UNFREEZABLE = ("position_embedding", "interest_encoder", "item_decoder")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.modalities = list(dataset.modalities)
-        self.transductive = config["mode"] == "transductive"
-        self.stage = config["stage"]
-        self.item_fusion = config["item_fusion"]
-        self.hidden_size = config["hidden_size"]
-        self.temperature = config["temperature"]
-        self.lam, self.gamma = config["lambda"], config["gamma"]
-        self.item_drop_ratio = config["item_drop_ratio"]
-        self.loss_candidates = config["loss_candidates"]
+        self.gamma = config["gamma"]
         self.interest_ratio = config["interest_ratio"]
         self.dpc_k = config["dpc_k"]
-        self.faiss_threads = config["faiss_threads"] or torch.get_num_threads()
-        self.dpc_mode = config["dpc_mode"] or "auto"
-        self.dpc_exact_max_tokens = config["dpc_exact_max_tokens"]  # None: the library default
-        self.dpc_warm_start = config["dpc_warm_start"] is not False
-        if self.dpc_mode not in ("auto", "exact", "approx"):
-            raise ValueError(f"config `dpc_mode`: {self.dpc_mode!r} must be auto, exact or approx")
+        self.faiss_threads = config["faiss_threads"] or torch.get_num_threads()  # null: torch's thread count
+        self.dpc_mode = config["dpc_mode"]
+        self.dpc_exact_max_tokens = config["dpc_exact_max_tokens"]
+        self.dpc_warm_start = config["dpc_warm_start"]
         self._dpc_state = None  # approximate-mode IVF quantizer of the last refresh (see other_parameter)
-        self.length_buckets = config["length_buckets"]
-        self.memory_chunk_rows = memory_chunk_rows(config)
-        if config["mode"] not in ("inductive", "transductive"):
-            raise ValueError(f"config `mode`: {config['mode']!r} must be inductive or transductive")
-        if self.item_fusion not in ("add", "stack"):
-            raise ValueError(f"config `item_fusion`: {self.item_fusion!r} must be add or stack")
-        if config["n_layers"] < 2:
-            raise ValueError("config `n_layers` counts encoder + decoder layers and must be >= 2")
+        self._reset_interest_map()
 
+    def _build_item_adapters(self, config, dataset):
+        self.modalities = list(dataset.modalities)
         # Frozen features and presence masks, in RecBole's internal item order (not saved: dataset-specific).
         for m in self.modalities:
             self.register_buffer(f"{m}_features", dataset.features[m], persistent=False)
             self.register_buffer(f"{m}_present", dataset.present[m], persistent=False)
         self.adapters = nn.ModuleDict({m: self._adapter(config, config[f"{m}_dim"]) for m in self.modalities})
         self.adapter_dropout = nn.Dropout(config["adaptor_dropout_prob"])
-        self.item_embedding = (nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
-                               if self.transductive else None)
-        self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
+
+    def _build_sequence_encoder(self, config):
+        self.item_fusion = config["item_fusion"]
         self.modality_embedding = nn.Embedding(2, self.hidden_size) if self.item_fusion == "stack" else None
         self.input_layer_norm = nn.LayerNorm(self.hidden_size, eps=config["layer_norm_eps"])
         self.input_dropout = nn.Dropout(config["hidden_dropout_prob"])
-
         layer_args = dict(d_model=self.hidden_size, nhead=config["n_heads"], dim_feedforward=config["inner_size"],
                           dropout=config["hidden_dropout_prob"], activation=config["hidden_act"],
                           layer_norm_eps=config["layer_norm_eps"], batch_first=True)
-        n_encoder = config["n_layers"] // 2
+        n_encoder = config["n_layers"] // 2  # n_layers >= 2 (the schema's limit for MISSRec): one of each at least
         self.interest_encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer_args), n_encoder,
                                                       enable_nested_tensor=False)
         self.item_decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer_args),
                                                   config["n_layers"] - n_encoder)
         self.fusion_beta = nn.Parameter(torch.tensor(float(config["fusion_beta"])))
-
-        self.initializer_range = config["initializer_range"]
-        self.apply(self._init_weights)
-        for adapter in self.adapters.values():
-            if isinstance(adapter, MoEAdaptor):
-                adapter.init_whitening(self.initializer_range)
-        use_fast_dropout(self)
-        self._reset_interest_map()
-        self._item_token_cache = None
 
     def _adapter(self, config, feature_dim: int) -> nn.Module:
         """One modality's adapter: linear (the paper) or UniSRec's MoE of whitening experts (``item_adapter: moe``).
@@ -179,10 +155,9 @@ class MISSRec(FeatureSequentialRecommender):
     def _apply(self, fn, recurse=True):
         """``.to()``/``.cuda()``/``.cpu()`` move the interest map as well: it is kept in plain attributes (its shape
         changes at every refresh; checkpoints carry it through ``other_parameter``), which Module does not move."""
-        super()._apply(fn, recurse)
+        super()._apply(fn, recurse)  # also drops the cached item vectors
         for key in ("center_item", "center_modality", "item_interest"):
             setattr(self, key, fn(getattr(self, key)))
-        self._item_token_cache = None
         return self
 
     @property
@@ -280,7 +255,7 @@ class MISSRec(FeatureSequentialRecommender):
         if not self.has_interest_map:
             raise RuntimeError("append_items needs the interest map (call refresh_interests first)")
         device = self.device
-        cached = self._valid_item_cache()
+        cached = self._cached_items()
         n_old, n_new = self.n_items, len(interests)
         for m in self.modalities:
             setattr(self, f"{m}_features", torch.cat([self._features(m), features[m].to(device)]))
@@ -380,11 +355,11 @@ class MISSRec(FeatureSequentialRecommender):
         tensors' version counters): serving computes the item vectors once, not per call."""
         if items is not None:
             return self._candidate_tokens(items)
-        cached = self._valid_item_cache()
+        cached = self._cached_items()
         if cached is not None:
             return cached
         result = self._candidate_tokens(torch.arange(self.n_items, device=self.device))
-        self._item_token_cache = (self._item_cache_key(), result) if not self.training else None
+        self._keep_items(result)
         return result
 
     def _candidate_tokens(self, items):
@@ -393,35 +368,14 @@ class MISSRec(FeatureSequentialRecommender):
             tokens = tokens + self.item_embedding(items).unsqueeze(-2) * present.unsqueeze(-1)
         return F.normalize(tokens, dim=-1), present
 
-    def _item_cache_key(self) -> tuple:
-        """What the cached item vectors depend on: the catalogue size and the item weights (version counters
-        catch in-place updates such as optimizer steps, data pointers replaced or moved tensors)."""
-        weights = [*self.adapters.parameters(), *([] if self.item_embedding is None else
-                                                  self.item_embedding.parameters())]
-        return (self.n_items, *(w._version for w in weights), *(w.data_ptr() for w in weights))
-
-    def _valid_item_cache(self):
-        cache = self._item_token_cache
-        return cache[1] if cache is not None and cache[0] == self._item_cache_key() else None
-
     def _extend_item_cache(self, cached, new_items: torch.Tensor) -> None:
         """After ``append_items``: the vectors of the old items do not change (their weights are kept, copied
         into a grown ID embedding), so a cache valid before it only needs the new items' vectors appended."""
-        self._item_token_cache = None
+        self._item_cache = None
         if cached is None or self.training:
             return
         tokens, present = self._candidate_tokens(new_items)
-        self._item_token_cache = (self._item_cache_key(), (torch.cat([cached[0], tokens]),
-                                                           torch.cat([cached[1], present])))
-
-    def train(self, mode=True):
-        if mode or self.training:  # parameters may change while training; eval -> eval keeps the item vectors
-            self._item_token_cache = None
-        return super().train(mode)
-
-    def load_state_dict(self, state_dict, strict=True, assign=False):
-        self._item_token_cache = None
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._keep_items((torch.cat([cached[0], tokens]), torch.cat([cached[1], present])))
 
     def fused_scores(self, seq_output, candidates, present, pairwise=False):
         """Dynamic user-adaptive fusion: sum_m softmax_m(beta * s_m) * s_m over present modalities.
@@ -453,27 +407,22 @@ class MISSRec(FeatureSequentialRecommender):
         return scores + 0.0 * self.fusion_beta
 
     # ------------------------------------------------------------------ losses
-    def _info_nce(self, logits):
-        return F.cross_entropy(logits / self.temperature, torch.arange(len(logits), device=logits.device))
-
     def sequence_item_loss(self, seq_output, pos_items):
         """L_si: InfoNCE between s_u and its next item, over all items or the batch's targets."""
         if self.loss_candidates == "all":
             candidates, present = self.candidate_tokens()
             scores = self.fused_scores(seq_output, candidates, present)
-            scores[:, 0] = float("-inf")
-            return F.cross_entropy(scores / self.temperature, pos_items)
+            return self.all_items_loss(scores / self.temperature, pos_items)
         candidates, present = self.candidate_tokens(pos_items)
         scores = self.fused_scores(seq_output, candidates, present)
-        duplicate = (pos_items[:, None] == pos_items[None, :]) & ~torch.eye(
-            len(pos_items), dtype=torch.bool, device=pos_items.device)
-        return self._info_nce(scores.masked_fill(duplicate, float("-inf")))
+        return self.in_batch_loss(scores / self.temperature, pos_items)
 
     def sequence_sequence_loss(self, item_seq, item_seq_len):
         """L_ss: symmetric InfoNCE between two item-drop views of each sequence."""
         views = [F.normalize(self.forward(*self._item_drop(item_seq, item_seq_len)), dim=-1) for _ in range(2)]
         logits = views[0] @ views[1].T
-        return (self._info_nce(logits) + self._info_nce(logits.T)) / 2
+        tau = self.temperature
+        return (self.contrastive_loss(logits / tau) + self.contrastive_loss(logits.T / tau)) / 2
 
     @staticmethod
     def interest_similarity(memory, mask):

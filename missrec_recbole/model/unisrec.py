@@ -28,7 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from recbole.model.layers import TransformerEncoder
 
-from missrec_recbole.model.base import FeatureSequentialRecommender, MoEAdaptor, memory_chunk_rows, use_fast_dropout
+from missrec_recbole.config_schema import ConfigError
+from missrec_recbole.model.base import FeatureSequentialRecommender, MoEAdaptor
 
 
 class UniSRec(FeatureSequentialRecommender):
@@ -36,33 +37,24 @@ class UniSRec(FeatureSequentialRecommender):
 
     # parameter-efficient fine-tuning (paper): the MoE adaptor (+ the ID embedding when transductive) trains; the
     # Transformer, position embedding and input LayerNorm stay fixed
+    ITEM_MODULES = ("moe_adaptor", "item_embedding")
     FINETUNE_TRAINABLE = ("moe_adaptor.", "item_embedding.")
     UNFREEZABLE = ("position_embedding", "trm_encoder", "LayerNorm")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        if config["mode"] not in ("inductive", "transductive"):
-            raise ValueError(f"config `mode`: {config['mode']!r} must be inductive or transductive")
-        if "text" not in dataset.features:
-            raise ValueError("UniSRec needs the text modality: set `modalities: [text]`")
-        self.transductive = config["mode"] == "transductive"
-        self.stage = config["stage"]
-        self.hidden_size = config["hidden_size"]
-        self.temperature = config["temperature"]
-        self.lam = config["lambda"]
-        self.item_drop_ratio = config["item_drop_ratio"]
         self.item_drop_coefficient = config["item_drop_coefficient"]
-        self.loss_candidates = config["loss_candidates"]
-        self.length_buckets = config["length_buckets"] or 1
-        self.memory_chunk_rows = memory_chunk_rows(config)
 
+    def _build_item_adapters(self, config, dataset):
+        if "text" not in dataset.features:  # modalities: ~ leaves them to the files, which the schema cannot see
+            raise ConfigError(f"option 'modalities': UniSRec reads text features, {config['dataset']} is loaded with "
+                              f"{list(dataset.features)}; set `modalities: [text]` (and give it NAME.<text_suffix>).")
         # frozen features in RecBole's internal item order (row 0 = padding); not saved (dataset-specific)
         self.register_buffer("text_features", dataset.features["text"], persistent=False)
         self.moe_adaptor = MoEAdaptor(config["text_dim"], self.hidden_size, config["n_exps"],
                                       config["adaptor_dropout_prob"], config["gating_noise"])
-        self.item_embedding = (nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
-                               if self.transductive else None)
-        self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
+
+    def _build_sequence_encoder(self, config):
         self.trm_encoder = TransformerEncoder(
             n_layers=config["n_layers"], n_heads=config["n_heads"], hidden_size=self.hidden_size,
             inner_size=config["inner_size"], hidden_dropout_prob=config["hidden_dropout_prob"],
@@ -71,27 +63,21 @@ class UniSRec(FeatureSequentialRecommender):
         self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=config["layer_norm_eps"])
         self.dropout = nn.Dropout(config["hidden_dropout_prob"])
 
-        self.initializer_range = config["initializer_range"]
-        self.apply(self._init_weights)
-        self.moe_adaptor.init_whitening(self.initializer_range)
-        use_fast_dropout(self)  # same rates, cheaper masks on CPU
-        self._item_cache = None
-
     # ------------------------------------------------------------------ items
     def item_representations(self, items=None, feature_drop: float = 0.0) -> torch.Tensor:
         """v_i (+ e_i when transductive) for ``items`` of any shape, or [n_items, d] for all items.
 
         The adaptor runs once per distinct item. ``feature_drop`` > 0 zeroes that fraction of each
-        item's feature entries (item-level feature dropout, the L_SS augmentation).
+        item's feature entries (item-level feature dropout, the L_SS augmentation). All items without feature
+        drop are cached in eval mode until the weights or the catalogue change.
         """
         if items is None:
-            cached = not self.training and feature_drop == 0
-            if cached and self._item_cache is not None:
-                return self._item_cache
-            everything = torch.arange(self.n_items, device=self.device)
-            result = self._represent(everything, feature_drop)
-            if cached:
-                self._item_cache = result
+            cached = self._cached_items() if feature_drop == 0 else None
+            if cached is not None:
+                return cached
+            result = self._represent(torch.arange(self.n_items, device=self.device), feature_drop)
+            if feature_drop == 0:
+                self._keep_items(result)
             return result
         distinct, inverse = torch.unique(items, return_inverse=True)
         return self._represent(distinct, feature_drop)[inverse]
@@ -102,14 +88,6 @@ class UniSRec(FeatureSequentialRecommender):
             features = F.dropout(features, feature_drop, training=True)
         reps = self.moe_adaptor(features)
         return reps + self.item_embedding(items) if self.transductive else reps
-
-    def train(self, mode=True):
-        self._item_cache = None  # parameters may change from here on
-        return super().train(mode)
-
-    def load_state_dict(self, state_dict, strict=True, assign=False):
-        self._item_cache = None
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ------------------------------------------------------------------ sequences
     def encode(self, item_seq, item_seq_len, item_reps) -> torch.Tensor:
@@ -168,19 +146,12 @@ class UniSRec(FeatureSequentialRecommender):
         """
         if self.loss_candidates == "all":
             table = item_table if item_table is not None else self.item_representations()
-            logits = self._logits(seq_output, table)
-            logits[:, 0] = float("-inf")  # padding
-            return F.cross_entropy(logits, pos_items)
-        logits = self._logits(seq_output, self.item_representations(pos_items))
-        duplicate = (pos_items[:, None] == pos_items[None, :]) & ~torch.eye(
-            len(pos_items), dtype=torch.bool, device=pos_items.device)
-        return F.cross_entropy(logits.masked_fill(duplicate, float("-inf")),
-                               torch.arange(len(pos_items), device=pos_items.device))
+            return self.all_items_loss(self._logits(seq_output, table), pos_items)
+        return self.in_batch_loss(self._logits(seq_output, self.item_representations(pos_items)), pos_items)
 
     def sequence_sequence_loss(self, seq_output, item_seq, item_seq_len):
         """l_SS between each sequence and its augmented view, in-batch negatives."""
-        logits = self._logits(seq_output, self.augmented_view(item_seq, item_seq_len))
-        return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+        return self.contrastive_loss(self._logits(seq_output, self.augmented_view(item_seq, item_seq_len)))
 
     def calculate_loss(self, interaction):
         """Pre-training: (l_SI, lambda * l_SS); fine-tuning: l_SI (cross-entropy over all items)."""
