@@ -149,7 +149,8 @@ def test_integer_ids_that_read_either_way_follow_the_other_files(tmp_path, valid
     assert (files.item_ids is not None) == (kind == "original")
     assert (dataset_item_ids(tmp_path / "Num", "Num") is not None) == (kind == "original")
     dataset = MISSRecDataset(config)
-    assert list(dataset.item_index_of(_column(dataset, "item_id")[:1])) == [1 if kind == "original" else 2]
+    first_target = _column(dataset, "item_id")[:1]  # internal id -> the item index (feature row) it stands for
+    assert [int(t) for t in dataset.field2id_token["item_id"][first_target]] == [1 if kind == "original" else 2]
 
 
 def test_tools_agree_both_ways(both, tmp_path, capsys):

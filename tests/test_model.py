@@ -153,9 +153,9 @@ def test_length_buckets_give_the_same_result(built):
     batch = next(iter(train))
     with torch.no_grad():
         model.length_buckets = 1
-        dense, dense_reg = model.forward_with_diversity(batch["item_id_list"], batch["item_length"])
+        dense, dense_reg = model.encode(batch["item_id_list"], batch["item_length"], with_diversity=True)
         model.length_buckets = 8
-        bucketed, bucketed_reg = model.forward_with_diversity(batch["item_id_list"], batch["item_length"])
+        bucketed, bucketed_reg = model.encode(batch["item_id_list"], batch["item_length"], with_diversity=True)
     assert len(model._length_buckets(batch["item_length"])) > 1
     assert torch.allclose(dense, bucketed, atol=1e-5) and torch.allclose(dense_reg, bucketed_reg, atol=1e-6)
 

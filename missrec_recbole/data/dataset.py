@@ -439,7 +439,6 @@ class MISSRecDataset(SequentialDataset):
         for m in self.modalities:
             self.features[m] = self._to_internal_order(self.files.features[m])
             self.present[m] = self.features[m].abs().sum(dim=1) > 0
-        self.present_any = torch.stack(list(self.present.values())).any(dim=0)
         self.files.features = {}  # the tensors above are the only copy we keep
 
     def _load_feat(self, filepath, source):
@@ -460,10 +459,6 @@ class MISSRecDataset(SequentialDataset):
         ordered = np.zeros((len(tokens) + 1, matrix.shape[1]), dtype=np.float32)
         ordered[1:] = matrix[tokens]
         return torch.from_numpy(ordered)
-
-    def item_index_of(self, internal_ids) -> np.ndarray:
-        """Dataset item index (feature row) of RecBole internal ids."""
-        return self.field2id_token[self.iid_field][np.asarray(internal_ids)].astype(np.int64)
 
     def __str__(self):
         missing = ", ".join(f"{m} missing {int((~self.present[m][1:]).sum())}" for m in self.modalities)

@@ -326,14 +326,11 @@ class MISSRec(FeatureSequentialRecommender):
 
     def forward(self, item_seq, item_seq_len):
         """Sequence representation s_u [B, d]."""
-        return self._encode(item_seq, item_seq_len, with_diversity=False)[0]
+        return self.encode(item_seq, item_seq_len)[0]
 
-    def forward_with_diversity(self, item_seq, item_seq_len):
-        """s_u [B, d] and L_reg, the pair-weighted mean similarity of the memory tokens (pre-training)."""
-        return self._encode(item_seq, item_seq_len, with_diversity=True)
-
-    def _encode(self, item_seq, item_seq_len, with_diversity: bool):
-        """(s_u, L_reg or None). Rows are processed in length buckets (exactly the same result as one padded
+    def encode(self, item_seq, item_seq_len, with_diversity: bool = False):
+        """(s_u [B, d], L_reg or None): with ``with_diversity`` (pre-training) also L_reg, the pair-weighted mean
+        similarity of the memory tokens. Rows are processed in length buckets (exactly the same result as one padded
         block: every row is computed independently of the others)."""
         seq_output = item_seq.new_zeros(len(item_seq), self.hidden_size, dtype=torch.float)
         similarity_sum, pairs = seq_output.new_zeros(()), 0
@@ -440,7 +437,7 @@ class MISSRec(FeatureSequentialRecommender):
         """Pre-training: L_si + lambda L_ss + gamma L_reg; fine-tuning: L_si."""
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         pretraining = self.stage == "pretrain"
-        seq_output, loss_reg = self._encode(item_seq, item_seq_len, with_diversity=pretraining)
+        seq_output, loss_reg = self.encode(item_seq, item_seq_len, with_diversity=pretraining)
         loss_si = self.sequence_item_loss(seq_output, interaction[self.POS_ITEM_ID])
         if not pretraining:
             return loss_si
