@@ -22,7 +22,8 @@ from missrec_recbole.config import PROPS, parse_known_options
 from missrec_recbole.files import write_json
 from missrec_recbole.inference import cli as recommend_cli
 from missrec_recbole.quick_start import finetune, pretrain
-from missrec_recbole.tools import amazon, demo, features, from_recbole, images, inspect, merge, prepare, split_users
+from missrec_recbole.tools import amazon, features, from_recbole, images, inspect, merge, prepare, split_users
+from missrec_recbole.tools.demo import cli as demo
 from missrec_recbole.trainer import distributed
 
 DEMO_PRETRAIN = ["Demo-A", "Demo-B", "Demo-C"]
@@ -108,7 +109,7 @@ def run(argv=None) -> int:
 
 # ----------------------------------------------------------------------------- the `missrec` console command
 TOOLS = {"features": features._main, "prepare": prepare.main, "inspect": inspect._main, "amazon": amazon._main,
-         "from_recbole": from_recbole.main, "images": images._main, "demo": demo._main, "merge": merge.main,
+         "from_recbole": from_recbole.main, "images": images._main, "demo": demo.main, "merge": merge.main,
          "split_users": split_users.main}
 COMMANDS = ("train", "pretrain", "recommend", "bench", *TOOLS)
 USAGE = f"""usage: missrec {{{','.join(COMMANDS)}}} [options]

@@ -20,7 +20,7 @@ import pytest
 import run_missrec
 from missrec_recbole import quick_start
 from missrec_recbole.config_schema import OPTIONS, ConfigError, check_options
-from missrec_recbole.data.dataset import DatasetFormatError, validate_dataset
+from missrec_recbole.data import DatasetFormatError, validate_dataset
 from missrec_recbole.tools.demo import generate_demo_dataset
 from missrec_recbole.tools.inspect import _main as inspect_main
 from missrec_recbole.inference import FeatureError, ItemIdError, MISSRecPredictor

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from missrec_recbole.data.dataset import validate_dataset
-from missrec_recbole.tools.features import (BrokenImageWarning, Encoder, FeatureError, _main, extract_text_features,
+from missrec_recbole.tools.features import (BrokenImageWarning, Encoder, FeatureExtractionError, _main, extract_text_features,
                                       read_item_index)
 from tests.conftest import write_dataset
 
@@ -154,7 +154,7 @@ def test_resume_after_interruption(dataset, tmp_path):
     class Other(HashEncoder):
         identity = "another-model"
 
-    with pytest.raises(FeatureError, match="progress.json: an unfinished run with different settings.*--force"):
+    with pytest.raises(FeatureExtractionError, match="progress.json: an unfinished run with different settings.*--force"):
         extract_text_features(Other(), ids, texts, out, **kwargs)
 
     encoder = HashEncoder()
@@ -257,7 +257,7 @@ def test_open_clip_tiny_random_model(dataset, tmp_path, capsys):
     np.testing.assert_allclose(image[8], loaded.encode_images([picture])[0], rtol=1e-4, atol=1e-5)
     assert open_clip.__version__
 
-    with pytest.raises(FeatureError, match="neither a file nor a known weights tag"):
+    with pytest.raises(FeatureExtractionError, match="neither a file nor a known weights tag"):
         OpenClipEncoder("ViT-B-32", "no-such-tag")
 
 
@@ -293,7 +293,7 @@ def test_wordllama_loads_offline_and_puts_similar_products_together(wordllama_en
 
 
 def test_wordllama_is_text_only(wordllama_encoder):
-    with pytest.raises(FeatureError, match="encodes text only"):
+    with pytest.raises(FeatureExtractionError, match="encodes text only"):
         wordllama_encoder.encode_images([Image.new("RGB", (8, 8))])
 
 

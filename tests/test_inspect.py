@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from missrec_recbole.data.dataset import DatasetFormatError, validate_dataset
+from missrec_recbole.data import DatasetFormatError, validate_dataset
 from missrec_recbole.tools.demo import ensure_demo_dataset
 from missrec_recbole.tools.inspect import _main
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Sequence
 
 from missrec_recbole.command import run_command
-from missrec_recbole.data.dataset import tab_rows
+from missrec_recbole.data.atomic_files import DatasetFormatError, tab_rows
 from missrec_recbole.files import TEMP_PREFIX, atomic_write
 
 __all__ = ["IMAGE_EXTENSIONS", "DownloadReport", "ImageListError", "download_images", "find_images", "image_stem",
@@ -51,7 +51,7 @@ USER_AGENT = "missrec-recbole-image-fetch/1.0"
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
-class ImageListError(ValueError):
+class ImageListError(DatasetFormatError):
     """Unusable URL list or output folder: the message names the file and what to do."""
 
 

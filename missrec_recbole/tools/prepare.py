@@ -27,9 +27,11 @@ import numpy as np
 
 from missrec_recbole.command import run_command, watched
 from missrec_recbole.config import merged_props
-from missrec_recbole.data.dataset import (DatasetFormatError, atomic_directory, feature_width, read_feature_file,
-                                          read_item2index, validate_dataset)
-from missrec_recbole.tools.features import extract_text_features, make_encoder, read_item_index, read_item_texts
+from missrec_recbole.data.atomic_files import (DatasetFormatError, feature_width, read_feature_file, read_item2index,
+                                               read_item_texts, write_feature_file)
+from missrec_recbole.data.dataset import validate_dataset
+from missrec_recbole.files import atomic_directory
+from missrec_recbole.tools.features import extract_text_features, make_encoder, read_item_index
 
 def _defaults() -> dict:
     """The options the loader's checks read (suffixes, dims, modalities, splits, max length) from props/."""
@@ -74,7 +76,7 @@ def prepare_dataset(source, out_path, encoder="wordllama", image_features_from=N
             other = Path(image_features_from)
             rows, found = shared_image_rows(tmp / f"{name}.item2index", other / f"{other.name}.item2index",
                                             other / f"{other.name}.{options['image_suffix']}")
-            rows.astype("<f4").tofile(tmp / f"{name}.{options['image_suffix']}")
+            write_feature_file(tmp / f"{name}.{options['image_suffix']}", rows)
             log(f"{name}: image features of {found} of {rows.shape[0]} items from {other} (the rest: missing)")
         config = {**options, "dataset": name, "data_path": str(tmp)}
         files = validate_dataset(config)  # the loader's own checks (they also read the widths from the files)

@@ -30,22 +30,18 @@ from pathlib import Path
 import numpy as np
 
 from missrec_recbole.command import run_command
-from missrec_recbole.data.dataset import atomic_directory, tab_rows
+from missrec_recbole.data.atomic_files import SPLITS, inter_path, tab_rows
+from missrec_recbole.files import atomic_directory
 
-SPLITS = ("train", "valid", "test")
 MARKER = ".split.json"
 HALVES = ("pre", "eval")
-
-
-def _inter_path(folder: Path, name: str, split: str) -> Path:
-    return Path(folder) / f"{name}.{split}.inter"
 
 
 def dataset_users(folder, name: str) -> list[str]:
     """Every user token of ``NAME.{train,valid,test}.inter``, sorted (numerically if possible)."""
     users = set()
     for split in SPLITS:
-        users.update(fields[0] for number, fields in tab_rows(_inter_path(folder, name, split)) if number > 1)
+        users.update(fields[0] for number, fields in tab_rows(inter_path(folder, name, split)) if number > 1)
     numeric = all(u.isdigit() for u in users)
     return sorted(users, key=int if numeric else str)
 
@@ -61,6 +57,7 @@ def draw_split(users, seed: int, pre_ratio: float = 0.5) -> tuple[list[str], lis
 
 
 def _write_inter(source: Path, target: Path, users: set) -> int:
+    """The lines of ``users`` (and the header) copied as they are: a half keeps the source's tokens, byte for byte."""
     rows = 0
     with open(source, encoding="utf-8") as src, open(target, "w", encoding="utf-8") as out:
         out.write(src.readline())
@@ -80,7 +77,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 def _write_half(folder: Path, name: str, half_name: str, users: set, tmp_dir: Path) -> dict:
     """All files of one half into ``tmp_dir``; returns per-split row counts."""
-    rows = {split: _write_inter(_inter_path(folder, name, split), tmp_dir / f"{half_name}.{split}.inter", users)
+    rows = {split: _write_inter(inter_path(folder, name, split), inter_path(tmp_dir, half_name, split), users)
             for split in SPLITS}
     for source in sorted(folder.iterdir()):
         suffix = source.name[len(name):]
