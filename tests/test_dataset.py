@@ -1,7 +1,5 @@
 """MISSRecDataset: feature remap to RecBole ids, missing-modality mask, and one clear error per bad input."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 

@@ -12,12 +12,13 @@ import numpy as np
 
 from missrec_recbole.tools.demo.settings import (DOMAIN_INTERESTS, DOMAIN_SHIFT_SCALE, EXPLORE_WEIGHT, FEATURE_NOISE,
                                                  IMAGE_NORM, IMAGE_VIEW, INTEREST_ZIPF, ITEM_SCALE, KERNEL_BANDWIDTH,
-                                                 LATENT_DIM, LEN_EXTRA_MEAN, MAX_LEN, MEAN_SCALE, MIN_ITEMS_PER_INTEREST,
-                                                 MIN_LEN, MISSING_IMAGE_RANGE, N_INTERESTS, N_ITEMS_RANGE, N_LOOKS,
-                                                 N_SUBSTYLES, N_USERS_RANGE, NORM_JITTER, P_STAY, POP_EXPONENT,
-                                                 PREV_WEIGHT, SECONDARY_PENALTY, SECONDARY_SHARE, SECONDARY_WEIGHT,
-                                                 TEXT_NORM, TEXT_VIEW, USER_INTEREST_COUNTS, USER_INTEREST_SHARES,
-                                                 USER_NOISE_SCALE, VIEW_LATENT_NOISE, ZIPF_EXPONENT)
+                                                 LATENT_DIM, LEN_EXTRA_MEAN, MAX_LEN, MEAN_SCALE,
+                                                 MIN_ITEMS_PER_INTEREST, MIN_LEN, MISSING_IMAGE_RANGE, N_INTERESTS,
+                                                 N_ITEMS_RANGE, N_LOOKS, N_SUBSTYLES, N_USERS_RANGE, NORM_JITTER,
+                                                 P_STAY, POP_EXPONENT, PREV_WEIGHT, SECONDARY_PENALTY, SECONDARY_SHARE,
+                                                 SECONDARY_WEIGHT, TEXT_NORM, TEXT_VIEW, USER_INTEREST_COUNTS,
+                                                 USER_INTEREST_SHARES, USER_NOISE_SCALE, VIEW_LATENT_NOISE,
+                                                 ZIPF_EXPONENT)
 from missrec_recbole.tools.demo.world import World, domain_code, domain_rng, unit_rows
 
 
