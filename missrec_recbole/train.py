@@ -14,24 +14,19 @@ Every option is checked before anything runs (python -m missrec_recbole.config_s
 from __future__ import annotations
 
 import argparse
-import sys
 
-from missrec_recbole import bench
-from missrec_recbole.command import DEBUG_HELP, run_command, watched
+from missrec_recbole.command import DEBUG_HELP, command_parser, watched
 from missrec_recbole.config import PROPS, parse_known_options
 from missrec_recbole.files import write_json
-from missrec_recbole.inference import cli as recommend_cli
 from missrec_recbole.quick_start import finetune, pretrain
-from missrec_recbole.tools import amazon, features, from_recbole, images, inspect, merge, prepare, split_users
-from missrec_recbole.tools.demo import cli as demo
 from missrec_recbole.trainer import distributed
 
 DEMO_PRETRAIN = ["Demo-A", "Demo-B", "Demo-C"]
 DEMO_FINETUNE = "Demo-D"
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description, parser.formatter_class = __doc__, argparse.RawDescriptionHelpFormatter
     parser.add_argument("-d", "--dataset", help="dataset name under --data_path; comma-separated list to pre-train "
                                                 "on several domains (default: the demo run)")
     parser.add_argument("-p", "--pretrained", help="pre-trained checkpoint (.pth) to fine-tune from")
@@ -49,7 +44,11 @@ def parse_args(argv=None):
                         help="progress bars per epoch (default: when stderr is a terminal)")
     parser.add_argument("--result_json", help="also write the results to this JSON file")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    args, overrides = parse_known_options(parser, argv)
+
+
+def parse_args(argv=None, parser=None):
+    """``(args, config overrides)`` of a training command line (``parser``: as for :func:`main`)."""
+    args, overrides = parse_known_options(command_parser(add_arguments, parser), argv)
     for key in ("mode", "data_path"):
         if getattr(args, key):
             overrides[key] = getattr(args, key)
@@ -69,11 +68,16 @@ def format_results(result) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["recommend"]:  # python run_missrec.py recommend -p MODEL -d NAME --history ID1,ID2
-        return recommend_cli.main(argv[1:])
-    args, overrides = parse_args(argv)
+def main(argv=None, parser=None):
+    """Train as the command line ``argv`` says; returns the results. ``parser``: the ``missrec train`` sub-command's
+    (:func:`~missrec_recbole.command.command_parser`). A torchrun process group is left at the end, whatever happens."""
+    try:
+        return _train(*parse_args(argv, parser))
+    finally:
+        distributed.shutdown()
+
+
+def _train(args, overrides):
     if args.dataset is None:  # the demo: brief pre-training, then parameter-efficient fine-tuning
         files = [str(PROPS / "demo-pretrain.yaml")] + args.config_files
         checkpoints = pretrain(DEMO_PRETRAIN, files, overrides, args.show_progress)
@@ -96,47 +100,3 @@ def main(argv=None):
     if args.result_json:
         write_json(args.result_json, result)
     return result
-
-
-def run(argv=None) -> int:
-    """The command line: bad input -> one 'error: ...' line on stderr and a non-zero exit code."""
-    try:
-        return run_command(main, argv)
-    finally:
-        distributed.shutdown()
-
-
-
-# ----------------------------------------------------------------------------- the `missrec` console command
-TOOLS = {"features": features._main, "prepare": prepare.main, "inspect": inspect._main, "amazon": amazon._main,
-         "from_recbole": from_recbole.main, "images": images._main, "demo": demo.main, "merge": merge.main,
-         "split_users": split_users.main}
-COMMANDS = ("train", "pretrain", "recommend", "bench", *TOOLS)
-USAGE = f"""usage: missrec {{{','.join(COMMANDS)}}} [options]
-
-  missrec train [-d NAME] [-p MODEL.pth] [--key=value ...]   fine-tune or train (python run_missrec.py ...)
-  missrec pretrain -d A,B,C [--key=value ...]                pre-train (python run_missrec.py --stage=pretrain ...)
-  missrec recommend -p MODEL.pth -d NAME --history ID1,ID2   recommend (python recommend.py ...;
-                                                             --history_file PATH: one id per line)
-  missrec bench [...]                                        benchmark (python -m missrec_recbole.bench ...)
-  missrec features|prepare|inspect|amazon|from_recbole|images|demo|merge|split_users [...]
-                                                             offline tools (python -m missrec_recbole.tools.NAME ...)
-
-`missrec COMMAND --help` describes each command."""
-
-
-def missrec(argv=None) -> int:
-    """The ``missrec`` console command (setup.cfg): one name for every entry point of the package."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command, rest = (argv[0], argv[1:]) if argv else (None, [])
-    if command in ("train", "pretrain"):
-        return run((["--stage=pretrain"] if command == "pretrain" else []) + rest)
-    if command == "recommend":
-        return recommend_cli.run(rest)
-    if command == "bench":
-        return run_command(bench.main, rest)
-    if command in TOOLS:
-        return run_command(TOOLS[command], rest)
-    print(USAGE, file=sys.stdout if command in ("-h", "--help") else sys.stderr)
-    return 0 if command in ("-h", "--help") else 2
-

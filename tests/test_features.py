@@ -19,9 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
-from missrec_recbole.data.dataset import validate_dataset
-from missrec_recbole.tools.features import (BrokenImageWarning, Encoder, FeatureExtractionError, _main, extract_text_features,
-                                      read_item_index)
+from missrec_recbole.data import validate_dataset
+from missrec_recbole.tools.features import (BrokenImageWarning, Encoder, FeatureExtractionError, extract_text_features,
+                                            main, read_item_index)
 from tests.conftest import write_dataset
 
 DIM = 16
@@ -106,7 +106,7 @@ def test_cli_alignment_dims_zero_rows_and_corrupt_images(dataset, capsys):
     argv = ["--text", str(folder / "Tiny.text"), "--images", str(folder / "images"), "-o", str(folder),
             "--encoder", "tests.test_features:make_encoder", "--batch_size", "5", "--quiet"]
     with pytest.warns(BrokenImageWarning) as caught:
-        assert _main(argv) == 0
+        assert main(argv) == 0
     messages = sorted(str(w.message) for w in caught if issubclass(w.category, BrokenImageWarning))
     assert len(messages) == 2 and "ITEM6.jpg: cannot read image" in messages[0] and "ITEM7.jpg" in messages[1]
     assert "all-zero image row" in messages[0]
@@ -134,7 +134,7 @@ def test_cli_alignment_dims_zero_rows_and_corrupt_images(dataset, capsys):
     assert validate_dataset(config).features["image"].shape == (12, DIM)
 
     # finished files are not recomputed
-    assert _main(argv) == 0
+    assert main(argv) == 0
     assert "already complete" in capsys.readouterr().out
 
 
@@ -189,7 +189,7 @@ def test_bad_inputs(dataset, capsys):
     for extra, message in cases:
         argv = ["-o", str(folder), "--quiet"] + (extra if "--encoder" in extra else
                                                   extra + ["--encoder", "tests.test_features:make_encoder"])
-        assert _main(argv) == 1, extra
+        assert main(argv) == 1, extra
         assert message in capsys.readouterr().err, message
     assert not list(folder.glob("Tiny.feat*"))
 
@@ -205,7 +205,7 @@ def test_open_clip_missing_or_broken_gives_clear_error(dataset, capsys):
     else:
         expected = 'pip install -e ".[features]"'
     folder, _, _ = dataset
-    assert _main(["--text", str(folder / "Tiny.text"), "-o", str(folder), "--quiet"]) == 1
+    assert main(["--text", str(folder / "Tiny.text"), "-o", str(folder), "--quiet"]) == 1
     assert expected in capsys.readouterr().err
     assert not list(folder.glob("Tiny.feat*"))
 
@@ -242,7 +242,7 @@ def test_open_clip_tiny_random_model(dataset, tmp_path, capsys):
     argv = ["--text", str(folder / "Tiny.text"), "--images", str(folder / "images"), "-o", str(folder),
             "--model", str(config), "--pretrained", str(weights), "--batch_size", "4", "--quiet"]
     with pytest.warns(BrokenImageWarning):
-        assert _main(argv) == 0
+        assert main(argv) == 0
     printed = capsys.readouterr().out  # any width runs without a --text_dim flag: no note about it any more
     assert "Tiny.feat1CLS (12 x 24)" in printed and "Tiny.feat3CLS (12 x 24)" in printed and "_dim" not in printed
     text = np.fromfile(folder / "Tiny.feat1CLS", dtype="<f4").reshape(-1, 24)
@@ -299,5 +299,5 @@ def test_wordllama_is_text_only(wordllama_encoder):
 
 def test_unknown_encoder_name_lists_the_choices(dataset, capsys):
     folder, _, _ = dataset
-    assert _main(["--text", str(folder / "Tiny.text"), "-o", str(folder), "--encoder", "minilm", "--quiet"]) == 1
+    assert main(["--text", str(folder / "Tiny.text"), "-o", str(folder), "--encoder", "minilm", "--quiet"]) == 1
     assert "--encoder 'minilm': expected one of open_clip, wordllama or 'module:function'" in capsys.readouterr().err

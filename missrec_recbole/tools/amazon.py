@@ -48,11 +48,11 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 
-from missrec_recbole.command import run_command
+from missrec_recbole.command import command_parser, run_command
 from missrec_recbole.data.atomic_files import MAX_HISTORY, DatasetFormatError, write_sequences
 from missrec_recbole.files import atomic_directory
 
@@ -428,9 +428,11 @@ def convert_amazon(reviews, meta, out_dir, name: str | None = None, kcore: int =
     return stats
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m missrec_recbole.tools.amazon",
-                                     description=__doc__.split("\n\n")[0])
+PROG = "python -m missrec_recbole.tools.amazon"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("\n\n")[0]
     parser.add_argument("--reviews", required=True, help="reviews file, e.g. Office_Products.json.gz")
     parser.add_argument("--meta", required=True, help="metadata file, e.g. meta_Office_Products.json.gz")
     parser.add_argument("-o", "--out", required=True, help="output folder <data_path>/NAME")
@@ -444,7 +446,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true",
                         help="replace the files of an existing output folder (sub-folders such as images/ are kept)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
+
+
+def main(argv=None, parser=None) -> int:
+    args = command_parser(add_arguments, parser, PROG).parse_args(argv)
     start = time.perf_counter()
     try:
         stats = convert_amazon(args.reviews, args.meta, args.out, args.name, args.kcore, args.max_len,
@@ -458,4 +463,4 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_command(_main))
+    sys.exit(run_command(main))

@@ -35,18 +35,18 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from missrec_recbole.command import run_command, watched
+from missrec_recbole.command import command_parser, run_command, watched
 from missrec_recbole.files import write_json
 from missrec_recbole.data.atomic_files import DatasetFormatError, item_ids_by_index, read_item_texts
 from missrec_recbole.tools.images import find_images, image_stem
 
 __all__ = ["Encoder", "OpenClipEncoder", "WordLlamaEncoder", "ENCODERS", "make_encoder", "FeatureExtractionError",
-           "BrokenImageWarning", "ExtractionResult", "extract_text_features", "extract_image_features", "read_item_index",
-           "load_image"]
+           "BrokenImageWarning", "ExtractionResult", "extract_text_features", "extract_image_features",
+           "read_item_index", "load_image"]
 
 
 
@@ -104,12 +104,13 @@ class OpenClipEncoder:
         if model.endswith(".json"):
             if not os.path.isfile(model):
                 raise FeatureExtractionError(f"{model}: model config file not found. Pass an open_clip model name "
-                                   "(e.g. ViT-B-32) or an existing config JSON.")
+                                             "(e.g. ViT-B-32) or an existing config JSON.")
             open_clip.add_model_config(model)
             name = Path(model).stem
         elif not model.startswith(("local-dir:", "hf-hub:")) and name.replace("/", "-") not in open_clip.list_models():
-            raise FeatureExtractionError(f"--model {model!r}: unknown open_clip model. Use one of open_clip.list_models() "
-                               "(e.g. ViT-B-32), a model config .json or local-dir:PATH.")
+            raise FeatureExtractionError(
+                f"--model {model!r}: unknown open_clip model. Use one of open_clip.list_models() "
+                "(e.g. ViT-B-32), a model config .json or local-dir:PATH.")
         if pretrained is None or str(pretrained).lower() in ("", "none", "random"):
             pretrained = None
             warnings.warn(f"{model}: no --pretrained weights, using a randomly initialised model "
@@ -121,8 +122,9 @@ class OpenClipEncoder:
             known = open_clip.list_pretrained_tags_by_model(name) if not name.startswith(("local-dir:", "hf-hub:")) \
                 else []
             if pretrained not in known:
-                raise FeatureExtractionError(f"--pretrained {pretrained!r}: neither a file nor a known weights tag of {model} "
-                                   f"(tags: {', '.join(known) or 'none'}). Pass a local weights file.")
+                raise FeatureExtractionError(
+                    f"--pretrained {pretrained!r}: neither a file nor a known weights tag of {model} "
+                    f"(tags: {', '.join(known) or 'none'}). Pass a local weights file.")
             weights = pretrained
         try:
             self.model, _, self.preprocess = open_clip.create_model_and_transforms(
@@ -157,23 +159,26 @@ class WordLlamaEncoder:
         try:
             import wordllama
         except ModuleNotFoundError:
-            raise FeatureExtractionError("--encoder wordllama: the Python module 'wordllama' is not installed. Install the "
-                               "optional extra: pip install -e \".[text]\"") from None
+            raise FeatureExtractionError(
+                "--encoder wordllama: the Python module 'wordllama' is not installed. Install the "
+                "optional extra: pip install -e \".[text]\"") from None
         # WordLlama.load() looks for the tokenizer in <package>/tokenizer/ (the wheel has tokenizers/) and then
         # downloads it; as cache_dir the package folder holds both files. Downloads stay disabled.
         folder = Path(wordllama.__file__).parent
         try:
             self.model = wordllama.WordLlama.load(cache_dir=folder, dim=dim, disable_download=True)
         except (FileNotFoundError, ValueError) as error:
-            raise FeatureExtractionError(f"--encoder wordllama: cannot load the packaged weights ({error}). Reinstall the "
-                               "wordllama package.") from None
+            raise FeatureExtractionError(
+                f"--encoder wordllama: cannot load the packaged weights ({error}). Reinstall the "
+                "wordllama package.") from None
         self.identity = f"wordllama:{getattr(wordllama, '__version__', '?')}:l2_supercat:{dim}"
 
     def encode_text(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self.model.embed(list(texts), norm=False), dtype=np.float32)
 
     def encode_images(self, images: list) -> np.ndarray:
-        raise FeatureExtractionError("--encoder wordllama encodes text only: leave out --images (or use open_clip for images).")
+        raise FeatureExtractionError(
+            "--encoder wordllama encodes text only: leave out --images (or use open_clip for images).")
 
 
 ENCODERS = {"wordllama": WordLlamaEncoder}  # named --encoder choices besides module:function; default open_clip
@@ -195,7 +200,7 @@ def read_item_index(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FeatureExtractionError(f"{path}: item index not found. Pass --item2index, or create NAME.item2index "
-                           "(python -m missrec_recbole.tools.amazon writes it).")
+                                     "(python -m missrec_recbole.tools.amazon writes it).")
     return item_ids_by_index(path)
 
 
@@ -253,7 +258,7 @@ def _run_resumable(out_path: Path, n_items: int, fingerprint: dict, compute: Cal
             result.skipped, result.rows, result.dim = True, n_items, size // (4 * n_items)
             return result
         raise FeatureExtractionError(f"{out_path}: exists but its size ({size} bytes) does not fit {n_items} items. "
-                           "Pass --force to recompute it.")
+                                     "Pass --force to recompute it.")
     done, dim = 0, None
     if state_path.exists() and not force:
         try:
@@ -283,11 +288,12 @@ def _run_resumable(out_path: Path, n_items: int, fingerprint: dict, compute: Cal
             stop = min(start + batch_size, n_items)
             block = np.ascontiguousarray(compute(start, stop), dtype="<f4")
             if block.ndim != 2 or block.shape[0] != stop - start or (dim is not None and block.shape[1] != dim):
-                raise FeatureExtractionError(f"{out_path}: the encoder returned shape {block.shape} for rows {start}-{stop} "
-                                   f"(expected ({stop - start}, {dim or 'dim'})). Check the --encoder.")
+                raise FeatureExtractionError(
+                    f"{out_path}: the encoder returned shape {block.shape} for rows {start}-{stop} "
+                    f"(expected ({stop - start}, {dim or 'dim'})). Check the --encoder.")
             if not np.isfinite(block).all():
                 raise FeatureExtractionError(f"{out_path}: the encoder returned NaN/inf for rows {start}-{stop}. "
-                                   "Check the model weights (or use --precision fp32).")
+                                             "Check the model weights (or use --precision fp32).")
             dim = block.shape[1]
             handle.write(block.tobytes())
             handle.flush()
@@ -305,7 +311,8 @@ def _zero_fill(n: int, index: list[int], encoded: np.ndarray | None, dim: int | 
         return np.zeros((n, dim), dtype=np.float32)
     encoded = np.asarray(encoded, dtype=np.float32)
     if encoded.ndim != 2 or encoded.shape[0] != len(index):
-        raise FeatureExtractionError(f"the encoder returned shape {encoded.shape} for {len(index)} inputs. Check the --encoder.")
+        raise FeatureExtractionError(
+            f"the encoder returned shape {encoded.shape} for {len(index)} inputs. Check the --encoder.")
     block = np.zeros((n, encoded.shape[1]), dtype=np.float32)
     block[index] = encoded
     return block
@@ -348,7 +355,7 @@ def extract_image_features(encoder: Encoder, item_ids: list[str], image_dir, out
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
         raise FeatureExtractionError(f"{image_dir}: image folder not found. Download the images first "
-                           "(python -m missrec_recbole.tools.images) or leave out --images.")
+                                     "(python -m missrec_recbole.tools.images) or leave out --images.")
     files = find_images(image_dir)
     result = ExtractionResult(out_path, len(item_ids), 0)
     fingerprint = {"kind": "image", "encoder": encoder.identity, "items": len(item_ids),
@@ -388,7 +395,7 @@ def _load_encoder_factory(spec: str):
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise FeatureExtractionError(f"--encoder {spec!r}: expected one of {', '.join(['open_clip', *ENCODERS])} "
-                           "or 'module:function'.")
+                                     "or 'module:function'.")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as error:
@@ -396,10 +403,13 @@ def _load_encoder_factory(spec: str):
     return factory
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m missrec_recbole.tools.features",
-                                     description="Write CLIP text/image features (NAME.feat1CLS / NAME.feat3CLS).",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+PROG = "python -m missrec_recbole.tools.features"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Write CLIP text/image features (NAME.feat1CLS / NAME.feat3CLS)."
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__
     parser.add_argument("--text", help="NAME.text file (item texts); leave out to skip text features")
     parser.add_argument("--images", help="folder of item images; leave out to skip image features")
     parser.add_argument("-o", "--out", required=True, help="dataset folder that receives NAME.feat1CLS / feat3CLS")
@@ -417,7 +427,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image_suffix", default="feat3CLS")
     parser.add_argument("--force", action="store_true", help="recompute finished files / discard unfinished runs")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (shown only when stderr is a terminal)")
-    args = parser.parse_args(argv)
+
+
+def main(argv=None, parser=None) -> int:
+    args = command_parser(add_arguments, parser, PROG).parse_args(argv)
     saved_format = warnings.formatwarning
     warnings.formatwarning = lambda message, category, *rest, **kw: f"warning: {message}\n"
     try:
@@ -435,17 +448,18 @@ def _run_cli(args) -> int:
             raise FeatureExtractionError(f"--batch_size {args.batch_size}: must be at least 1.")
         out = Path(args.out)
         if not out.is_dir():
-            raise FeatureExtractionError(f"{out}: output folder not found. Pass the dataset folder that holds NAME.item2index.")
+            raise FeatureExtractionError(
+                f"{out}: output folder not found. Pass the dataset folder that holds NAME.item2index.")
         name = args.name or (Path(args.text).name.removesuffix(".text") if args.text else out.resolve().name)
         item2index = Path(args.item2index) if args.item2index else out / f"{name}.item2index"
         texts = read_item_texts(args.text) if args.text else None
         item_ids = read_item_index(item2index)
         if texts is not None and not set(texts) & set(item_ids):
             raise FeatureExtractionError(f"{args.text}: none of its item ids is in {item2index}. "
-                               "Pass the text file of the same dataset.")
+                                         "Pass the text file of the same dataset.")
         if args.images and not Path(args.images).is_dir():
             raise FeatureExtractionError(f"{args.images}: image folder not found. Download the images first "
-                               "(python -m missrec_recbole.tools.images) or leave out --images.")
+                                         "(python -m missrec_recbole.tools.images) or leave out --images.")
         encoder = make_encoder(args.encoder, args.model, args.pretrained, args.device, args.precision)
         results = []
         if texts is not None:
@@ -466,4 +480,4 @@ def _run_cli(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_command(_main))
+    sys.exit(run_command(main))

@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from missrec_recbole.command import run_command
+from missrec_recbole.command import command_parser, run_command
 from missrec_recbole.data.atomic_files import MAX_HISTORY, write_sequences
 from missrec_recbole.files import atomic_directory
 from missrec_recbole.tools.amazon import (ConversionStats, RawDataError, build_sequences, check_id, check_limits,
@@ -150,9 +150,11 @@ def summary(stats: ConversionStats) -> str:
             f"sequence length mean {lengths.mean():.1f} / max {lengths.max()}, train rows {stats.train_rows}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m missrec_recbole.tools.from_recbole",
-                                     description=__doc__.split("\n\n")[0])
+PROG = "python -m missrec_recbole.tools.from_recbole"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("\n\n")[0]
     parser.add_argument("source", help="RecBole dataset folder NAME/ (NAME.inter, NAME.item), or the name of a "
                                        "dataset RecBole ships (ml-100k)")
     parser.add_argument("-o", "--out", required=True, help="output folder <path>/NAME")
@@ -167,7 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"keep the last N history items (default {MAX_HISTORY})")
     parser.add_argument("--keep_items_without_text", action="store_true", help="keep items without any text")
     parser.add_argument("--force", action="store_true", help="replace the files of an existing output folder")
-    args = parser.parse_args(argv)
+
+
+def main(argv=None, parser=None) -> int:
+    args = command_parser(add_arguments, parser, PROG).parse_args(argv)
     fields = [f.strip() for f in args.text_fields.split(",") if f.strip()] if args.text_fields else None
     stats = convert_recbole(args.source, args.out, args.name, fields, args.user_field, args.item_field,
                             args.time_field, args.kcore, args.max_len, args.keep_items_without_text, args.force)

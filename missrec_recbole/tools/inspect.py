@@ -23,12 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from missrec_recbole.command import run_command
+from missrec_recbole.command import command_parser, run_command
 from missrec_recbole.config import build_config, parse_known_options
 from missrec_recbole.config_schema import ConfigError
 from missrec_recbole.data.atomic_files import HISTORY, TARGET, USER, DatasetFormatError, count_rows, read_item_texts
@@ -135,15 +134,20 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m missrec_recbole.tools.inspect",
-                                     description="Summarise a MISSRec dataset and validate it like the loader.")
+PROG = "python -m missrec_recbole.tools.inspect"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Summarise a MISSRec dataset and validate it like the loader."
     parser.add_argument("-d", "--dataset", required=True, help="dataset name (folder <data_path>/NAME)")
     parser.add_argument("--data_path", help="folder that contains NAME/ (default: ./dataset)")
     parser.add_argument("--config_files", help="extra YAML config files (space- or comma-separated)")
     parser.add_argument("--json", action="store_true", help="print the statistics as JSON")
     parser.add_argument("--load", action="store_true", help="also build the MISSRecDataset (RecBole's full load)")
-    args, overrides = parse_known_options(parser, argv)
+
+
+def main(argv=None, parser=None) -> int:
+    args, overrides = parse_known_options(command_parser(add_arguments, parser, PROG), argv)
     if args.data_path:
         overrides["data_path"] = args.data_path
 
@@ -162,4 +166,4 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_command(_main))
+    sys.exit(run_command(main))

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from missrec_recbole.command import run_command
+from missrec_recbole.command import command_parser, run_command
 from missrec_recbole.config import build_config, parse_known_options
-from missrec_recbole.data.atomic_files import (HISTORY, SPLITS, TARGET, USER, count_rows, inter_path, write_feature_file,
-                                               write_index, write_inter)
+from missrec_recbole.data.atomic_files import (HISTORY, SPLITS, TARGET, USER, count_rows, inter_path,
+                                               write_feature_file, write_index, write_inter)
 from missrec_recbole.data.dataset import read_indexed_inter, validate_dataset
 from missrec_recbole.files import atomic_directory
 from missrec_recbole.model import MISSRec
@@ -80,12 +80,20 @@ def merge_datasets(names, data_path, out_name: str, out_path, config) -> Path:
     return out_dir
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+PROG = "python -m missrec_recbole.tools.merge"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("datasets", nargs="+", help="dataset names under --data_path")
     parser.add_argument("-o", "--output", required=True, help="name of the merged dataset")
     parser.add_argument("--data_path", default="dataset", help="folder holding the input datasets")
     parser.add_argument("--out_path", default=None, help="folder for the output (default: --data_path)")
+
+
+def main(argv=None, parser=None):
+    parser = command_parser(add_arguments, parser, PROG)
     args, overrides = parse_known_options(parser, argv, hint=" (e.g. --text_dim=768)")
     config = build_config(args.datasets[0], stage="pretrain", config_dict={**overrides, "data_path": args.data_path},
                           model_class=MISSRec)

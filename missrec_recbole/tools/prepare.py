@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from missrec_recbole.command import run_command, watched
+from missrec_recbole.command import command_parser, run_command, watched
 from missrec_recbole.config import merged_props
 from missrec_recbole.data.atomic_files import (DatasetFormatError, feature_width, read_feature_file, read_item2index,
                                                read_item_texts, write_feature_file)
@@ -96,9 +96,12 @@ def _text_features(folder: Path, name: str, out_file: Path, encoder_spec: str, l
     log(f"{name}: {result.summary('text')} with {encoder.identity} in {time.perf_counter() - start:.1f} s")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m missrec_recbole.tools.prepare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+PROG = "python -m missrec_recbole.tools.prepare"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("sources", nargs="+", help="dataset folders NAME/ (read-only is fine)")
     parser.add_argument("-o", "--out_path", required=True, help="writable folder that receives NAME/ (--data_path)")
     parser.add_argument("--encoder", default="wordllama", help="text encoder: wordllama (default), open_clip or "
@@ -106,7 +109,10 @@ def main(argv=None) -> int:
     parser.add_argument("--image_features_from", help="another dataset folder whose image features to take for "
                                                       "the items both share (by original id)")
     parser.add_argument("--force", action="store_true", help="recompute text features the source already has")
-    args = parser.parse_args(argv)
+
+
+def main(argv=None, parser=None) -> int:
+    args = command_parser(add_arguments, parser, PROG).parse_args(argv)
     for source in args.sources:
         start = time.perf_counter()
         target = prepare_dataset(source, args.out_path, args.encoder, args.image_features_from, args.force)

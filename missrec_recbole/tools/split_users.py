@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from missrec_recbole.command import run_command
+from missrec_recbole.command import command_parser, run_command
 from missrec_recbole.data.atomic_files import SPLITS, inter_path, tab_rows
 from missrec_recbole.files import atomic_directory
 
@@ -125,15 +125,22 @@ def split_users(name: str, data_path, out_path, seed: int = 2020, pre_ratio: flo
     return {**names, **info, "reused": False}
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+PROG = "python -m missrec_recbole.tools.split_users"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("dataset", help="dataset name under --data_path")
     parser.add_argument("--data_path", default="dataset", help="folder holding <dataset>/")
     parser.add_argument("-o", "--out_path", required=True, help="folder for <dataset>-pre/ and <dataset>-eval/")
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--pre_ratio", type=float, default=0.5, help="share of users in the pre-training half")
     parser.add_argument("--force", action="store_true", help="rewrite the halves even if they exist")
-    args = parser.parse_args(argv)
+
+
+def main(argv=None, parser=None) -> dict:
+    args = command_parser(add_arguments, parser, PROG).parse_args(argv)
     info = split_users(args.dataset, args.data_path, args.out_path, args.seed, args.pre_ratio, args.force)
     print(f"{args.dataset}: {info['users']['pre']} users -> {Path(args.out_path) / info['pre']}, "
           f"{info['users']['eval']} users -> {Path(args.out_path) / info['eval']}"
