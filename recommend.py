@@ -1,12 +1,7 @@
-"""Recommend with a trained MISSRec checkpoint (see missrec_recbole/inference/cli.py).
-
-  python recommend.py -p saved/MISSRec-Scientific-mm-inductive-....pth -d Scientific-mm \
-      --data_path=<datasets> --history B00O47ILVA,B006ATU73A -k 10
-"""
-
+"""``python recommend.py ...`` = ``missrec recommend ...`` (missrec_recbole/inference/cli.py); see --help."""
 import sys
 
-from missrec_recbole.inference.cli import run
+from missrec_recbole.cli import recommend as run
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    sys.exit(run())

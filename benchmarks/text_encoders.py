@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from missrec_recbole.bench.store import machine, now  # noqa: E402
-from missrec_recbole.data.dataset import read_item2index, read_item_texts  # noqa: E402
+from missrec_recbole.data.atomic_files import read_item2index, read_item_texts  # noqa: E402
 from missrec_recbole.evaluation import metrics_from_ranks, pessimistic_ranks  # noqa: E402
 from missrec_recbole.files import write_json  # noqa: E402
 from missrec_recbole.tools.features import make_encoder  # noqa: E402

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from missrec_recbole.bench.report import bootstrap_gain, seed_mean_cases  # noqa: E402
 from missrec_recbole.bench.store import Results, now  # noqa: E402
 from missrec_recbole.command import run_command  # noqa: E402
-from missrec_recbole.data.dataset import tab_rows  # noqa: E402
+from missrec_recbole.data.atomic_files import tab_rows  # noqa: E402
 from missrec_recbole.errors import InputError  # noqa: E402
 from missrec_recbole.files import atomic_write, write_json  # noqa: E402
 

@@ -1,11 +1,14 @@
 """Command-line entry points: bad input ends in one ``error: ...`` line and a non-zero exit code.
 
-Every ``__main__`` of the package goes through :func:`run_command`, so no Python traceback reaches
-the user; ``--debug`` (accepted by every command) prints the traceback as well.
+Every command runs through :func:`run_command`, so no Python traceback reaches the user; ``--debug`` (accepted by
+every command) prints the traceback as well. A command module offers ``add_arguments(parser)`` (its description and
+arguments) and ``main(argv=None, parser=None)``, which parses ``argv`` with :func:`command_parser`: ``parser`` is its
+sub-command of the ``missrec`` command (:mod:`missrec_recbole.cli`), None when it runs as ``python -m ...``.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import traceback
 
@@ -18,6 +21,15 @@ DEBUG_HELP = "on an error, also print the Python traceback"
 def watched() -> bool:
     """True when a person watches the output (stderr is a terminal): show progress bars, else plain log lines."""
     return sys.stderr.isatty()
+
+
+def command_parser(add_arguments, parser: argparse.ArgumentParser | None = None,
+                   prog: str | None = None) -> argparse.ArgumentParser:
+    """``parser`` (a ``missrec`` sub-command's, named ``missrec NAME``) or a new parser named ``prog`` (None: the
+    script's file name), with a command's description and arguments (``add_arguments``)."""
+    parser = argparse.ArgumentParser(prog=prog) if parser is None else parser
+    add_arguments(parser)
+    return parser
 
 
 def error_line(error: BaseException) -> str:

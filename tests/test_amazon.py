@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from missrec_recbole.tools.amazon import RawDataError, _main, clean_text, convert_amazon, image_url, item_text
+from missrec_recbole.tools.amazon import RawDataError, clean_text, convert_amazon, image_url, item_text, main
 from missrec_recbole.data.dataset import validate_dataset
 
 HEADER = "user_id:token\titem_id_list:token_seq\titem_id:token"
@@ -118,7 +118,7 @@ def raw(tmp_path):
 def test_convert_matches_reference_and_format(raw, tmp_path, capsys):
     reviews_path, meta_path, reviews, meta = raw
     out = tmp_path / "data" / "Office"
-    assert _main(["--reviews", str(reviews_path), "--meta", str(meta_path), "-o", str(out), "--kcore", "3"]) == 0
+    assert main(["--reviews", str(reviews_path), "--meta", str(meta_path), "-o", str(out), "--kcore", "3"]) == 0
     assert "users" in capsys.readouterr().out
     expected = reference(reviews, meta, kcore=3)
     items = read_map(out / "Office.item2index")
@@ -225,7 +225,7 @@ def test_bad_inputs_name_the_file_and_leave_nothing(raw, tmp_path, capsys):
     with pytest.raises(RawDataError, match="none of its .* records has the asin"):
         convert_amazon(reviews_path, write_lines(tmp_path / "other.json.gz", [{"asin": "Z1", "title": "z"}]),
                        tmp_path / "O4")
-    assert _main(["--reviews", str(meta_path), "--meta", str(meta_path), "-o", str(tmp_path / "O5")]) == 1
+    assert main(["--reviews", str(meta_path), "--meta", str(meta_path), "-o", str(tmp_path / "O5")]) == 1
     assert "no usable review" in capsys.readouterr().err
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(("O", ".tmp"))]
 

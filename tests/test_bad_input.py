@@ -20,9 +20,9 @@ import pytest
 import run_missrec
 from missrec_recbole import quick_start
 from missrec_recbole.config_schema import OPTIONS, ConfigError, check_options, describe
-from missrec_recbole.data.dataset import DatasetFormatError, validate_dataset
+from missrec_recbole.data import DatasetFormatError, validate_dataset
 from missrec_recbole.tools.demo import generate_demo_dataset
-from missrec_recbole.tools.inspect import _main as inspect_main
+from missrec_recbole.tools.inspect import main as inspect_main
 from missrec_recbole.inference import FeatureError, ItemIdError, MISSRecPredictor
 from missrec_recbole.trainer import CheckpointError, read_checkpoint
 from tests.conftest import tiny_overrides, write_dataset
@@ -412,7 +412,7 @@ def test_no_traceback_unless_debug(fuzz_source, workdir, capsys, monkeypatch):
 
 
 def test_recommend_commands_give_one_error_line(tiny_runs, workdir, capsys):
-    from missrec_recbole.inference.cli import run as recommend
+    from missrec_recbole.cli import recommend
 
     missing = workdir.parent / "model.pth"
     for command in (lambda argv: run_missrec.run(["recommend"] + argv), recommend):

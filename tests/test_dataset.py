@@ -1,7 +1,5 @@
 """MISSRecDataset: feature remap to RecBole ids, missing-modality mask, and one clear error per bad input."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -157,52 +155,3 @@ def test_scientific_mm_loads():
     raw = np.fromfile(SHARED / "Scientific-mm" / "Scientific-mm.feat3CLS", dtype=np.float32).reshape(-1, 512)
     internal = dataset.field2token_id["item_id"]["100"]
     assert np.array_equal(dataset.features["image"][internal].numpy(), raw[100])
-
-
-def test_atomic_directory_replaces_whole_or_not_at_all(tmp_path):
-    from missrec_recbole.data.dataset import atomic_directory
-
-    target = tmp_path / "D"
-    (target / "images").mkdir(parents=True)
-    (target / "images" / "a.jpg").write_bytes(b"x")
-    (target / "D.feat1CLS").write_bytes(b"old")
-    with pytest.raises(RuntimeError, match="interrupted"), atomic_directory(target) as tmp:
-        (tmp / "D.feat1CLS").write_bytes(b"half")
-        raise RuntimeError("interrupted")
-    assert (target / "D.feat1CLS").read_bytes() == b"old" and (target / "images" / "a.jpg").is_file()
-    with atomic_directory(target, keep_subfolders=True) as tmp:
-        (tmp / "D.feat3CLS").write_bytes(b"new")
-    assert sorted(p.name for p in target.iterdir()) == ["D.feat3CLS", "images"]  # stale files gone, images kept
-    with atomic_directory(target) as tmp:
-        (tmp / "D.inter").write_bytes(b"")
-    assert [p.name for p in target.iterdir()] == ["D.inter"]
-    assert [p.name for p in tmp_path.iterdir()] == ["D"]  # no temp folders left
-
-
-def test_atomic_directory_keeps_a_target_another_process_completed(tmp_path, monkeypatch):
-    """keep_existing=True keeps the target (asked after the block); a lost rename race is settled by it too."""
-    import os
-    from missrec_recbole.data import dataset as dataset_module
-
-    target = tmp_path / "D"
-    target.mkdir()
-    (target / "theirs").write_bytes(b"")
-    with dataset_module.atomic_directory(target, keep_existing=lambda: True) as tmp:
-        (tmp / "ours").write_bytes(b"")
-    assert [p.name for p in target.iterdir()] == ["theirs"] and [p.name for p in tmp_path.iterdir()] == ["D"]
-
-    real_replace = os.replace
-
-    def another_process_wins(src, dst):  # their folder lands on target between our two renames
-        if Path(dst) == target and Path(src).name.startswith(".tmp-D-"):
-            target.mkdir()
-            (target / "theirs2").write_bytes(b"")
-        real_replace(src, dst)
-
-    monkeypatch.setattr(dataset_module.os, "replace", another_process_wins)
-    answers = iter([False, True])  # replace what is there; after the lost race, keep theirs
-    with dataset_module.atomic_directory(target, keep_existing=lambda: next(answers)) as tmp:
-        (tmp / "ours").write_bytes(b"")
-    assert [p.name for p in target.iterdir()] == ["theirs2"] and [p.name for p in tmp_path.iterdir()] == ["D"]
-    with pytest.raises(OSError), dataset_module.atomic_directory(target) as tmp:  # nobody to keep it: the error
-        (tmp / "ours").write_bytes(b"")

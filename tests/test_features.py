@@ -19,9 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
-from missrec_recbole.data.dataset import validate_dataset
-from missrec_recbole.tools.features import (BrokenImageWarning, Encoder, FeatureError, _main, extract_text_features,
-                                      read_item_index)
+from missrec_recbole.data import validate_dataset
+from missrec_recbole.tools.features import (BrokenImageWarning, Encoder, FeatureExtractionError, extract_text_features,
+                                            main, read_item_index)
 from tests.conftest import write_dataset
 
 DIM = 16
@@ -106,7 +106,7 @@ def test_cli_alignment_dims_zero_rows_and_corrupt_images(dataset, capsys):
     argv = ["--text", str(folder / "Tiny.text"), "--images", str(folder / "images"), "-o", str(folder),
             "--encoder", "tests.test_features:make_encoder", "--batch_size", "5", "--quiet"]
     with pytest.warns(BrokenImageWarning) as caught:
-        assert _main(argv) == 0
+        assert main(argv) == 0
     messages = sorted(str(w.message) for w in caught if issubclass(w.category, BrokenImageWarning))
     assert len(messages) == 2 and "ITEM6.jpg: cannot read image" in messages[0] and "ITEM7.jpg" in messages[1]
     assert "all-zero image row" in messages[0]
@@ -134,7 +134,7 @@ def test_cli_alignment_dims_zero_rows_and_corrupt_images(dataset, capsys):
     assert validate_dataset(config).features["image"].shape == (12, DIM)
 
     # finished files are not recomputed
-    assert _main(argv) == 0
+    assert main(argv) == 0
     assert "already complete" in capsys.readouterr().out
 
 
@@ -154,7 +154,7 @@ def test_resume_after_interruption(dataset, tmp_path):
     class Other(HashEncoder):
         identity = "another-model"
 
-    with pytest.raises(FeatureError, match="progress.json: an unfinished run with different settings.*--force"):
+    with pytest.raises(FeatureExtractionError, match="progress.json: an unfinished run with different settings.*--force"):
         extract_text_features(Other(), ids, texts, out, **kwargs)
 
     encoder = HashEncoder()
@@ -189,7 +189,7 @@ def test_bad_inputs(dataset, capsys):
     for extra, message in cases:
         argv = ["-o", str(folder), "--quiet"] + (extra if "--encoder" in extra else
                                                   extra + ["--encoder", "tests.test_features:make_encoder"])
-        assert _main(argv) == 1, extra
+        assert main(argv) == 1, extra
         assert message in capsys.readouterr().err, message
     assert not list(folder.glob("Tiny.feat*"))
 
@@ -205,7 +205,7 @@ def test_open_clip_missing_or_broken_gives_clear_error(dataset, capsys):
     else:
         expected = 'pip install -e ".[features]"'
     folder, _, _ = dataset
-    assert _main(["--text", str(folder / "Tiny.text"), "-o", str(folder), "--quiet"]) == 1
+    assert main(["--text", str(folder / "Tiny.text"), "-o", str(folder), "--quiet"]) == 1
     assert expected in capsys.readouterr().err
     assert not list(folder.glob("Tiny.feat*"))
 
@@ -242,7 +242,7 @@ def test_open_clip_tiny_random_model(dataset, tmp_path, capsys):
     argv = ["--text", str(folder / "Tiny.text"), "--images", str(folder / "images"), "-o", str(folder),
             "--model", str(config), "--pretrained", str(weights), "--batch_size", "4", "--quiet"]
     with pytest.warns(BrokenImageWarning):
-        assert _main(argv) == 0
+        assert main(argv) == 0
     printed = capsys.readouterr().out  # any width runs without a --text_dim flag: no note about it any more
     assert "Tiny.feat1CLS (12 x 24)" in printed and "Tiny.feat3CLS (12 x 24)" in printed and "_dim" not in printed
     text = np.fromfile(folder / "Tiny.feat1CLS", dtype="<f4").reshape(-1, 24)
@@ -257,7 +257,7 @@ def test_open_clip_tiny_random_model(dataset, tmp_path, capsys):
     np.testing.assert_allclose(image[8], loaded.encode_images([picture])[0], rtol=1e-4, atol=1e-5)
     assert open_clip.__version__
 
-    with pytest.raises(FeatureError, match="neither a file nor a known weights tag"):
+    with pytest.raises(FeatureExtractionError, match="neither a file nor a known weights tag"):
         OpenClipEncoder("ViT-B-32", "no-such-tag")
 
 
@@ -293,11 +293,11 @@ def test_wordllama_loads_offline_and_puts_similar_products_together(wordllama_en
 
 
 def test_wordllama_is_text_only(wordllama_encoder):
-    with pytest.raises(FeatureError, match="encodes text only"):
+    with pytest.raises(FeatureExtractionError, match="encodes text only"):
         wordllama_encoder.encode_images([Image.new("RGB", (8, 8))])
 
 
 def test_unknown_encoder_name_lists_the_choices(dataset, capsys):
     folder, _, _ = dataset
-    assert _main(["--text", str(folder / "Tiny.text"), "-o", str(folder), "--encoder", "minilm", "--quiet"]) == 1
+    assert main(["--text", str(folder / "Tiny.text"), "-o", str(folder), "--encoder", "minilm", "--quiet"]) == 1
     assert "--encoder 'minilm': expected one of open_clip, wordllama or 'module:function'" in capsys.readouterr().err

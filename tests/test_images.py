@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from missrec_recbole.tools.images import (FAILURES_FILE, ImageListError, _main, download_images, find_images,
-                                         image_stem, read_url_list)
+from missrec_recbole.tools.images import (FAILURES_FILE, ImageListError, download_images, find_images, image_stem,
+                                          main, read_url_list)
 
 
 def image_bytes(seed: int, fmt: str = "PNG") -> bytes:
@@ -122,12 +122,12 @@ def test_cli_reads_url_list(server, tmp_path, capsys):
     urls.write_text(f"A1\t{server.url}/png/1\nA2\t{server.url}/missing\n\nA1\t{server.url}/png/9\n")
     assert read_url_list(urls) == [("A1", f"{server.url}/png/1"), ("A2", f"{server.url}/missing")]
     out = tmp_path / "img"
-    assert _main(["--urls", str(urls), "-o", str(out), "--workers", "2", "--timeout", "5", "--quiet"]) == 0
+    assert main(["--urls", str(urls), "-o", str(out), "--workers", "2", "--timeout", "5", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "downloaded 1, already present 0, failed 1 (HTTP 404: 1)" in printed and FAILURES_FILE in printed
     assert sorted(p.name for p in out.iterdir()) == ["A1.png", FAILURES_FILE]
     urls.write_text(f"A2\t{server.url}/missing\n")
-    assert _main(["--urls", str(urls), "-o", str(tmp_path / "none"), "--quiet"]) == 1
+    assert main(["--urls", str(urls), "-o", str(tmp_path / "none"), "--quiet"]) == 1
     assert "all 1 downloads failed" in capsys.readouterr().err
 
 
@@ -139,5 +139,5 @@ def test_bad_url_list(tmp_path, content, problem, capsys):
     urls.write_text(content)
     with pytest.raises(ImageListError, match=problem):
         read_url_list(urls)
-    assert _main(["--urls", str(urls), "-o", str(tmp_path / "o")]) == 1
+    assert main(["--urls", str(urls), "-o", str(tmp_path / "o")]) == 1
     assert "bad.images: line 1" in capsys.readouterr().err and not (tmp_path / "o").exists()

@@ -20,8 +20,8 @@ from missrec_recbole.data import MISSRecDataset
 from missrec_recbole.inference import (CheckpointMismatchError, DuplicateItemError, EmptyHistoryError,
                                        ExportedIndex, ExportError, FeatureDimError, FeatureError, InferenceError,
                                        MISSRecPredictor, TransductiveModeError, UnknownItemError)
+from missrec_recbole.cli import recommend as cli_run
 from missrec_recbole.inference.cli import main as cli_main
-from missrec_recbole.inference.cli import run as cli_run
 from missrec_recbole.model import MISSRec
 from missrec_recbole.quick_start import build_config
 from missrec_recbole.trainer import CheckpointError, MISSRecTrainer, save_pretrained

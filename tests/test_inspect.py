@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from missrec_recbole.data.dataset import DatasetFormatError, validate_dataset
+from missrec_recbole.data import DatasetFormatError, validate_dataset
 from missrec_recbole.tools.demo import ensure_demo_dataset
-from missrec_recbole.tools.inspect import _main
+from missrec_recbole.tools.inspect import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def broken(demo, tmp_path):
 
 
 def test_statistics_match_the_files(demo, capsys):
-    assert _main(["-d", "Demo-A", "--data_path", str(demo), "--json"]) == 0
+    assert main(["-d", "Demo-A", "--data_path", str(demo), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     folder = demo / "Demo-A"
     rows = {s: (folder / f"Demo-A.{s}.inter").read_text().splitlines()[1:] for s in ("train", "valid", "test")}
@@ -50,7 +50,7 @@ def test_statistics_match_the_files(demo, capsys):
     assert report["modalities"]["image"]["norm"]["mean"] == pytest.approx(norms.mean())
     assert report["items_with_text"] == n_items
 
-    assert _main(["-d", "Demo-A", "--data_path", str(demo)]) == 0
+    assert main(["-d", "Demo-A", "--data_path", str(demo)]) == 0
     text = capsys.readouterr().out
     assert "passes the loader's checks" in text and f"users         {len(rows['test'])}" in text
     assert f"image Demo-A.feat3CLS: dim 512, missing {missing} of {n_items} items" in text
@@ -79,7 +79,7 @@ def _corrupt(folder: Path, how: str) -> None:
 def test_broken_dataset_gives_the_loaders_error(broken, how, names, capsys):
     root, folder = broken
     _corrupt(folder, how)
-    assert _main(["-d", "Demo-A", "--data_path", str(root)]) == 1
+    assert main(["-d", "Demo-A", "--data_path", str(root)]) == 1
     err = capsys.readouterr().err
     from missrec_recbole.quick_start import build_config
 
@@ -89,13 +89,13 @@ def test_broken_dataset_gives_the_loaders_error(broken, how, names, capsys):
 
 
 def test_options_and_missing_dataset(demo, tmp_path, capsys):
-    assert _main(["-d", "Demo-A", "--data_path", str(demo), "--text_dim=500"]) == 1
+    assert main(["-d", "Demo-A", "--data_path", str(demo), "--text_dim=500"]) == 1
     assert "holds 512-d features" in capsys.readouterr().err
-    assert _main(["-d", "Demo-A", "--data_path", str(demo), "--modalities=[audio]"]) == 1
+    assert main(["-d", "Demo-A", "--data_path", str(demo), "--modalities=[audio]"]) == 1
     assert "must be a non-empty subset of [text, image]" in capsys.readouterr().err
-    assert _main(["-d", "Demo-A", "--data_path", str(demo), "--modalities=[text]", "--json"]) == 0
+    assert main(["-d", "Demo-A", "--data_path", str(demo), "--modalities=[text]", "--json"]) == 0
     assert list(json.loads(capsys.readouterr().out)["modalities"]) == ["text"]
-    assert _main(["-d", "Nope", "--data_path", str(tmp_path)]) == 1
+    assert main(["-d", "Nope", "--data_path", str(tmp_path)]) == 1
     assert "Nope: dataset folder not found" in capsys.readouterr().err
 
 
@@ -110,6 +110,6 @@ def test_module_entry_point_exit_code(broken):
 
 
 def test_load_option_builds_the_dataset(tiny_dataset, capsys):
-    assert _main(["-d", "Tiny", "--data_path", str(tiny_dataset), "--text_dim=16", "--image_dim=16", "--load"]) == 0
+    assert main(["-d", "Tiny", "--data_path", str(tiny_dataset), "--text_dim=16", "--image_dim=16", "--load"]) == 0
     out = capsys.readouterr().out
     assert "items         40 (39 used in interactions)" in out and "missing 2 of 40 items" in out

@@ -120,7 +120,7 @@ def test_the_files_of_a_dataset_use_one_kind(both):
 
 
 def test_the_command_line_gives_one_error_line(both, capsys):
-    from missrec_recbole.cli import run
+    from missrec_recbole.cli import run_missrec as run
 
     path = both["original"] / "Tiny" / "Tiny.train.inter"
     path.write_text(path.read_text() + "99\tITEM1 NOPE\tITEM2\n")

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from missrec_recbole.data.dataset import DatasetFormatError
+from missrec_recbole.data import DatasetFormatError
 from missrec_recbole.tools.merge import main, merge_datasets
 from missrec_recbole.quick_start import build_config
 from tests.conftest import tiny_overrides, write_dataset

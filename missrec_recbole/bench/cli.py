@@ -17,6 +17,7 @@ from missrec_recbole.bench.settings import (BENCH_VERSION, FIRST_SEED, QUICK_DAT
                                             SASREC_SETTINGS, TABLES)
 from missrec_recbole.bench.store import Results, git_version, machine, now
 from missrec_recbole.bench.worker import RUN_KINDS, worker
+from missrec_recbole.command import command_parser
 from missrec_recbole.config import DEFAULT_DATA_PATH, merged_props, parse_known_options
 from missrec_recbole.config_schema import ConfigError, check_options
 from missrec_recbole.errors import InputError
@@ -33,9 +34,11 @@ PROTOCOL = ("Leave-one-out on the dataset's pre-split files, full ranking over a
             "the adapters only unless marked 'all weights'.")
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m missrec_recbole.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+PROG = "python -m missrec_recbole.bench"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description, parser.formatter_class = __doc__, argparse.RawDescriptionHelpFormatter
     parser.add_argument("-d", "--dataset", help=f"dataset under --data_path (default: {QUICK_DATASET} with --quick)")
     parser.add_argument("--data_path", help="folder containing <dataset>/ (default: ./dataset)")
     parser.add_argument("--quick", action="store_true", help="demo data, tiny model, 2 epochs, 1 seed")
@@ -72,6 +75,11 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, help="CPU threads of each training run (torch and FAISS; default: "
                         "OMP_NUM_THREADS, else every core); give 1 to each of several invocations side by side, "
                         "which otherwise fight over the cores")
+
+
+def parse_args(argv, parser=None):
+    """``(args, overrides, pre-training overrides)``, checked (``parser``: the ``missrec bench`` sub-command's)."""
+    parser = command_parser(add_arguments, parser, PROG)
     args, overrides = parse_known_options(parser, argv)
     overrides, scoped = split_scopes(overrides)
     pretrain_overrides, args.finetune_overrides = scoped["pretrain"], scoped["finetune"]
@@ -207,11 +215,11 @@ def make_suite(args, overrides, pretrain_overrides) -> Suite:
                  model_overrides=args.model_overrides)
 
 
-def main(argv=None) -> dict:
+def main(argv=None, parser=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["_worker"]:
         return worker(*argv[1:3])
-    args, overrides, pretrain_overrides = parse_args(argv)
+    args, overrides, pretrain_overrides = parse_args(argv, parser)
 
     suite = make_suite(args, overrides, pretrain_overrides)
     start = time.time()

@@ -12,7 +12,8 @@ from missrec_recbole.bench.settings import MODES, SASREC_SETTINGS, TABLES
 from missrec_recbole.bench.store import Results
 from missrec_recbole.bench.worker import RUN_KINDS
 from missrec_recbole.files import atomic_write
-from missrec_recbole.data.dataset import dataset_item_ids, tab_rows
+from missrec_recbole.data.atomic_files import tab_rows
+from missrec_recbole.data.dataset import dataset_item_ids
 from missrec_recbole.evaluation import case_ndcg
 
 

@@ -10,14 +10,8 @@ with one message naming the file, not with a shape error in the middle of traini
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import hashlib
-import io
-import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +22,9 @@ from recbole.data.dataset import SequentialDataset
 from recbole.utils import FeatureSource
 
 from missrec_recbole.config_schema import check_config
-from missrec_recbole.errors import InputError
-
-REQUIRED_COLUMNS = ("user_id:token", "item_id_list:token_seq", "item_id:token")
-
-
-class DatasetFormatError(InputError):
-    """Bad dataset input: the message names the file and what to do."""
+from missrec_recbole.data.atomic_files import (HISTORY, SPLITS, TARGET, DatasetFormatError, fail, feature_path,
+                                               feature_width, inter_path, read_feature_file, read_inter,
+                                               read_item2index, read_text)
 
 
 @dataclass
@@ -50,151 +40,16 @@ class DatasetFiles:
     item_ids: dict[str, int] | None = None  # NAME.item2index when the .inter files hold original ids, else None
 
 
-def _fail(path, problem: str, fix: str) -> None:
-    raise DatasetFormatError(f"{path}: {problem}. {fix}")
-
-
-def feature_path(folder: Path, name: str, suffix: str) -> Path:
-    return Path(folder) / f"{name}.{suffix}"
-
-
-def read_feature_file(path: Path, dim: int, field: str) -> np.ndarray:
-    """Read a raw little-endian float32 feature file as an [n, dim] array, checking size and values."""
-    if not path.is_file():
-        _fail(path, "feature file not found", f"Create it or set `{field}_suffix` to the right file suffix.")
-    size = path.stat().st_size
-    if size == 0 or size % (4 * dim):
-        _fail(path, f"size {size} bytes is not a positive multiple of {field}_dim*4 = {4 * dim}",
-              f"Check `{field}_dim` (the feature width) or regenerate the file as float32 rows.")
-    matrix = np.fromfile(path, dtype="<f4").reshape(-1, dim)
-    finite = np.isfinite(matrix).all(axis=1)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
-        _fail(path, f"{bad.size} rows contain NaN/inf (first: item index {bad[0]})",
-              "Replace them (use an all-zero row for a missing modality).")
-    return matrix
-
-
-def read_text(path: Path) -> str:
-    """The whole file as text; a file that is not UTF-8 fails with a message naming it."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except UnicodeDecodeError as error:
-        _fail(path, f"is not UTF-8 text (undecodable byte at offset {error.start})",
-              "Save it as UTF-8, tab-separated.")
-
-
-def _check_field_counts(path: Path, lines: list[str], n_fields: int) -> None:
-    """Every non-blank line must have as many tab-separated fields as the header."""
-    for number, line in enumerate(lines, 1):
-        count = line.count("\t") + 1
-        if count != n_fields and line.strip():
-            _fail(path, f"line {number} has {count} tab-separated field(s), the header has {n_fields}",
-                  "Separate the fields with tabs (not spaces), one row per line; the file may be truncated.")
-
-
-def _read_inter(path: Path) -> tuple[pd.DataFrame, str]:
-    """The three required columns of an .inter file (as strings) and its text."""
-    if not path.is_file():
-        _fail(path, "interaction file not found",
-              "A dataset needs NAME.train.inter, NAME.valid.inter and NAME.test.inter (see docs/data.md).")
-    text = read_text(path)
-    if not text.strip():
-        _fail(path, "is empty", "An .inter file needs the header line and at least one data line.")
-    lines = text.split("\n")
-    header = lines[0].rstrip("\r").split("\t")
-    missing = [col for col in REQUIRED_COLUMNS if col not in header]
-    if missing:
-        _fail(path, f"malformed header {header!r}, missing {missing}",
-              "The first line must be 'user_id:token<TAB>item_id_list:token_seq<TAB>item_id:token'.")
-    _check_field_counts(path, lines, len(header))
-    try:
-        frame = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, keep_default_na=False,
-                            usecols=list(REQUIRED_COLUMNS), quoting=csv.QUOTE_NONE)
-    except (ValueError, pd.errors.ParserError) as error:  # e.g. NUL bytes
-        _fail(path, f"cannot be parsed as tab-separated text ({str(error).splitlines()[0]})", "Fix or regenerate it.")
-    if frame.empty:
-        _fail(path, "has a header but no data lines", "Every split (train, valid, test) needs at least one row.")
-    return frame, text
-
-
-def read_item2index(path: Path) -> dict[str, int]:
-    """``original id -> item index`` of a ``NAME.item2index`` file, checked: one ``id<TAB>index`` per
-    line, ids unique and non-empty, indices exactly 0..n-1."""
-    mapping = {}
-    for number, line in enumerate(read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split("\t")
-        if len(parts) != 2 or not parts[0].strip() or not parts[1].strip().isdigit():
-            _fail(path, f"line {number} is not 'original_id<TAB>index'", "Fix the file (one item per line).")
-        if parts[0] in mapping:
-            _fail(path, f"item id {parts[0]!r} is listed twice (line {number})", "List each item once.")
-        mapping[parts[0]] = int(parts[1])
-    if not mapping:
-        _fail(path, "lists no items", "An item2index needs one 'original_id<TAB>index' line per item.")
-    if sorted(mapping.values()) != list(range(len(mapping))):
-        _fail(path, f"the indices of its {len(mapping)} items are not exactly 0..{len(mapping) - 1}",
-              "Number the items 0, 1, 2, ... (each index once).")
-    return mapping
-
-
-def item_ids_by_index(path: Path) -> list[str]:
-    """The original ids of a checked ``NAME.item2index`` file in index order (row i of a feature file = item i)."""
-    mapping = read_item2index(path)
-    ids = [""] * len(mapping)
-    for item, index in mapping.items():
-        ids[index] = item
-    return ids
-
-
-TEXT_HEADER = "item_id:token\ttext:token_seq"
-
-
-def read_item_texts(path: Path, require_header: bool = True) -> dict[str, str]:
-    """``original id -> text`` of a ``NAME.text`` file (first line :data:`TEXT_HEADER`; the first text of an id
-    wins). ``require_header=False`` also reads a file without the header line."""
-    path = Path(path)
-    if not path.is_file():
-        _fail(path, "text file not found", "Pass NAME.text (python -m missrec_recbole.tools.amazon writes it).")
-    lines = read_text(path).splitlines()
-    has_header = bool(lines) and lines[0].split("\t")[:2] == TEXT_HEADER.split("\t")
-    if require_header and not has_header:
-        header = lines[0] if lines else ""
-        _fail(path, f"first line {header[:60]!r} is not the header {TEXT_HEADER!r}", "Add the header line.")
-    texts: dict[str, str] = {}
-    for number, line in enumerate(lines[has_header:], 1 + has_header):
-        if not line.strip():
-            continue
-        item_id, sep, text = line.partition("\t")
-        if not sep:
-            _fail(path, f"line {number} has no tab between the item id and the text", "Fix the line.")
-        texts.setdefault(item_id, text.strip())
-    return texts
-
-
-def count_rows(path: Path) -> int | None:
-    """Non-blank lines of a text file (e.g. the items of NAME.item2index); None if it does not exist."""
-    if not Path(path).is_file():
-        return None
-    with open(path, encoding="utf-8") as handle:
-        return sum(1 for line in handle if line.strip())
-
-
-HISTORY, TARGET = REQUIRED_COLUMNS[1:]
-
-
 def _item_tokens(path: Path, frame: pd.DataFrame, max_length: int) -> tuple[pd.Series, np.ndarray]:
     """Every item token of an .inter file (histories, then targets) and the data row (0-based) it is on."""
     history = frame[HISTORY].str.split()
     lengths = history.map(len).to_numpy()
     if (lengths == 0).any():
-        _fail(path, f"empty item_id_list on data line {int(np.flatnonzero(lengths == 0)[0]) + 1}",
-              "Every row needs at least one history item.")
+        fail(path, f"empty item_id_list on data line {int(np.flatnonzero(lengths == 0)[0]) + 1}",
+             "Every row needs at least one history item.")
     if lengths.max(initial=0) > max_length:
-        _fail(path, f"a history of {lengths.max()} items (data line {int(lengths.argmax()) + 1}) is longer than "
-                    f"MAX_ITEM_LIST_LENGTH={max_length}", "Keep the last items only, or raise MAX_ITEM_LIST_LENGTH.")
+        fail(path, f"a history of {lengths.max()} items (data line {int(lengths.argmax()) + 1}) is longer than "
+                   f"MAX_ITEM_LIST_LENGTH={max_length}", "Keep the last items only, or raise MAX_ITEM_LIST_LENGTH.")
     exploded = history.explode()
     tokens = pd.concat([exploded, frame[TARGET]], ignore_index=True)
     return tokens, np.concatenate([exploded.index.to_numpy(), frame.index.to_numpy()])
@@ -211,8 +66,8 @@ def _item_indices(path: Path, frame: pd.DataFrame, max_length: int) -> np.ndarra
     tokens, _ = _item_tokens(path, frame, max_length)
     numbers, integer = _index_numbers(tokens)
     if not integer.all():
-        _fail(path, f"item token {tokens[~integer].iloc[0]!r} is not a non-negative integer item index",
-              "Items must be 0-based indices into the feature files (map ids with NAME.item2index).")
+        fail(path, f"item token {tokens[~integer].iloc[0]!r} is not a non-negative integer item index",
+             "Items must be 0-based indices into the feature files (map ids with NAME.item2index).")
     return numbers.to_numpy(dtype=np.int64)
 
 
@@ -239,10 +94,10 @@ def _inter_item_kind(path: Path, frame: pd.DataFrame, text: str, max_length: int
     id_only = np.flatnonzero((known & ~in_range).to_numpy())
     if index_only.size and id_only.size:
         first_index, first_id = index_only[0], id_only[0]
-        _fail(path, f"mixes item indices ({tokens.iloc[first_index]!r}, line {_file_line(text, rows[first_index])}) "
-                    f"and original ids of {item_map.name} ({tokens.iloc[first_id]!r}, line "
-                    f"{_file_line(text, rows[first_id])})",
-              "Write one kind per file: every item as its 0-based index, or every item as its original id.")
+        fail(path, f"mixes item indices ({tokens.iloc[first_index]!r}, line {_file_line(text, rows[first_index])}) "
+                   f"and original ids of {item_map.name} ({tokens.iloc[first_id]!r}, line "
+                   f"{_file_line(text, rows[first_id])})",
+             "Write one kind per file: every item as its 0-based index, or every item as its original id.")
     return "original" if id_only.size else "index" if index_only.size else None
 
 
@@ -250,11 +105,11 @@ def _unknown_item(path: Path, token: str, line: int, n_items: int, item_map, int
     """Fail for an item token that is neither an item index nor an original id of ``item_map``."""
     nor = f" nor an original id of {item_map.name}" if item_map else ""
     if integer:
-        _fail(path, f"item index {token} is out of range (the dataset has {n_items} items){nor}, line {line}",
-              "Fix the index or add the missing feature rows / item2index lines.")
-    _fail(path, f"item token {token!r} is not a non-negative integer item index{nor}, line {line}",
-          "Items must be 0-based indices into the feature files or, with NAME.item2index, the original ids it "
-          "lists: add the item to NAME.item2index (and its feature rows) or fix the token.")
+        fail(path, f"item index {token} is out of range (the dataset has {n_items} items){nor}, line {line}",
+             "Fix the index or add the missing feature rows / item2index lines.")
+    fail(path, f"item token {token!r} is not a non-negative integer item index{nor}, line {line}",
+         "Items must be 0-based indices into the feature files or, with NAME.item2index, the original ids it "
+         "lists: add the item to NAME.item2index (and its feature rows) or fix the token.")
 
 
 class ItemMap(dict):
@@ -273,18 +128,9 @@ def _dataset_item_kind(kinds_by_file: dict[Path, str | None]) -> str:
         if kind:
             kinds.setdefault(kind, path)  # the first file of each kind, for the message
     if len(kinds) > 1:
-        _fail(kinds["original"], f"holds original item ids, but {kinds['index'].name} holds item indices",
-              "Write the dataset's .inter files the same way: all with item indices or all with original ids.")
+        fail(kinds["original"], f"holds original item ids, but {kinds['index'].name} holds item indices",
+             "Write the dataset's .inter files the same way: all with item indices or all with original ids.")
     return next(iter(kinds), "index")
-
-
-def tab_rows(path):
-    """``(line number, fields)`` of each non-blank line of a tab-separated file."""
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            line = line.rstrip("\r\n")
-            if line.strip():
-                yield number, line.split("\t")
 
 
 MODALITIES = ("text", "image")
@@ -297,24 +143,10 @@ def _feature_rows(folder: Path, name: str, config) -> int:
         return len(read_item2index(item_map))
     largest = -1
     for split in config["benchmark_filename"]:
-        path = folder / f"{name}.{split}.inter"
-        indices = _item_indices(path, _read_inter(path)[0], config["MAX_ITEM_LIST_LENGTH"])
+        path = inter_path(folder, name, split)
+        indices = _item_indices(path, read_inter(path)[0], config["MAX_ITEM_LIST_LENGTH"])
         largest = max(largest, int(indices.max(initial=-1)))
     return largest + 1
-
-
-def feature_width(path: Path, n_items: int, field: str, given) -> int:
-    """Width of a raw float32 feature file of ``n_items`` rows; ``given`` (the ``{field}_dim`` option) must agree."""
-    size = path.stat().st_size
-    width = size // (4 * n_items) if n_items else 0
-    if width == 0 or size != 4 * n_items * width:
-        rows = f" ({size // (4 * int(given))} rows of {field}_dim={given})" if given and size % (4 * int(given)) == 0 else ""
-        _fail(path, f"size {size} bytes{rows} is not {n_items} items x a whole number of float32 columns",
-              "The file is truncated or belongs to another item list: regenerate it with one row per item index.")
-    if given is not None and int(given) != width:
-        _fail(path, f"holds {width}-d features ({size} bytes = {n_items} items x {width} x 4), but "
-                    f"{field}_dim={given}", f"Change --{field}_dim to {width}, or leave it out (it is read from the file).")
-    return width
 
 
 def resolve_feature_options(config) -> int:
@@ -326,21 +158,21 @@ def resolve_feature_options(config) -> int:
     the largest item index + 1). Returns that item count."""
     name, folder = config["dataset"], Path(config["data_path"])
     if not folder.is_dir():
-        _fail(folder, "dataset folder not found", "Pass --data_path=<folder that contains NAME/>.")
+        fail(folder, "dataset folder not found", "Pass --data_path=<folder that contains NAME/>.")
     modalities = config["modalities"]
     if modalities is None:
         modalities = [m for m in MODALITIES if feature_path(folder, name, config[f"{m}_suffix"]).is_file()]
         if not modalities:
             suffixes = " / ".join(f"{name}.{config[f'{m}_suffix']}" for m in MODALITIES)
-            _fail(folder, f"no feature file ({suffixes})",
-                  "Compute features first: python -m missrec_recbole.tools.prepare (see the README).")
+            fail(folder, f"no feature file ({suffixes})",
+                 "Compute features first: python -m missrec_recbole.tools.prepare (see the README).")
         config["modalities"] = modalities
     modalities = modality_names(config)
     for m in modalities:
         path = feature_path(folder, name, config[f"{m}_suffix"])
         if not path.is_file():
-            _fail(path, "feature file not found", f"Create it, set `{m}_suffix` to the right file suffix, or leave "
-                                                  f"{m} out of `modalities`.")
+            fail(path, "feature file not found", f"Create it, set `{m}_suffix` to the right file suffix, or leave "
+                                                 f"{m} out of `modalities`.")
     n_items = _feature_rows(folder, name, config)
     for m in modalities:
         config[f"{m}_dim"] = feature_width(feature_path(folder, name, config[f"{m}_suffix"]), n_items, m,
@@ -349,10 +181,10 @@ def resolve_feature_options(config) -> int:
 
 
 def _inter_files(folder, name: str, splits):
-    """``(path, frame, text)`` of each ``NAME.<split>.inter`` (:func:`_read_inter`)."""
+    """``(path, frame, text)`` of each ``NAME.<split>.inter`` (:func:`read_inter`)."""
     for split in splits:
-        path = Path(folder) / f"{name}.{split}.inter"
-        yield (path, *_read_inter(path))
+        path = inter_path(folder, name, split)
+        yield (path, *read_inter(path))
 
 
 def validate_dataset(config) -> DatasetFiles:
@@ -387,7 +219,7 @@ def validate_dataset(config) -> DatasetFiles:
                         fingerprint=digest.hexdigest()[:16], item_ids=item_map if original else None)
 
 
-def dataset_item_ids(folder, name: str, splits=("train", "valid", "test")) -> dict | None:
+def dataset_item_ids(folder, name: str, splits=SPLITS) -> dict | None:
     """``NAME.item2index`` when the dataset's .inter files hold original item ids (decided as the loader decides,
     :func:`validate_dataset`), else None (item indices, or no item2index)."""
     map_path = Path(folder) / f"{name}.item2index"
@@ -412,7 +244,7 @@ def indexed_items(frame: pd.DataFrame, item_ids: dict | None) -> pd.DataFrame:
 
 def read_indexed_inter(files: DatasetFiles, split: str) -> pd.DataFrame:
     """The required columns of a checked dataset's ``NAME.<split>.inter``, items as item index tokens."""
-    return indexed_items(_read_inter(files.folder / f"{files.name}.{split}.inter")[0], files.item_ids)
+    return indexed_items(read_inter(inter_path(files.folder, files.name, split))[0], files.item_ids)
 
 
 def modality_names(config) -> list[str]:
@@ -463,37 +295,3 @@ class MISSRecDataset(SequentialDataset):
     def __str__(self):
         missing = ", ".join(f"{m} missing {int((~self.present[m][1:]).sum())}" for m in self.modalities)
         return f"{super().__str__()}\nModalities: {missing} of {self.item_num - 1} items"
-
-
-@contextlib.contextmanager
-def atomic_directory(target, keep_subfolders: bool = False, keep_existing=None):
-    """Yield an empty temp folder beside ``target``; when the block succeeds it replaces ``target`` whole,
-    otherwise it is deleted: never a half-written dataset. The old ``target`` is moved aside before the
-    rename and removed after it, so ``target`` is missing only between two renames. ``keep_subfolders``
-    carries the old target's sub-folders (e.g. downloaded images) into the new one. ``keep_existing``
-    (a callable) is asked after the block: when it answers True, e.g. because a concurrent process has put a
-    complete ``target`` in place meanwhile, that ``target`` stays and the new folder is discarded."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
-    old = None
-    try:
-        yield tmp
-        if keep_existing is not None and keep_existing():
-            return
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0o700
-        if target.exists() or target.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".tmp-old-{target.name}-", dir=target.parent))
-            os.replace(target, old / target.name)
-            for sub in (old / target.name).iterdir() if keep_subfolders else ():
-                if sub.is_dir() and not (tmp / sub.name).exists():
-                    os.replace(sub, tmp / sub.name)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process renamed its folder in between our two renames
-            if keep_existing is None or not keep_existing():
-                raise
-    finally:
-        for folder in (tmp, old):
-            if folder is not None and folder.exists():
-                shutil.rmtree(folder, ignore_errors=True)

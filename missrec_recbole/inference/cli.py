@@ -13,16 +13,18 @@ import argparse
 import json
 from pathlib import Path
 
-from missrec_recbole.command import DEBUG_HELP, run_command
+from missrec_recbole.command import DEBUG_HELP, command_parser
 from missrec_recbole.inference.errors import HistoryInputError
 from missrec_recbole.inference.predictor import MISSRecPredictor
 
 TEXT_WIDTH = 70
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="recommend.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+PROG = "recommend.py"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description, parser.formatter_class = __doc__, argparse.RawDescriptionHelpFormatter
     parser.add_argument("-p", "--model_file", "--pretrained", dest="model_file", required=True,
                         help="trained checkpoint (.pth; the `model_file` of a training run) or a pre-trained one")
     parser.add_argument("-d", "--dataset", help="dataset name (default: the checkpoint's)")
@@ -38,7 +40,10 @@ def parse_args(argv=None):
     parser.add_argument("--export", metavar="DIR", help="also export item vectors + FAISS indexes to DIR")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    return parser.parse_args(argv)
+
+
+def parse_args(argv=None, parser=None):
+    return command_parser(add_arguments, parser, PROG).parse_args(argv)
 
 
 def read_history(args) -> list[str]:
@@ -89,9 +94,10 @@ def format_table(rows, texts) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> list:
-    """Run the command; returns the (id, score) rows. Errors propagate (see :func:`run`)."""
-    args = parse_args(argv)
+def main(argv=None, parser=None) -> list:
+    """Run the command; returns the (id, score) rows. Errors propagate (:func:`missrec_recbole.cli.run` turns them
+    into one error line). ``parser``: the ``missrec recommend`` sub-command's."""
+    args = parse_args(argv, parser)
     history = read_history(args)
     predictor = MISSRecPredictor.load(args.model_file, dataset=args.dataset, data_path=args.data_path,
                                       allow_feature_only=args.allow_feature_only,
@@ -107,8 +113,3 @@ def main(argv=None) -> list:
     if args.export:
         print(f"exported: {predictor.export(args.export)}")
     return rows
-
-
-def run(argv=None) -> int:
-    """Command-line entry: bad input -> 'error: ...' on stderr and exit code 1 (``--debug``: with traceback)."""
-    return run_command(main, argv)

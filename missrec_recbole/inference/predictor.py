@@ -34,8 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from missrec_recbole.data.dataset import feature_path, read_feature_file, read_item_texts
-from missrec_recbole.data.dataset import read_item2index as read_item2index_file
+from missrec_recbole.data.atomic_files import feature_path, read_feature_file, read_item_texts
+from missrec_recbole.data.atomic_files import read_item2index as read_item2index_file
 from missrec_recbole.inference.errors import (CheckpointMismatchError, DuplicateItemError, EmptyHistoryError,
                                               FeatureDimError, FeatureError, InferenceError, ItemIdError,
                                               TransductiveModeError, UnknownItemError)

@@ -48,17 +48,17 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 
-from missrec_recbole.command import run_command
-from missrec_recbole.data.dataset import REQUIRED_COLUMNS, TEXT_HEADER, DatasetFormatError, atomic_directory
+from missrec_recbole.command import command_parser, run_command
+from missrec_recbole.data.atomic_files import MAX_HISTORY, DatasetFormatError, write_sequences
+from missrec_recbole.files import atomic_directory
 
 __all__ = ["RawDataError", "ConversionStats", "convert_amazon", "clean_text", "item_text", "image_url",
            "read_json_lines"]
 
-INTER_HEADER = "\t".join(REQUIRED_COLUMNS) + "\n"
 MIN_SEQUENCE = 3  # first item + valid target + test target
 MAX_TEXT_CHARS = 2000
 
@@ -364,38 +364,6 @@ def build_sequences(user_names, item_names, users, items, times, kcore=5, stats=
     return user_ids, item_ids, sequences
 
 
-def split_rows(sequences, max_len: int = 50):
-    """Leave-one-out rows per split: (user index, history, target)."""
-    rows = {"train": [], "valid": [], "test": []}
-    for user, seq in enumerate(sequences):
-        n = len(seq)
-        for t in range(1, n - 2):
-            rows["train"].append((user, seq[max(0, t - max_len):t], seq[t]))
-        rows["valid"].append((user, seq[max(0, n - 2 - max_len):n - 2], seq[n - 2]))
-        rows["test"].append((user, seq[max(0, n - 1 - max_len):n - 1], seq[n - 1]))
-    return rows
-
-
-def write_atomic_files(folder: Path, name: str, user_ids, item_ids, sequences, texts, urls, max_len) -> int:
-    """The dataset's atomic files (``NAME.images`` only when ``urls`` is not None); returns the train rows."""
-    rows = split_rows(sequences, max_len)
-    for split, data in rows.items():
-        with open(folder / f"{name}.{split}.inter", "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(INTER_HEADER)
-            handle.writelines(f"{u}\t{' '.join(map(str, h))}\t{t}\n" for u, h, t in data)
-    with open(folder / f"{name}.item2index", "w", encoding="utf-8", newline="\n") as handle:
-        handle.writelines(f"{iid}\t{i}\n" for i, iid in enumerate(item_ids))
-    with open(folder / f"{name}.user2index", "w", encoding="utf-8", newline="\n") as handle:
-        handle.writelines(f"{uid}\t{u}\n" for u, uid in enumerate(user_ids))
-    with open(folder / f"{name}.text", "w", encoding="utf-8", newline="\n") as handle:
-        handle.write(TEXT_HEADER + "\n")
-        handle.writelines(f"{iid}\t{texts.get(iid, '')}\n" for iid in item_ids)
-    if urls is not None:
-        with open(folder / f"{name}.images", "w", encoding="utf-8", newline="\n") as handle:
-            handle.writelines(f"{iid}\t{urls[iid]}\n" for iid in item_ids if iid in urls)
-    return len(rows["train"])
-
-
 def check_id(path, kind: str, value: str) -> None:
     if any(c in value for c in "\t\n\r") or " " in value:
         raise RawDataError(f"{path}: {kind} {value!r} contains whitespace, which the tab/space-separated atomic "
@@ -421,7 +389,7 @@ def check_output_folder(out_dir: Path, name: str | None, force: bool) -> str:
     return name
 
 
-def convert_amazon(reviews, meta, out_dir, name: str | None = None, kcore: int = 5, max_len: int = 50,
+def convert_amazon(reviews, meta, out_dir, name: str | None = None, kcore: int = 5, max_len: int = MAX_HISTORY,
                    keep_items_without_text: bool = False, skip_bad_lines: bool = False, force: bool = False,
                    progress: bool = False) -> ConversionStats:
     """Convert raw Amazon reviews + metadata into the atomic files of dataset ``name`` in ``out_dir``."""
@@ -456,26 +424,32 @@ def convert_amazon(reviews, meta, out_dir, name: str | None = None, kcore: int =
     stats.items_with_image_url = sum(1 for iid in item_ids if iid in urls)
 
     with atomic_directory(out_dir.resolve(), keep_subfolders=True) as tmp:  # keeps downloaded images etc.
-        stats.train_rows = write_atomic_files(tmp, name, user_ids, item_ids, sequences, texts, urls, max_len)
+        stats.train_rows = write_sequences(tmp, name, user_ids, item_ids, sequences, texts, urls, max_len)
     return stats
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m missrec_recbole.tools.amazon",
-                                     description=__doc__.split("\n\n")[0])
+PROG = "python -m missrec_recbole.tools.amazon"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("\n\n")[0]
     parser.add_argument("--reviews", required=True, help="reviews file, e.g. Office_Products.json.gz")
     parser.add_argument("--meta", required=True, help="metadata file, e.g. meta_Office_Products.json.gz")
     parser.add_argument("-o", "--out", required=True, help="output folder <data_path>/NAME")
     parser.add_argument("--name", help="dataset name (default: the output folder's name)")
     parser.add_argument("--kcore", type=int, default=5, help="minimum interactions per user and item (default 5)")
-    parser.add_argument("--max_len", type=int, default=50, help="keep the last N history items (default 50)")
+    parser.add_argument("--max_len", type=int, default=MAX_HISTORY,
+                        help=f"keep the last N history items (default {MAX_HISTORY})")
     parser.add_argument("--keep_items_without_text", action="store_true",
                         help="keep items whose metadata has no title/category/brand")
     parser.add_argument("--skip_bad_lines", action="store_true", help="skip unparseable lines instead of failing")
     parser.add_argument("--force", action="store_true",
                         help="replace the files of an existing output folder (sub-folders such as images/ are kept)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
+
+
+def main(argv=None, parser=None) -> int:
+    args = command_parser(add_arguments, parser, PROG).parse_args(argv)
     start = time.perf_counter()
     try:
         stats = convert_amazon(args.reviews, args.meta, args.out, args.name, args.kcore, args.max_len,
@@ -489,4 +463,4 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_command(_main))
+    sys.exit(run_command(main))

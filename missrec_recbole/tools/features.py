@@ -35,21 +35,22 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from missrec_recbole.command import run_command, watched
+from missrec_recbole.command import command_parser, run_command, watched
 from missrec_recbole.files import write_json
-from missrec_recbole.data.dataset import DatasetFormatError, item_ids_by_index, read_item_texts
+from missrec_recbole.data.atomic_files import DatasetFormatError, item_ids_by_index, read_item_texts
 from missrec_recbole.tools.images import find_images, image_stem
 
-__all__ = ["Encoder", "OpenClipEncoder", "WordLlamaEncoder", "ENCODERS", "make_encoder", "FeatureError", "BrokenImageWarning", "ExtractionResult",
-           "extract_text_features", "extract_image_features", "read_item_index", "read_item_texts", "load_image"]
+__all__ = ["Encoder", "OpenClipEncoder", "WordLlamaEncoder", "ENCODERS", "make_encoder", "FeatureExtractionError",
+           "BrokenImageWarning", "ExtractionResult", "extract_text_features", "extract_image_features",
+           "read_item_index", "load_image"]
 
 
 
-class FeatureError(DatasetFormatError):
+class FeatureExtractionError(DatasetFormatError):
     """Feature extraction cannot run: the message names the file / option and what to do."""
 
 
@@ -74,11 +75,11 @@ def _import_open_clip():
         import open_clip
     except ModuleNotFoundError as error:
         missing = error.name or "open_clip"
-        raise FeatureError(
+        raise FeatureExtractionError(
             f"--model: the Python module {missing!r} is not installed. Install the optional extra: "
             "pip install -e \".[features]\" (open_clip_torch; it needs a torchvision built for your torch)") from None
     except Exception as error:  # noqa: BLE001 - e.g. torchvision built for another torch
-        raise FeatureError(
+        raise FeatureExtractionError(
             f"--model: open_clip is installed but cannot be imported ({type(error).__name__}: {error}). "
             "This usually means torchvision does not match the installed torch (a CPU-only torch needs a "
             "torchvision of the same build). Install a matching torch/torchvision pair, then rerun.") from None
@@ -102,13 +103,14 @@ class OpenClipEncoder:
         name = model
         if model.endswith(".json"):
             if not os.path.isfile(model):
-                raise FeatureError(f"{model}: model config file not found. Pass an open_clip model name "
-                                   "(e.g. ViT-B-32) or an existing config JSON.")
+                raise FeatureExtractionError(f"{model}: model config file not found. Pass an open_clip model name "
+                                             "(e.g. ViT-B-32) or an existing config JSON.")
             open_clip.add_model_config(model)
             name = Path(model).stem
         elif not model.startswith(("local-dir:", "hf-hub:")) and name.replace("/", "-") not in open_clip.list_models():
-            raise FeatureError(f"--model {model!r}: unknown open_clip model. Use one of open_clip.list_models() "
-                               "(e.g. ViT-B-32), a model config .json or local-dir:PATH.")
+            raise FeatureExtractionError(
+                f"--model {model!r}: unknown open_clip model. Use one of open_clip.list_models() "
+                "(e.g. ViT-B-32), a model config .json or local-dir:PATH.")
         if pretrained is None or str(pretrained).lower() in ("", "none", "random"):
             pretrained = None
             warnings.warn(f"{model}: no --pretrained weights, using a randomly initialised model "
@@ -120,14 +122,15 @@ class OpenClipEncoder:
             known = open_clip.list_pretrained_tags_by_model(name) if not name.startswith(("local-dir:", "hf-hub:")) \
                 else []
             if pretrained not in known:
-                raise FeatureError(f"--pretrained {pretrained!r}: neither a file nor a known weights tag of {model} "
-                                   f"(tags: {', '.join(known) or 'none'}). Pass a local weights file.")
+                raise FeatureExtractionError(
+                    f"--pretrained {pretrained!r}: neither a file nor a known weights tag of {model} "
+                    f"(tags: {', '.join(known) or 'none'}). Pass a local weights file.")
             weights = pretrained
         try:
             self.model, _, self.preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=pretrained, device=device, precision=precision)
         except Exception as error:  # noqa: BLE001
-            raise FeatureError(
+            raise FeatureExtractionError(
                 f"--pretrained {pretrained}: could not load the {model} weights ({type(error).__name__}: {error}). "
                 "Without network, download the open_clip weights file (e.g. open_clip_pytorch_model.bin) on "
                 "another machine and pass its path; a local file must match the --model architecture.") from None
@@ -156,23 +159,26 @@ class WordLlamaEncoder:
         try:
             import wordllama
         except ModuleNotFoundError:
-            raise FeatureError("--encoder wordllama: the Python module 'wordllama' is not installed. Install the "
-                               "optional extra: pip install -e \".[text]\"") from None
+            raise FeatureExtractionError(
+                "--encoder wordllama: the Python module 'wordllama' is not installed. Install the "
+                "optional extra: pip install -e \".[text]\"") from None
         # WordLlama.load() looks for the tokenizer in <package>/tokenizer/ (the wheel has tokenizers/) and then
         # downloads it; as cache_dir the package folder holds both files. Downloads stay disabled.
         folder = Path(wordllama.__file__).parent
         try:
             self.model = wordllama.WordLlama.load(cache_dir=folder, dim=dim, disable_download=True)
         except (FileNotFoundError, ValueError) as error:
-            raise FeatureError(f"--encoder wordllama: cannot load the packaged weights ({error}). Reinstall the "
-                               "wordllama package.") from None
+            raise FeatureExtractionError(
+                f"--encoder wordllama: cannot load the packaged weights ({error}). Reinstall the "
+                "wordllama package.") from None
         self.identity = f"wordllama:{getattr(wordllama, '__version__', '?')}:l2_supercat:{dim}"
 
     def encode_text(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self.model.embed(list(texts), norm=False), dtype=np.float32)
 
     def encode_images(self, images: list) -> np.ndarray:
-        raise FeatureError("--encoder wordllama encodes text only: leave out --images (or use open_clip for images).")
+        raise FeatureExtractionError(
+            "--encoder wordllama encodes text only: leave out --images (or use open_clip for images).")
 
 
 ENCODERS = {"wordllama": WordLlamaEncoder}  # named --encoder choices besides module:function; default open_clip
@@ -193,8 +199,8 @@ def read_item_index(path: str | Path) -> list[str]:
     """Original ids in index order from ``NAME.item2index`` (checked by the data layer: indices 0..n-1)."""
     path = Path(path)
     if not path.is_file():
-        raise FeatureError(f"{path}: item index not found. Pass --item2index, or create NAME.item2index "
-                           "(python -m missrec_recbole.tools.amazon writes it).")
+        raise FeatureExtractionError(f"{path}: item index not found. Pass --item2index, or create NAME.item2index "
+                                     "(python -m missrec_recbole.tools.amazon writes it).")
     return item_ids_by_index(path)
 
 
@@ -251,8 +257,8 @@ def _run_resumable(out_path: Path, n_items: int, fingerprint: dict, compute: Cal
         if size and size % (4 * n_items) == 0:
             result.skipped, result.rows, result.dim = True, n_items, size // (4 * n_items)
             return result
-        raise FeatureError(f"{out_path}: exists but its size ({size} bytes) does not fit {n_items} items. "
-                           "Pass --force to recompute it.")
+        raise FeatureExtractionError(f"{out_path}: exists but its size ({size} bytes) does not fit {n_items} items. "
+                                     "Pass --force to recompute it.")
     done, dim = 0, None
     if state_path.exists() and not force:
         try:
@@ -260,7 +266,7 @@ def _run_resumable(out_path: Path, n_items: int, fingerprint: dict, compute: Cal
         except ValueError:
             state = {}
         if state.get("fingerprint") != fingerprint:
-            raise FeatureError(
+            raise FeatureExtractionError(
                 f"{state_path}: an unfinished run with different settings (model, item2index or text file) "
                 f"is recorded here ({state.get('fingerprint', {}).get('encoder', '?')}). Rerun with the same "
                 "settings to continue it, or pass --force to start over.")
@@ -282,11 +288,12 @@ def _run_resumable(out_path: Path, n_items: int, fingerprint: dict, compute: Cal
             stop = min(start + batch_size, n_items)
             block = np.ascontiguousarray(compute(start, stop), dtype="<f4")
             if block.ndim != 2 or block.shape[0] != stop - start or (dim is not None and block.shape[1] != dim):
-                raise FeatureError(f"{out_path}: the encoder returned shape {block.shape} for rows {start}-{stop} "
-                                   f"(expected ({stop - start}, {dim or 'dim'})). Check the --encoder.")
+                raise FeatureExtractionError(
+                    f"{out_path}: the encoder returned shape {block.shape} for rows {start}-{stop} "
+                    f"(expected ({stop - start}, {dim or 'dim'})). Check the --encoder.")
             if not np.isfinite(block).all():
-                raise FeatureError(f"{out_path}: the encoder returned NaN/inf for rows {start}-{stop}. "
-                                   "Check the model weights (or use --precision fp32).")
+                raise FeatureExtractionError(f"{out_path}: the encoder returned NaN/inf for rows {start}-{stop}. "
+                                             "Check the model weights (or use --precision fp32).")
             dim = block.shape[1]
             handle.write(block.tobytes())
             handle.flush()
@@ -304,7 +311,8 @@ def _zero_fill(n: int, index: list[int], encoded: np.ndarray | None, dim: int | 
         return np.zeros((n, dim), dtype=np.float32)
     encoded = np.asarray(encoded, dtype=np.float32)
     if encoded.ndim != 2 or encoded.shape[0] != len(index):
-        raise FeatureError(f"the encoder returned shape {encoded.shape} for {len(index)} inputs. Check the --encoder.")
+        raise FeatureExtractionError(
+            f"the encoder returned shape {encoded.shape} for {len(index)} inputs. Check the --encoder.")
     block = np.zeros((n, encoded.shape[1]), dtype=np.float32)
     block[index] = encoded
     return block
@@ -346,8 +354,8 @@ def extract_image_features(encoder: Encoder, item_ids: list[str], image_dir, out
     out_path = Path(out_path)
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
-        raise FeatureError(f"{image_dir}: image folder not found. Download the images first "
-                           "(python -m missrec_recbole.tools.images) or leave out --images.")
+        raise FeatureExtractionError(f"{image_dir}: image folder not found. Download the images first "
+                                     "(python -m missrec_recbole.tools.images) or leave out --images.")
     files = find_images(image_dir)
     result = ExtractionResult(out_path, len(item_ids), 0)
     fingerprint = {"kind": "image", "encoder": encoder.identity, "items": len(item_ids),
@@ -386,19 +394,22 @@ def extract_image_features(encoder: Encoder, item_ids: list[str], image_dir, out
 def _load_encoder_factory(spec: str):
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise FeatureError(f"--encoder {spec!r}: expected one of {', '.join(['open_clip', *ENCODERS])} "
-                           "or 'module:function'.")
+        raise FeatureExtractionError(f"--encoder {spec!r}: expected one of {', '.join(['open_clip', *ENCODERS])} "
+                                     "or 'module:function'.")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as error:
-        raise FeatureError(f"--encoder {spec!r}: cannot import it ({error}).") from None
+        raise FeatureExtractionError(f"--encoder {spec!r}: cannot import it ({error}).") from None
     return factory
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m missrec_recbole.tools.features",
-                                     description="Write CLIP text/image features (NAME.feat1CLS / NAME.feat3CLS).",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+PROG = "python -m missrec_recbole.tools.features"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Write CLIP text/image features (NAME.feat1CLS / NAME.feat3CLS)."
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__
     parser.add_argument("--text", help="NAME.text file (item texts); leave out to skip text features")
     parser.add_argument("--images", help="folder of item images; leave out to skip image features")
     parser.add_argument("-o", "--out", required=True, help="dataset folder that receives NAME.feat1CLS / feat3CLS")
@@ -416,7 +427,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image_suffix", default="feat3CLS")
     parser.add_argument("--force", action="store_true", help="recompute finished files / discard unfinished runs")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (shown only when stderr is a terminal)")
-    args = parser.parse_args(argv)
+
+
+def main(argv=None, parser=None) -> int:
+    args = command_parser(add_arguments, parser, PROG).parse_args(argv)
     saved_format = warnings.formatwarning
     warnings.formatwarning = lambda message, category, *rest, **kw: f"warning: {message}\n"
     try:
@@ -429,22 +443,23 @@ def _run_cli(args) -> int:
     start = time.perf_counter()
     try:
         if not args.text and not args.images:
-            raise FeatureError("nothing to do: pass --text NAME.text and/or --images FOLDER.")
+            raise FeatureExtractionError("nothing to do: pass --text NAME.text and/or --images FOLDER.")
         if args.batch_size < 1:
-            raise FeatureError(f"--batch_size {args.batch_size}: must be at least 1.")
+            raise FeatureExtractionError(f"--batch_size {args.batch_size}: must be at least 1.")
         out = Path(args.out)
         if not out.is_dir():
-            raise FeatureError(f"{out}: output folder not found. Pass the dataset folder that holds NAME.item2index.")
+            raise FeatureExtractionError(
+                f"{out}: output folder not found. Pass the dataset folder that holds NAME.item2index.")
         name = args.name or (Path(args.text).name.removesuffix(".text") if args.text else out.resolve().name)
         item2index = Path(args.item2index) if args.item2index else out / f"{name}.item2index"
         texts = read_item_texts(args.text) if args.text else None
         item_ids = read_item_index(item2index)
         if texts is not None and not set(texts) & set(item_ids):
-            raise FeatureError(f"{args.text}: none of its item ids is in {item2index}. "
-                               "Pass the text file of the same dataset.")
+            raise FeatureExtractionError(f"{args.text}: none of its item ids is in {item2index}. "
+                                         "Pass the text file of the same dataset.")
         if args.images and not Path(args.images).is_dir():
-            raise FeatureError(f"{args.images}: image folder not found. Download the images first "
-                               "(python -m missrec_recbole.tools.images) or leave out --images.")
+            raise FeatureExtractionError(f"{args.images}: image folder not found. Download the images first "
+                                         "(python -m missrec_recbole.tools.images) or leave out --images.")
         encoder = make_encoder(args.encoder, args.model, args.pretrained, args.device, args.precision)
         results = []
         if texts is not None:
@@ -465,4 +480,4 @@ def _run_cli(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_command(_main))
+    sys.exit(run_command(main))

@@ -35,10 +35,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from missrec_recbole.command import run_command
-from missrec_recbole.data.dataset import atomic_directory
+from missrec_recbole.command import command_parser, run_command
+from missrec_recbole.data.atomic_files import MAX_HISTORY, write_sequences
+from missrec_recbole.files import atomic_directory
 from missrec_recbole.tools.amazon import (ConversionStats, RawDataError, build_sequences, check_id, check_limits,
-                                          check_output_folder, clean_text, join_text, write_atomic_files)
+                                          check_output_folder, clean_text, join_text)
 
 TEXT_TYPES = ("token", "token_seq")
 
@@ -104,7 +105,7 @@ def item_texts(items: pd.DataFrame, path: Path, item_field: str, text_fields: Se
 
 def convert_recbole(source, out_dir, name: str | None = None, text_fields: Sequence[str] | None = None,
                     user_field: str = "user_id", item_field: str = "item_id", time_field: str = "timestamp",
-                    kcore: int = 5, max_len: int = 50, keep_items_without_text: bool = False,
+                    kcore: int = 5, max_len: int = MAX_HISTORY, keep_items_without_text: bool = False,
                     force: bool = False) -> ConversionStats:
     """Convert the RecBole dataset ``source`` (folder or bundled name) into dataset ``name`` in ``out_dir``."""
     check_limits(kcore, max_len)
@@ -137,7 +138,7 @@ def convert_recbole(source, out_dir, name: str | None = None, text_fields: Seque
     for iid in item_ids:
         check_id(inter_path, item_field, iid)
     with atomic_directory(out_dir.resolve()) as tmp:
-        stats.train_rows = write_atomic_files(tmp, name, user_ids, item_ids, sequences, texts, None, max_len)
+        stats.train_rows = write_sequences(tmp, name, user_ids, item_ids, sequences, texts, None, max_len)
     return stats
 
 
@@ -149,9 +150,11 @@ def summary(stats: ConversionStats) -> str:
             f"sequence length mean {lengths.mean():.1f} / max {lengths.max()}, train rows {stats.train_rows}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m missrec_recbole.tools.from_recbole",
-                                     description=__doc__.split("\n\n")[0])
+PROG = "python -m missrec_recbole.tools.from_recbole"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("\n\n")[0]
     parser.add_argument("source", help="RecBole dataset folder NAME/ (NAME.inter, NAME.item), or the name of a "
                                        "dataset RecBole ships (ml-100k)")
     parser.add_argument("-o", "--out", required=True, help="output folder <path>/NAME")
@@ -162,10 +165,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--item_field", default="item_id", help="item field of NAME.inter/.item (default item_id)")
     parser.add_argument("--time_field", default="timestamp", help="time field of NAME.inter (default timestamp)")
     parser.add_argument("--kcore", type=int, default=5, help="minimum interactions per user and item (default 5)")
-    parser.add_argument("--max_len", type=int, default=50, help="keep the last N history items (default 50)")
+    parser.add_argument("--max_len", type=int, default=MAX_HISTORY,
+                        help=f"keep the last N history items (default {MAX_HISTORY})")
     parser.add_argument("--keep_items_without_text", action="store_true", help="keep items without any text")
     parser.add_argument("--force", action="store_true", help="replace the files of an existing output folder")
-    args = parser.parse_args(argv)
+
+
+def main(argv=None, parser=None) -> int:
+    args = command_parser(add_arguments, parser, PROG).parse_args(argv)
     fields = [f.strip() for f in args.text_fields.split(",") if f.strip()] if args.text_fields else None
     stats = convert_recbole(args.source, args.out, args.name, fields, args.user_field, args.item_field,
                             args.time_field, args.kcore, args.max_len, args.keep_items_without_text, args.force)

@@ -35,10 +35,9 @@ import urllib.request
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
-from missrec_recbole.command import run_command
-from missrec_recbole.data.dataset import tab_rows
+from missrec_recbole.command import command_parser, run_command
+from missrec_recbole.data.atomic_files import DatasetFormatError, tab_rows
 from missrec_recbole.files import TEMP_PREFIX, atomic_write
 
 __all__ = ["IMAGE_EXTENSIONS", "DownloadReport", "ImageListError", "download_images", "find_images", "image_stem",
@@ -51,7 +50,7 @@ USER_AGENT = "missrec-recbole-image-fetch/1.0"
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
-class ImageListError(ValueError):
+class ImageListError(DatasetFormatError):
     """Unusable URL list or output folder: the message names the file and what to do."""
 
 
@@ -286,9 +285,11 @@ def _write_failures(out_dir: Path, report: DownloadReport) -> None:
     atomic_write(path, lambda handle: handle.write(lines.encode("utf-8")))
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m missrec_recbole.tools.images",
-                                     description="Download item images listed in NAME.images (original_id<TAB>url).")
+PROG = "python -m missrec_recbole.tools.images"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Download item images listed in NAME.images (original_id<TAB>url)."
     parser.add_argument("--urls", required=True, help="URL list, e.g. dataset/Office/Office.images")
     parser.add_argument("-o", "--out", required=True, help="image folder, e.g. dataset/Office/images/")
     parser.add_argument("--workers", type=int, default=8, help="parallel downloads (default 8)")
@@ -297,7 +298,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backoff", type=float, default=0.5, help="first retry delay in seconds, doubled each time")
     parser.add_argument("--max_mb", type=float, default=20.0, help="largest accepted image in MiB (default 20)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+
+
+def main(argv=None, parser=None) -> int:
+    args = command_parser(add_arguments, parser, PROG).parse_args(argv)
     try:
         entries = read_url_list(args.urls)
         report = download_images(entries, args.out, args.workers, args.retries, args.timeout, args.backoff,
@@ -317,4 +321,4 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_command(_main))
+    sys.exit(run_command(main))

@@ -23,16 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from missrec_recbole.command import run_command
+from missrec_recbole.command import command_parser, run_command
 from missrec_recbole.config import build_config, parse_known_options
 from missrec_recbole.config_schema import ConfigError
-from missrec_recbole.data.dataset import (DatasetFormatError, MISSRecDataset, count_rows, modality_names,
-                                          read_indexed_inter, validate_dataset)
+from missrec_recbole.data.atomic_files import HISTORY, TARGET, USER, DatasetFormatError, count_rows, read_item_texts
+from missrec_recbole.data.dataset import MISSRecDataset, modality_names, read_indexed_inter, validate_dataset
 from missrec_recbole.model import MISSRec
 
 __all__ = ["inspect_dataset", "format_report"]
@@ -58,13 +57,12 @@ def inspect_dataset(config, load: bool = False) -> dict:
     name, folder = files.name, files.folder
     frames = {split: read_indexed_inter(files, split) for split in config["benchmark_filename"]}
     all_rows = pd.concat(frames.values(), ignore_index=True)
-    per_user = all_rows.groupby("user_id:token").size()
+    per_user = all_rows.groupby(USER).size()
     lengths = per_user.to_numpy() + 1  # every row has one target; a user's first item is never a target
-    used = set(all_rows["item_id:token"].astype(int))
-    for history in all_rows["item_id_list:token_seq"]:
+    used = set(all_rows[TARGET].astype(int))
+    for history in all_rows[HISTORY]:
         used.update(int(i) for i in history.split())
-    history_lengths = {split: frame["item_id_list:token_seq"].str.split().map(len).to_numpy()
-                       for split, frame in frames.items()}
+    history_lengths = {split: frame[HISTORY].str.split().map(len).to_numpy() for split, frame in frames.items()}
     report = {
         "dataset": name,
         "folder": str(folder),
@@ -93,11 +91,12 @@ def inspect_dataset(config, load: bool = False) -> dict:
             "missing_share_used_items": float((~present[used_mask]).mean()) if used_mask.any() else 0.0,
             "norm": _stats(norms[present]),
         }
-    text_file = folder / f"{name}.text"  # optional, not read by the loader: counted, not validated
+    text_file = folder / f"{name}.text"  # optional, not read by the loader: a problem is reported, not raised
     if text_file.is_file():
-        with open(text_file, encoding="utf-8", errors="replace") as handle:
-            next(handle, None)
-            report["items_with_text"] = sum(1 for line in handle if line.rstrip("\n").partition("\t")[2].strip())
+        try:
+            report["items_with_text"] = sum(1 for text in read_item_texts(text_file).values() if text)
+        except DatasetFormatError as error:
+            report["text_problem"] = str(error)
     url_count = count_rows(folder / f"{name}.images")
     if url_count is not None:
         report["items_with_image_url"] = url_count
@@ -128,20 +127,27 @@ def format_report(report: dict) -> str:
                      f"L2 norm {_fmt(info['norm'], 2)}")
     if "items_with_text" in report:
         lines.append(f"{report['dataset']}.text: {report['items_with_text']} items with text")
+    if "text_problem" in report:
+        lines.append(f"warning: {report['text_problem']} (only feature extraction reads NAME.text)")
     if "items_with_image_url" in report:
         lines.append(f"{report['dataset']}.images: {report['items_with_image_url']} image URLs")
     return "\n".join(lines)
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m missrec_recbole.tools.inspect",
-                                     description="Summarise a MISSRec dataset and validate it like the loader.")
+PROG = "python -m missrec_recbole.tools.inspect"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Summarise a MISSRec dataset and validate it like the loader."
     parser.add_argument("-d", "--dataset", required=True, help="dataset name (folder <data_path>/NAME)")
     parser.add_argument("--data_path", help="folder that contains NAME/ (default: ./dataset)")
     parser.add_argument("--config_files", help="extra YAML config files (space- or comma-separated)")
     parser.add_argument("--json", action="store_true", help="print the statistics as JSON")
     parser.add_argument("--load", action="store_true", help="also build the MISSRecDataset (RecBole's full load)")
-    args, overrides = parse_known_options(parser, argv)
+
+
+def main(argv=None, parser=None) -> int:
+    args, overrides = parse_known_options(command_parser(add_arguments, parser, PROG), argv)
     if args.data_path:
         overrides["data_path"] = args.data_path
 
@@ -160,4 +166,4 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_command(_main))
+    sys.exit(run_command(main))

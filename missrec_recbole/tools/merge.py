@@ -15,28 +15,30 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from missrec_recbole.command import run_command
+from missrec_recbole.command import command_parser, run_command
 from missrec_recbole.config import build_config, parse_known_options
-from missrec_recbole.data.dataset import atomic_directory, read_indexed_inter, validate_dataset
+from missrec_recbole.data.atomic_files import (HISTORY, SPLITS, TARGET, USER, count_rows, inter_path,
+                                               write_feature_file, write_index, write_inter)
+from missrec_recbole.data.dataset import read_indexed_inter, validate_dataset
+from missrec_recbole.files import atomic_directory
 from missrec_recbole.model import MISSRec
-
-SPLITS = ("train", "valid", "test")
 
 
 def _as_dict(config) -> dict:
     return dict(getattr(config, "final_config_dict", config))
 
 
-def _shift_history(history: pd.Series, offset: int) -> pd.Series:
-    return history.map(lambda text: " ".join(str(int(i) + offset) for i in text.split()))
+def _shifted_rows(frame: pd.DataFrame, user_offset: int, item_offset: int):
+    """``(user, history, target)`` rows of an .inter frame (indices as tokens) with the indices shifted."""
+    users = pd.to_numeric(frame[USER]) + user_offset
+    histories = frame[HISTORY].map(lambda text: [int(i) + item_offset for i in text.split()])
+    targets = pd.to_numeric(frame[TARGET]) + item_offset
+    return list(zip(users, histories, targets))
 
 
 def _n_users(folder: Path, name: str, frames) -> int:
-    user_map = folder / f"{name}.user2index"
-    if user_map.is_file():
-        with open(user_map, encoding="utf-8") as handle:
-            return sum(1 for line in handle if line.strip())
-    return max(int(pd.to_numeric(f["user_id:token"]).max()) for f in frames) + 1
+    listed = count_rows(folder / f"{name}.user2index")
+    return listed if listed is not None else max(int(pd.to_numeric(f[USER]).max()) for f in frames) + 1
 
 
 def merge_datasets(names, data_path, out_name: str, out_path, config) -> Path:
@@ -52,7 +54,7 @@ def merge_datasets(names, data_path, out_name: str, out_path, config) -> Path:
         item_offset = user_offset = 0
         splits = {split: [] for split in SPLITS}
         features = None
-        item_maps, user_maps = [], []
+        item_ids, user_ids = [], []
         for name in names:
             domain = {**options, "dataset": name, "data_path": os.path.join(data_path, name)}
             files = validate_dataset(domain)
@@ -62,33 +64,36 @@ def merge_datasets(names, data_path, out_name: str, out_path, config) -> Path:
             frames = {split: read_indexed_inter(files, split) for split in SPLITS}  # original ids -> indices
             n_users = _n_users(files.folder, name, frames.values())
             for split, frame in frames.items():
-                frame["user_id:token"] = (pd.to_numeric(frame["user_id:token"]) + user_offset).astype(str)
-                frame["item_id_list:token_seq"] = _shift_history(frame["item_id_list:token_seq"], item_offset)
-                frame["item_id:token"] = (pd.to_numeric(frame["item_id:token"]) + item_offset).astype(str)
-                splits[split].append(frame)
+                splits[split] += _shifted_rows(frame, user_offset, item_offset)
             for m in features:
                 features[m].append(files.features[m])
-            item_maps.append(pd.DataFrame({"id": [f"{name}:{i}" for i in range(files.n_items)],
-                                           "index": np.arange(files.n_items) + item_offset}))
-            user_maps.append(pd.DataFrame({"id": [f"{name}:{u}" for u in range(n_users)],
-                                           "index": np.arange(n_users) + user_offset}))
+            item_ids += [f"{name}:{i}" for i in range(files.n_items)]  # merged index = position in the list
+            user_ids += [f"{name}:{u}" for u in range(n_users)]
             item_offset += files.n_items
             user_offset += n_users
-        for split, frames in splits.items():
-            pd.concat(frames).to_csv(tmp_dir / f"{out_name}.{split}.inter", sep="\t", index=False)
+        for split, rows in splits.items():
+            write_inter(inter_path(tmp_dir, out_name, split), rows)
         for m, parts in features.items():
-            np.concatenate(parts).astype("<f4").tofile(tmp_dir / f"{out_name}.{config[f'{m}_suffix']}")
-        pd.concat(item_maps).to_csv(tmp_dir / f"{out_name}.item2index", sep="\t", index=False, header=False)
-        pd.concat(user_maps).to_csv(tmp_dir / f"{out_name}.user2index", sep="\t", index=False, header=False)
+            write_feature_file(tmp_dir / f"{out_name}.{config[f'{m}_suffix']}", np.concatenate(parts))
+        write_index(tmp_dir / f"{out_name}.item2index", item_ids)
+        write_index(tmp_dir / f"{out_name}.user2index", user_ids)
     return out_dir
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+PROG = "python -m missrec_recbole.tools.merge"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("datasets", nargs="+", help="dataset names under --data_path")
     parser.add_argument("-o", "--output", required=True, help="name of the merged dataset")
     parser.add_argument("--data_path", default="dataset", help="folder holding the input datasets")
     parser.add_argument("--out_path", default=None, help="folder for the output (default: --data_path)")
+
+
+def main(argv=None, parser=None):
+    parser = command_parser(add_arguments, parser, PROG)
     args, overrides = parse_known_options(parser, argv, hint=" (e.g. --text_dim=768)")
     config = build_config(args.datasets[0], stage="pretrain", config_dict={**overrides, "data_path": args.data_path},
                           model_class=MISSRec)

@@ -25,11 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from missrec_recbole.command import run_command, watched
+from missrec_recbole.command import command_parser, run_command, watched
 from missrec_recbole.config import merged_props
-from missrec_recbole.data.dataset import (DatasetFormatError, atomic_directory, feature_width, read_feature_file,
-                                          read_item2index, validate_dataset)
-from missrec_recbole.tools.features import extract_text_features, make_encoder, read_item_index, read_item_texts
+from missrec_recbole.data.atomic_files import (DatasetFormatError, feature_width, read_feature_file, read_item2index,
+                                               read_item_texts, write_feature_file)
+from missrec_recbole.data.dataset import validate_dataset
+from missrec_recbole.files import atomic_directory
+from missrec_recbole.tools.features import extract_text_features, make_encoder, read_item_index
 
 def _defaults() -> dict:
     """The options the loader's checks read (suffixes, dims, modalities, splits, max length) from props/."""
@@ -74,7 +76,7 @@ def prepare_dataset(source, out_path, encoder="wordllama", image_features_from=N
             other = Path(image_features_from)
             rows, found = shared_image_rows(tmp / f"{name}.item2index", other / f"{other.name}.item2index",
                                             other / f"{other.name}.{options['image_suffix']}")
-            rows.astype("<f4").tofile(tmp / f"{name}.{options['image_suffix']}")
+            write_feature_file(tmp / f"{name}.{options['image_suffix']}", rows)
             log(f"{name}: image features of {found} of {rows.shape[0]} items from {other} (the rest: missing)")
         config = {**options, "dataset": name, "data_path": str(tmp)}
         files = validate_dataset(config)  # the loader's own checks (they also read the widths from the files)
@@ -94,9 +96,12 @@ def _text_features(folder: Path, name: str, out_file: Path, encoder_spec: str, l
     log(f"{name}: {result.summary('text')} with {encoder.identity} in {time.perf_counter() - start:.1f} s")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m missrec_recbole.tools.prepare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+PROG = "python -m missrec_recbole.tools.prepare"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("sources", nargs="+", help="dataset folders NAME/ (read-only is fine)")
     parser.add_argument("-o", "--out_path", required=True, help="writable folder that receives NAME/ (--data_path)")
     parser.add_argument("--encoder", default="wordllama", help="text encoder: wordllama (default), open_clip or "
@@ -104,7 +109,10 @@ def main(argv=None) -> int:
     parser.add_argument("--image_features_from", help="another dataset folder whose image features to take for "
                                                       "the items both share (by original id)")
     parser.add_argument("--force", action="store_true", help="recompute text features the source already has")
-    args = parser.parse_args(argv)
+
+
+def main(argv=None, parser=None) -> int:
+    args = command_parser(add_arguments, parser, PROG).parse_args(argv)
     for source in args.sources:
         start = time.perf_counter()
         target = prepare_dataset(source, args.out_path, args.encoder, args.image_features_from, args.force)

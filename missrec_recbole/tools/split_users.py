@@ -29,23 +29,19 @@ from pathlib import Path
 
 import numpy as np
 
-from missrec_recbole.command import run_command
-from missrec_recbole.data.dataset import atomic_directory, tab_rows
+from missrec_recbole.command import command_parser, run_command
+from missrec_recbole.data.atomic_files import SPLITS, inter_path, tab_rows
+from missrec_recbole.files import atomic_directory
 
-SPLITS = ("train", "valid", "test")
 MARKER = ".split.json"
 HALVES = ("pre", "eval")
-
-
-def _inter_path(folder: Path, name: str, split: str) -> Path:
-    return Path(folder) / f"{name}.{split}.inter"
 
 
 def dataset_users(folder, name: str) -> list[str]:
     """Every user token of ``NAME.{train,valid,test}.inter``, sorted (numerically if possible)."""
     users = set()
     for split in SPLITS:
-        users.update(fields[0] for number, fields in tab_rows(_inter_path(folder, name, split)) if number > 1)
+        users.update(fields[0] for number, fields in tab_rows(inter_path(folder, name, split)) if number > 1)
     numeric = all(u.isdigit() for u in users)
     return sorted(users, key=int if numeric else str)
 
@@ -61,6 +57,7 @@ def draw_split(users, seed: int, pre_ratio: float = 0.5) -> tuple[list[str], lis
 
 
 def _write_inter(source: Path, target: Path, users: set) -> int:
+    """The lines of ``users`` (and the header) copied as they are: a half keeps the source's tokens, byte for byte."""
     rows = 0
     with open(source, encoding="utf-8") as src, open(target, "w", encoding="utf-8") as out:
         out.write(src.readline())
@@ -80,7 +77,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 def _write_half(folder: Path, name: str, half_name: str, users: set, tmp_dir: Path) -> dict:
     """All files of one half into ``tmp_dir``; returns per-split row counts."""
-    rows = {split: _write_inter(_inter_path(folder, name, split), tmp_dir / f"{half_name}.{split}.inter", users)
+    rows = {split: _write_inter(inter_path(folder, name, split), inter_path(tmp_dir, half_name, split), users)
             for split in SPLITS}
     for source in sorted(folder.iterdir()):
         suffix = source.name[len(name):]
@@ -128,15 +125,22 @@ def split_users(name: str, data_path, out_path, seed: int = 2020, pre_ratio: flo
     return {**names, **info, "reused": False}
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+PROG = "python -m missrec_recbole.tools.split_users"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("dataset", help="dataset name under --data_path")
     parser.add_argument("--data_path", default="dataset", help="folder holding <dataset>/")
     parser.add_argument("-o", "--out_path", required=True, help="folder for <dataset>-pre/ and <dataset>-eval/")
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--pre_ratio", type=float, default=0.5, help="share of users in the pre-training half")
     parser.add_argument("--force", action="store_true", help="rewrite the halves even if they exist")
-    args = parser.parse_args(argv)
+
+
+def main(argv=None, parser=None) -> dict:
+    args = command_parser(add_arguments, parser, PROG).parse_args(argv)
     info = split_users(args.dataset, args.data_path, args.out_path, args.seed, args.pre_ratio, args.force)
     print(f"{args.dataset}: {info['users']['pre']} users -> {Path(args.out_path) / info['pre']}, "
           f"{info['users']['eval']} users -> {Path(args.out_path) / info['eval']}"
