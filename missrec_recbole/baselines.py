@@ -22,7 +22,7 @@ def run_unisrec(dataset, *, stage: str, mode: str, pretrained=None, config_dict=
     ``dataset``: a name, or for ``stage="pretrain"`` a list of names (merged, as MISSRec pre-training).
     ``mode``: ``inductive`` (text only) or ``transductive`` (text + item ID embedding).
     ``pretrained``: a checkpoint written by the pretrain stage (fine-tuning; the item set may differ).
-    Adaptor-only fine-tuning is ``config_dict={"adapters_only": True}``; by default it is on exactly
+    Adapter-only fine-tuning is ``config_dict={"adapters_only": True}``; by default it is on exactly
     when ``pretrained`` is given (props/finetune.yaml). ``trainer_class``: MISSRecTrainer or a subclass (it
     skips the interest refresh for models without interests and names files after the model). ``resume``: the
     ``*-resume.pth`` file of an interrupted run with the same arguments; ``resume_file``: where this run writes its

@@ -176,8 +176,8 @@ OPTIONS: dict[str, Option] = {
     "item_drop_ratio": _prob("share of items dropped in the L_ss views"),
     "item_drop_coefficient": _float("share of L_ss views made by item drop (UniSRec)", 0, 1),
     "loss_candidates": _choice("sequence-item loss negatives: all items or in-batch targets", "all", "batch"),
-    "n_exps": _int("experts of the MoE adaptor (UniSRec; MISSRec with item_adapter: moe)", 1),
-    "gating_noise": _bool("noisy gating of the MoE adaptor (UniSRec; MISSRec with item_adapter: moe)"),
+    "n_exps": _int("experts of the MoE adapter (UniSRec; MISSRec with item_adapter: moe)", 1),
+    "gating_noise": _bool("noisy gating of the MoE adapter (UniSRec; MISSRec with item_adapter: moe)"),
     "memory_chunk_rows": _int("recompute activations this many sequences at a time (0: off)", 0),
     "length_buckets": _int("length groups per batch (speed only)", 1),
     # interests

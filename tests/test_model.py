@@ -203,11 +203,11 @@ def test_moe_item_adapter(built, tmp_path):
     learn, fine-tuning keeps them trainable, interest refreshes see no gating noise, and a checkpoint of the other
     adapter kind (or one written before the option existed, i.e. linear) is refused by name, so is another expert
     count (but not on a linear checkpoint, which has no experts)."""
-    from missrec_recbole.model.base import MoEAdaptor
+    from missrec_recbole.model.base import MoEAdapter
     from missrec_recbole.trainer.checkpoint import CheckpointMismatchError, load_pretrained, save_pretrained
 
     model, train, _, dataset = built(item_adapter="moe", n_exps=3, mode="inductive")
-    assert all(isinstance(adapter, MoEAdaptor) for adapter in model.adapters.values())
+    assert all(isinstance(adapter, MoEAdapter) for adapter in model.adapters.values())
     batch = _batch(train)
     model.eval()
     full = model.full_sort_predict(batch)
@@ -248,7 +248,7 @@ def test_single_modality_scores_and_moe_shift_are_bit_exact(built, monkeypatch, 
     """The speed-ups of the text-only score (no softmax over one modality) and of the MoE experts' shift (+ -shift)
     give the loss and every gradient of the general formulas bit for bit, fusion beta's zero gradient included,
     and the same parameters after optimizer steps."""
-    from missrec_recbole.model.base import MoEAdaptor
+    from missrec_recbole.model.base import MoEAdapter
 
     def reference_experts(self, x):
         weight = self.whitening_weight.transpose(0, 1).reshape(x.shape[-1], -1)
@@ -274,7 +274,7 @@ def test_single_modality_scores_and_moe_shift_are_bit_exact(built, monkeypatch, 
     batches = [batch for batch, _ in zip(train, range(3))]
     fast, fast_params = train_steps(model, batches)
     monkeypatch.setattr(MISSRec, "_single_modality_scores", MISSRec._softmax_fusion)
-    monkeypatch.setattr(MoEAdaptor, "experts", reference_experts)
+    monkeypatch.setattr(MoEAdapter, "experts", reference_experts)
     reference, reference_params = train_steps(model, batches)
     for (loss_a, grads_a), (loss_b, grads_b) in zip(fast, reference):
         assert torch.equal(loss_a, loss_b) and grads_a.keys() == grads_b.keys()

@@ -136,7 +136,7 @@ def _grads(model, batch):
     return {n: p.grad for n, p in model.named_parameters()}
 
 
-def test_gradients_reach_adaptor_and_transformer(built):
+def test_gradients_reach_adapter_and_transformer(built):
     model, train, _ = built(mode="transductive")
     grads = _grads(model, _batch(train))
     for name in ("moe_adaptor.whitening_bias", "moe_adaptor.whitening_weight", "moe_adaptor.gate.weight",
@@ -147,7 +147,7 @@ def test_gradients_reach_adaptor_and_transformer(built):
 
 
 @pytest.mark.parametrize("mode", ["inductive", "transductive"])
-def test_adaptor_only_freezes_everything_else(built, mode):
+def test_adapter_only_freezes_everything_else(built, mode):
     model, train, _ = built(mode=mode)
     trainable = model.freeze_for_finetune()
     grads = _grads(model, _batch(train))
@@ -158,7 +158,7 @@ def test_adaptor_only_freezes_everything_else(built, mode):
     assert trainable == sum(p.numel() for n, p in model.named_parameters() if n in expected)
 
 
-def test_unfreeze_adds_whole_modules_to_the_adaptor(built):
+def test_unfreeze_adds_whole_modules_to_the_adapter(built):
     model, train, _ = built(mode="inductive")
     model.freeze_for_finetune(("trm_encoder",))
     grads = _grads(model, _batch(train))
@@ -257,7 +257,7 @@ def test_loss_decreases_on_demo_data(tmp_path):
 
 
 def test_pretrain_then_finetune_other_item_count(tmp_path):
-    """Checkpoint from a 40-item dataset loads into a 55-item one; adaptor-only keeps the encoder fixed."""
+    """Checkpoint from a 40-item dataset loads into a 55-item one; adapter-only keeps the encoder fixed."""
     write_dataset(tmp_path, "Source", n_items=40, seed=1)
     write_dataset(tmp_path, "Target", n_items=55, seed=2)
     overrides = tiny_overrides(checkpoint_dir=str(tmp_path / "saved"), epochs=1)
@@ -275,7 +275,7 @@ def test_pretrain_then_finetune_other_item_count(tmp_path):
     best = torch.load(result["model_file"], map_location="cpu", weights_only=False)["state_dict"]
     n_target = best["item_embedding.weight"].shape[0]
     assert n_target > 40  # more items than the pre-training data (at most 39 + padding)
-    assert result["trainable_parameters"] == moe + n_target * 32  # adaptor + ID embedding
+    assert result["trainable_parameters"] == moe + n_target * 32  # adapter + ID embedding
     for key in ("position_embedding.weight", "trm_encoder.layer.1.feed_forward.dense_2.weight", "LayerNorm.bias"):
         assert torch.equal(best[key], weights[key]), key  # frozen: exactly the pre-trained weights
     assert not torch.equal(best["moe_adaptor.whitening_weight"], weights["moe_adaptor.whitening_weight"])

@@ -29,10 +29,8 @@ every modality it has, so its fused score is at most
 
 If the k-th best re-ranked score exceeds that bound (plus a float32 margin), the top-k equals the
 model's full-ranking top-k; otherwise C is doubled (at worst until every item is retrieved).
-Candidate size: ``candidates_start`` (default ``max(4k, 50)``) per index. Measured with k=10, C=50 and
-the history excluded: Scientific-mm (1,585 items, inductive model trained 5 epochs, 2,928 test users)
-98.1 % of the users certified at C=50, the rest at C=100; Demo-D (1,279 items, 15 % without image,
-2,212 users) 100 % at C=50. The looser bound max_m t_m would have needed C=400 for the median user.
+Candidate size: ``candidates_start`` (default ``max(4k, 50)``) per index; how often C=50 already certifies the
+top-10 is measured in benchmarks/README.md ("Export: certified top-k").
 """
 
 from __future__ import annotations

@@ -59,8 +59,8 @@ def left_align(values: torch.Tensor, keep: torch.Tensor, fill=0) -> tuple[torch.
     return aligned, lengths
 
 
-class MoEAdaptor(nn.Module):
-    """UniSRec's item adaptor: parametric whitening per expert + mixture-of-experts gating (UniSRec paper,
+class MoEAdapter(nn.Module):
+    """UniSRec's item adapter: parametric whitening per expert + mixture-of-experts gating (UniSRec paper,
     "Universal item representation"; MISSRec with ``item_adapter: moe``).
 
     Experts are stored as one weight [G, D, d] and bias [G, D] so all G whitenings are one matmul:
@@ -141,7 +141,7 @@ class FeatureSequentialRecommender(SequentialRecommender):
 
         self.apply(self._init_weights)
         for module in self.modules():
-            if isinstance(module, MoEAdaptor):
+            if isinstance(module, MoEAdapter):
                 module.init_whitening(self.initializer_range)
         use_fast_dropout(self)  # same rates, cheaper masks on CPU
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from missrec_recbole.interests import DPCKNNState, dpc_knn, n_interests
 from missrec_recbole.interests.assign import nearest_center
-from missrec_recbole.model.base import FeatureSequentialRecommender, MoEAdaptor
+from missrec_recbole.model.base import FeatureSequentialRecommender, MoEAdapter
 
 MODALITY_INDEX = {"text": 0, "image": 1}
 
@@ -94,7 +94,7 @@ class MISSRec(FeatureSequentialRecommender):
         """One modality's adapter: linear (the paper) or UniSRec's MoE of whitening experts (``item_adapter: moe``).
         Its dropout is ``adapter_dropout``, applied outside so that interest refreshes see no dropout."""
         if config["item_adapter"] == "moe":
-            return MoEAdaptor(feature_dim, self.hidden_size, config["n_exps"], 0.0, config["gating_noise"])
+            return MoEAdapter(feature_dim, self.hidden_size, config["n_exps"], 0.0, config["gating_noise"])
         return nn.Linear(feature_dim, self.hidden_size)
 
     # ------------------------------------------------------------------ item tokens

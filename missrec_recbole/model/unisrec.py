@@ -5,7 +5,7 @@ Notation as in the paper: x_i = frozen text feature of item i (here the dataset'
 file, e.g. ``NAME.feat1CLS``), G experts, d = hidden size, tau = temperature.
 
 - parametric whitening     x~_i^(k) = (x_i - b^(k)) W_1^(k)                       (per expert k)
-- MoE-enhanced adaptor     v_i = sum_k g_k x~_i^(k),  g = Softmax(x_i W_2 + delta),
+- MoE-enhanced adapter     v_i = sum_k g_k x~_i^(k),  g = Softmax(x_i W_2 + delta),
                            delta = E * Softplus(x_i W_3), E ~ N(0, 1) (training only)
 - transductive mode        v_i <- v_i + e_i (learned item ID embedding), in sequences and as candidates
 - sequence encoder         f_j^0 = v_{i_j} + p_j, LayerNorm + dropout, then a causal (SASRec-style)
@@ -17,7 +17,7 @@ file, e.g. ``NAME.feat1CLS``), G experts, d = hidden size, tau = temperature.
                            s~ = an augmented view of the sequence (item drop, or item-level feature
                            dropout standing in for the paper's word drop: the text features are frozen)
 - fine-tuning              l = -log softmax over all items of cos(s, v_i) / tau
-- parameter-efficient fine-tuning: freeze everything but the MoE adaptor (+ ID embedding when
+- parameter-efficient fine-tuning: freeze everything but the MoE adapter (+ ID embedding when
   transductive); see :meth:`UniSRec.freeze_for_finetune`.
 """
 
@@ -29,13 +29,13 @@ import torch.nn.functional as F
 from recbole.model.layers import TransformerEncoder
 
 from missrec_recbole.config_schema import ConfigError
-from missrec_recbole.model.base import FeatureSequentialRecommender, MoEAdaptor
+from missrec_recbole.model.base import FeatureSequentialRecommender, MoEAdapter
 
 
 class UniSRec(FeatureSequentialRecommender):
     """UniSRec for RecBole. Needs a :class:`~missrec_recbole.data.MISSRecDataset` with a ``text`` modality."""
 
-    # parameter-efficient fine-tuning (paper): the MoE adaptor (+ the ID embedding when transductive) trains; the
+    # parameter-efficient fine-tuning (paper): the MoE adapter (+ the ID embedding when transductive) trains; the
     # Transformer, position embedding and input LayerNorm stay fixed
     ITEM_MODULES = ("moe_adaptor", "item_embedding")
     FINETUNE_TRAINABLE = ("moe_adaptor.", "item_embedding.")
@@ -51,7 +51,7 @@ class UniSRec(FeatureSequentialRecommender):
                               f"{list(dataset.features)}; set `modalities: [text]` (and give it NAME.<text_suffix>).")
         # frozen features in RecBole's internal item order (row 0 = padding); not saved (dataset-specific)
         self.register_buffer("text_features", dataset.features["text"], persistent=False)
-        self.moe_adaptor = MoEAdaptor(config["text_dim"], self.hidden_size, config["n_exps"],
+        self.moe_adaptor = MoEAdapter(config["text_dim"], self.hidden_size, config["n_exps"],
                                       config["adaptor_dropout_prob"], config["gating_noise"])
 
     def _build_sequence_encoder(self, config):
@@ -67,7 +67,7 @@ class UniSRec(FeatureSequentialRecommender):
     def item_representations(self, items=None, feature_drop: float = 0.0) -> torch.Tensor:
         """v_i (+ e_i when transductive) for ``items`` of any shape, or [n_items, d] for all items.
 
-        The adaptor runs once per distinct item. ``feature_drop`` > 0 zeroes that fraction of each
+        The adapter runs once per distinct item. ``feature_drop`` > 0 zeroes that fraction of each
         item's feature entries (item-level feature dropout, the L_SS augmentation). All items without feature
         drop are cached in eval mode until the weights or the catalogue change.
         """
