@@ -251,14 +251,13 @@ def train_once(seed_dir: Path, role: str, dataset: str, config_files, config_dic
     if saved is not None and saved["run"] is not None:
         return saved["run"]
     write_json(record, {"settings": settings, "run": None})
-    resume_files = sorted(Path(config_dict["checkpoint_dir"]).glob(f"MISSRec-{dataset}-inductive-*-resume.pth"),
-                          key=lambda path: path.stat().st_mtime)
+    resume_file = seed_dir / f"{role}-resume.pth"  # chosen here, so a stopped run is found without searching
     start = time.time()
     run = finetune(dataset, config_files=config_files, config_dict=config_dict,
-                   resume=str(resume_files[-1]) if resume_files else None)
+                   resume=str(resume_file) if resume_file.is_file() else None, resume_file=str(resume_file))
     run["train_seconds"] = time.time() - start  # this invocation's share when it continued a stopped run
     write_json(record, {"settings": settings, "run": run})
-    Path(run["resume_file"]).unlink(missing_ok=True)  # only stopped runs leave one (found by the glob above)
+    resume_file.unlink(missing_ok=True)  # a finished run needs no resume file
     return run
 
 

@@ -513,13 +513,12 @@ def test_cold_start_models_survive_a_stop(tmp_path, monkeypatch):
     cold_start = _cold_start_module()
     calls = []
 
-    def fake_finetune(dataset, config_files=None, config_dict=None, resume=None):
+    def fake_finetune(dataset, config_files=None, config_dict=None, resume=None, resume_file=None):
         calls.append((dataset, resume))
         if dataset == "Tiny" and resume is None:  # the warm model's first attempt is stopped after an epoch
-            (saved / "MISSRec-Tiny-inductive-Nov-30-2026_10-00-00-1-0-resume.pth").write_bytes(b"state")
+            Path(resume_file).write_bytes(b"state")
             raise KeyboardInterrupt
-        return {"test": {"ndcg@10": 0.5}, "model_file": str(saved / f"{dataset}.pth"),
-                "resume_file": resume or str(saved / f"{dataset}-resume.pth")}
+        return {"test": {"ndcg@10": 0.5}, "model_file": str(saved / f"{dataset}.pth"), "resume_file": resume_file}
 
     monkeypatch.setattr(quick_start, "finetune", fake_finetune)
     saved = tmp_path / "saved"
@@ -528,7 +527,7 @@ def test_cold_start_models_survive_a_stop(tmp_path, monkeypatch):
     cold = cold_start.train_once(tmp_path, "cold", "Tiny-cold", [], settings)
     with pytest.raises(KeyboardInterrupt):
         cold_start.train_once(tmp_path, "warm", "Tiny", [], settings)
-    (resume,) = saved.glob("*-resume.pth")
+    (resume,) = tmp_path.glob("*-resume.pth")
     # the next invocation: the cold model is read back, the warm one continues from its resume file
     assert cold_start.train_once(tmp_path, "cold", "Tiny-cold", [], settings) == json.loads(json.dumps(cold))
     warm = cold_start.train_once(tmp_path, "warm", "Tiny", [], settings)
