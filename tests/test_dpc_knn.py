@@ -18,7 +18,7 @@ import torch
 
 from missrec_recbole.interests import (EXACT_MAX_TOKENS, DPCKNNResult, DPCKNNState, approx_params, dpc_knn,
                                        n_interests)
-from missrec_recbole.interests.dpc_knn import _Data, _denser_sqdist, _refined_search
+from missrec_recbole.interests.exact import _Data, _denser_sqdist, _refined_search
 
 # ----------------------------------------------------------------------------------------------
 # brute-force reference
