@@ -25,6 +25,16 @@ Quality of a row (null where not measured):
   clusters -- on "flat" data a search among nearly equidistant clusters that the full 1M run
   never has to do.  ``knn_recall`` of the full-size row is the like-for-like figure.
 
+``--ivf-compare N ...`` runs only the inverted-file comparison (first d, ``--threads`` threads, written to
+``dpc_knn_ivf.json``): in one child per N, the hand-written IVF join (``mode="approx"``) and FAISS's own
+``IndexIVFFlat`` (:mod:`missrec_recbole.interests.ivf_faiss`: ``faiss.Kmeans`` quantizer, candidates
+re-ranked by exact distance) on the same tokens, cold, then -- after one epoch of drift (:func:`drift`) --
+warm-started from their own previous state, interleaved (hand-written, FAISS, hand-written, FAISS) so that
+both see the same machine load. Without ``OPENBLAS_CORETYPE`` (as in training: FAISS's k-means and coarse
+search are BLAS products, the hand-written join's are torch's). Per run: CPU and wall seconds, peak RSS above the tokens (sampled), kNN
+recall, and for N <= ``--exact-max`` center recall / assignment agreement against the exact mode on the
+drifted tokens; ``faiss_cpu_ratio`` = FAISS CPU s / hand-written CPU s.
+
 ``refresh`` rows (``--refresh-n``, first d): the incremental-refresh experiment -- approximate run,
 then every token moves as after an epoch of adapter training (x <- x (I + eps R) + b), then the
 next refresh cold (no state), warm (``state=`` from the first run: coarse quantizer re-fitted with
@@ -43,6 +53,7 @@ Usage::
     nohup python benchmarks/dpc_knn.py > dpc_knn.log 2>&1 &      # full run, ~30-60 min on 2 cores
     python benchmarks/dpc_knn.py --quick                          # smoke test, ~1 min
     python benchmarks/dpc_knn.py --sizes 10000 100000 --dims 300
+    nice -n 19 python benchmarks/dpc_knn.py --ivf-compare 100000 300000 --dims 512 --threads 1
 
 Writes ``benchmarks/results/dpc_knn.json`` (a list of rows) and prints a table.
 """
@@ -255,6 +266,8 @@ def run_child(spec: dict) -> dict:
             del r
         out.update(runs=runs, peak_rss_mb=rss_mb())
         return out
+    elif mode == "ivf-compare":
+        return {**out, **ivf_compare(x, kc, spec)}
     else:
         raise ValueError(mode)
     out["peak_rss_mb"] = rss_mb()
@@ -262,6 +275,80 @@ def run_child(spec: dict) -> dict:
         out["knn_recall"] = knn_recall(x, knn, spec["recall_queries"], spec["seed"])
     np.savez(spec["save"], centers=centers, assignment=assignment)
     return out
+
+
+class PeakRSS:
+    """Peak resident set size (MB) of this process while the block runs, sampled every 20 ms."""
+
+    def __enter__(self):
+        import threading
+
+        self.peak, self._stop = current_rss_mb(), threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, current_rss_mb())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, current_rss_mb())
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def ivf_compare(x, kc: int, spec: dict) -> dict:
+    """Hand-written IVF join vs FAISS IndexIVFFlat, cold then warm after a drift, interleaved (module docstring)."""
+    import numpy as np
+
+    from missrec_recbole.interests import approx_params, dpc_knn
+    from missrec_recbole.interests.driver import cluster, thread_limit
+    from missrec_recbole.interests.ivf_faiss import FaissIVFSearch
+
+    n, k, threads = x.shape[0], spec["k"], spec["threads"]
+    faiss_params = approx_params(n, k, nprobe=spec["faiss_nprobe"])
+
+    def faiss_ivf(state):
+        with thread_limit(threads):
+            return cluster(lambda: FaissIVFSearch(x, faiss_params, state), kc, k)
+
+    variants = {"handwritten": lambda state: dpc_knn(x, kc, k=k, n_threads=threads, mode="approx", state=state),
+                "faiss": faiss_ivf}
+    runs, states, results = [], {}, {}
+    base_mb = current_rss_mb()
+    for refresh in ("cold", "warm"):
+        if refresh == "warm":
+            drift(x, spec["seed"] + 2)
+        for name, run in variants.items():
+            with PeakRSS() as mem:
+                t0, c0 = time.perf_counter(), time.process_time()
+                r = run(states.get(name))
+                total, cpu = time.perf_counter() - t0, time.process_time() - c0
+            states[name] = r.state
+            results[(refresh, name)] = {"centers": r.centers, "assignment": r.assignment}
+            runs.append({"variant": name, "refresh": refresh, "total_s": total, "cpu_s": cpu, **r.timings,
+                         "info": r.info, "peak_rss_above_tokens_mb": round(mem.peak - base_mb, 1),
+                         "knn_recall": knn_recall(x, r.knn, spec["recall_queries"], spec["seed"])})
+            del r
+    for row in runs:
+        other = "handwritten" if row["variant"] == "faiss" else "faiss"
+        row.update({f"vs_{other}_{key}": v for key, v in
+                    quality(results[(row["refresh"], other)], results[(row["refresh"], row["variant"])]).items()})
+    if n <= spec["exact_max"]:  # center recall against the exact mode, on the tokens of the warm refresh
+        t0 = time.process_time()
+        e = dpc_knn(x, kc, k=k, n_threads=threads, mode="exact")
+        exact_cpu = time.process_time() - t0
+        for row in runs:
+            if row["refresh"] == "warm":
+                row.update(quality(e, results[("warm", row["variant"])]), quality_on="warm tokens, vs exact",
+                           exact_cpu_s=exact_cpu)
+    return {"runs": runs, "peak_rss_mb": rss_mb()}
 
 
 def list_recall(ref, other) -> float:
@@ -381,10 +468,10 @@ def table(rows: list[dict]) -> str:
 
 def check_args(ap: argparse.ArgumentParser, args) -> None:
     """Reject impossible sizes before any child starts (argparse's one usage line, exit code 2)."""
-    for name in ("sizes", "dims", "flat_sizes"):
+    for name in ("sizes", "dims", "flat_sizes", "ivf_compare"):
         if any(v < 1 for v in getattr(args, name) or []):
             ap.error(f"--{name.replace('_', '-')} must be positive integers")
-    for name in ("k", "threads", "sample", "recall_queries"):
+    for name in ("k", "threads", "sample", "recall_queries", "faiss_nprobe"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be a positive integer")
     if not 0 < args.ratio <= 1:
@@ -409,8 +496,12 @@ def main(argv=None) -> int:
     ap.add_argument("--flat-sizes", type=int, nargs="*", default=[1000000],
                     help="also run the approximate mode on 'flat' data (no structure between clusters) at these N "
                          "(first d only)")
+    ap.add_argument("--ivf-compare", type=int, nargs="+", default=None, metavar="N",
+                    help="only compare the hand-written IVF join with FAISS's IndexIVFFlat at these N (first d)")
+    ap.add_argument("--faiss-nprobe", type=int, default=8, help="--ivf-compare: cells each FAISS query searches")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dpc_knn.json"))
+    ap.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/dpc_knn.json, "
+                                                "dpc_knn_ivf.json with --ivf-compare)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -425,7 +516,8 @@ def main(argv=None) -> int:
     core = coretype()
     refresh_n = args.refresh_n or max(args.sizes, default=0)
     rows: list[dict] = []
-    out = Path(args.out)
+    default_out = "dpc_knn_ivf.json" if args.ivf_compare else "dpc_knn.json"
+    out = Path(args.out or ROOT / "benchmarks" / "results" / default_out)
     out.parent.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, OPENBLAS_CORETYPE for children: {core}",
@@ -435,6 +527,29 @@ def main(argv=None) -> int:
         rows.append(row)
         print(table([row]).splitlines()[1], f"  [{time.time() - t_start:.0f}s]", flush=True)
         write_json(out, rows)
+
+    if args.ivf_compare:
+        for n in args.ivf_compare:
+            spec = {"n": n, "d": args.dims[0], "k": args.k, "ratio": args.ratio, "threads": args.threads,
+                    "seed": args.seed, "recall_queries": args.recall_queries, "data": "hier", "mode": "ivf-compare",
+                    "exact_max": args.exact_max, "faiss_nprobe": args.faiss_nprobe}
+            res = child(spec, None)  # the library's default BLAS kernels, as in training (see the docstring)
+            hand = {r["refresh"]: r["cpu_s"] for r in res["runs"] if r["variant"] == "handwritten"}
+            for r in res["runs"]:
+                row = {key: spec[key] for key in ("n", "d", "data", "k", "ratio", "threads")}
+                row.update(mode=f"ivf-{r['variant']}-{r['refresh']}", **{key: (round(v, 3) if isinstance(v, float)
+                                                                                  else v) for key, v in r.items()})
+                row.update(faiss_cpu_ratio=round(r["cpu_s"] / hand[r["refresh"]], 3) if r["variant"] == "faiss"
+                           else None, peak_rss_mb=round(res["peak_rss_mb"], 1), rss_data_mb=res["rss_data_mb"],
+                           data_mb=round(n * args.dims[0] * 4 / 2**20, 1), openblas_coretype=None,
+                           load_avg=res["load_avg"], wall_s_child=round(res["wall_s"], 1))
+                rows.append(row)
+                print(f"n={n} {row['mode']:>24}: cpu {r['cpu_s']:.1f} s, wall {r['total_s']:.1f} s, knn recall "
+                      f"{r['knn_recall']:.4f}, center recall {r.get('center_overlap', '-')}, ratio "
+                      f"{row['faiss_cpu_ratio']}, +{r['peak_rss_above_tokens_mb']} MB", flush=True)
+                write_json(out, rows)
+        print(f"wrote {out} ({len(rows)} rows) in {time.time() - t_start:.0f}s")
+        return 0
 
     with tempfile.TemporaryDirectory() as tmp:
         # flat data last: the pathological case (see the module docstring)

@@ -18,7 +18,7 @@ import torch
 
 from missrec_recbole.interests import (EXACT_MAX_TOKENS, DPCKNNResult, DPCKNNState, approx_params, dpc_knn,
                                        n_interests)
-from missrec_recbole.interests.dpc_knn import _Data, _denser_sqdist, _refined_search
+from missrec_recbole.interests.exact import _Data, _denser_sqdist, _refined_search
 
 # ----------------------------------------------------------------------------------------------
 # brute-force reference
@@ -545,3 +545,50 @@ def test_log_density_keeps_the_centers_where_exp_does_not_underflow(mode):
     np.testing.assert_array_equal(res.centers, by_exp)
     if mode == "exact":
         np.testing.assert_array_equal(res.centers, ref_dpc(ref_sqdist(x), 12, 5, log_space=False)["centers"])
+
+
+# ----------------------------------------------------------------------------------------------
+# pinned output: the exact mode's result on fixed inputs, recorded at commit aecb238 (before the
+# exact and approximate pipelines were merged into one driver); any change of the exact path shows here
+
+
+def _sha(a: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+
+
+def _pinned_blobs():
+    rng = np.random.default_rng(2024)
+    c = rng.standard_normal((60, 24)) * 3.0
+    lab = rng.integers(0, 60, 3000)
+    return (c[lab] + rng.standard_normal((3000, 24)) * rng.uniform(0.3, 1.0, 60)[lab, None]).astype(np.float32)
+
+
+def _pinned_dups():
+    rng = np.random.default_rng(2025)
+    base = rng.standard_normal((600, 12))
+    x = np.concatenate([base, base[rng.integers(0, 600, 200)]])
+    return x[rng.permutation(len(x))]  # float64, 200 exact duplicates
+
+
+# name: (input, K, k, block_size, sha(centers), sha(assignment), sha(knn) or None (ties), sum log rho, sum delta)
+PINNED = {
+    "blobs-3000x24-K1500": (_pinned_blobs, 1500, 5, 64, "97eec60f780695cf", "a463fb7e1b66de01", "c7bf3a6558201808",
+                            -44009.40998377376, 11008.13586603576),
+    "blobs-3000x24-K40": (_pinned_blobs, 40, 5, 64, "3f4d2e147817fba0", "9617fa6bf5f39d22", "c7bf3a6558201808",
+                          -44009.40998377376, 11008.13586603576),
+    "dups-f64-800x12-K100": (_pinned_dups, 100, 7, 32, "d227fd5343a2d9c0", "23f6d2fa70a1fea6", None,
+                             -5229.692173867088, 1460.4913876401451),
+}
+
+
+@pytest.mark.parametrize("name", list(PINNED))
+def test_exact_mode_output_pinned(name):
+    make, kc, k, block, centers, assignment, knn, log_rho_sum, delta_sum = PINNED[name]
+    res = dpc_knn(make(), kc, k=k, block_size=block, mode="exact")
+    assert (_sha(res.centers), _sha(res.assignment)) == (centers, assignment), res.centers[:8]
+    if knn is not None:
+        assert _sha(res.knn) == knn
+    assert res.log_rho.sum() == pytest.approx(log_rho_sum, rel=1e-12)
+    assert res.delta.sum() == pytest.approx(delta_sum, rel=1e-12)

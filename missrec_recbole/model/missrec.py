@@ -18,8 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from missrec_recbole.interests import DPCKNNState, dpc_knn, n_interests
-from missrec_recbole.interests.assign import nearest_center
+from missrec_recbole.interests import DPCKNNState, dpc_knn, n_interests, nearest_center
 from missrec_recbole.model.base import FeatureSequentialRecommender, MoEAdapter
 
 MODALITY_INDEX = {"text": 0, "image": 1}
