@@ -6,6 +6,7 @@ import pytest
 
 from missrec_recbole.data import DatasetFormatError
 from missrec_recbole.tools.merge import main, merge_datasets
+from missrec_recbole.model import UniSRec
 from missrec_recbole.quick_start import build_config
 from tests.conftest import tiny_overrides, write_dataset
 
@@ -46,6 +47,15 @@ def test_merge_keeps_domains_apart(two_domains, tmp_path):
     item_map = pd.read_csv(out / "A+B.item2index", sep="\t", header=None)
     assert len(item_map) == 65 and item_map[1].tolist() == list(range(65))
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_merge_for_a_text_only_model(two_domains, tmp_path):
+    """UniSRec's config has no image_dim: merging for its pre-training reads and writes text only."""
+    overrides = {k: v for k, v in tiny_overrides(data_path=str(two_domains)).items() if k != "image_dim"}
+    config = build_config("A", "pretrain", config_dict=overrides, model_class=UniSRec)
+    out = merge_datasets(["A", "B"], two_domains, "A+B", tmp_path, config)
+    assert (out / "A+B.feat1CLS").stat().st_size == (40 + 25) * 16 * 4
+    assert not (out / "A+B.feat3CLS").exists()
 
 
 def test_merge_rejects_bad_input_without_output(two_domains, tmp_path):

@@ -59,7 +59,8 @@ def merge_datasets(names, data_path, out_name: str, out_path, config) -> Path:
             domain = {**options, "dataset": name, "data_path": os.path.join(data_path, name)}
             files = validate_dataset(domain)
             # the first domain's files fix modalities and widths; later domains are checked against them
-            options.update({key: domain[key] for key in ("modalities", "text_dim", "image_dim")})
+            # (UniSRec has no image_dim: only the keys the model has)
+            options.update({key: domain[key] for key in ("modalities", "text_dim", "image_dim") if key in domain})
             features = features or {m: [] for m in domain["modalities"]}
             frames = {split: read_indexed_inter(files, split) for split in SPLITS}  # original ids -> indices
             n_users = _n_users(files.folder, name, frames.values())
