@@ -13,7 +13,8 @@ Each ``--point TARGET DIR [DIR ...]`` is one pre-training corpus (the ``--pretra
 folders, which must agree) for one target; the runs of its folders are pooled, so a recipe measured in a tuning
 folder and the scratch runs of the main folder make one point. The recipes (MISSRec, ``item_adapter: moe``,
 inductive): ``adapters only``; ``all weights``; ``adapters + item decoder`` (``unfreeze: [item_decoder]``); and
-``best recipe``: of the last two, the one with the higher mean valid NDCG@10 (chosen on validation only).
+``best recipe``: of the last two, the one with the higher mean valid NDCG@10 (chosen on validation only; a tie at
+the records' 4 decimals is broken by valid Recall@10, then NDCG@50, then Recall@50).
 Every pre-trained line is compared with MISSRec from scratch (same options) found among the point's runs.
 """
 
@@ -45,6 +46,9 @@ RECIPES = {
     "adapters + item decoder": ("MISSRec pre-trained inductive", {"unfreeze": ["item_decoder"]}),
 }
 BEST_OF = ("all weights", "adapters + item decoder")  # "best recipe": the one of these with the higher valid NDCG@10
+# the records keep RecBole's 4 decimals, so two recipes can tie on valid NDCG@10: the other validation metrics, in
+# this order, break the tie (still validation only)
+VALID_ORDER = ("ndcg@10", "recall@10", "ndcg@50", "recall@50")
 PLOTTED = ("adapters only", "best recipe")
 
 
@@ -114,6 +118,7 @@ def compare(runs: list[dict], scratch: list[dict], ranks: PooledRanks) -> dict:
     if None not in pair and np.array_equal(pair[0]["item"], pair[1]["item"]):
         interval = [float(v) if np.isfinite(v) else None for v in bootstrap_gain(pair[0]["ndcg@10"], pair[1]["ndcg@10"])]
     return {"seeds": [r["seed"] for r in runs], "test ndcg@10": ours, "valid ndcg@10": _mean(runs, "valid"),
+            "valid": {m: float(np.mean([r["valid"][m] for r in runs])) for m in VALID_ORDER},
             "gain": ours / theirs - 1, "interval": interval}
 
 
@@ -135,7 +140,7 @@ def scaling_point(target: str, folders: list[Path], data_path: Path) -> dict:
             point["recipes"][recipe] = compare(chosen, scratch, ranks)
     candidates = {name: point["recipes"][name] for name in BEST_OF if name in point["recipes"]}
     if candidates:
-        best = max(candidates, key=lambda name: candidates[name]["valid ndcg@10"])
+        best = max(candidates, key=lambda name: tuple(candidates[name]["valid"][m] for m in VALID_ORDER))
         point["recipes"]["best recipe"] = {**candidates[best], "chosen": best}
     return point
 

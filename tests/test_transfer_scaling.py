@@ -22,11 +22,12 @@ def load_script():
     return module
 
 
-def record(row, seed, settings, valid, test, config_hash="h"):
+def record(row, seed, settings, valid, test, config_hash="h", valid_recall=None):
     metric = lambda value: {"recall@10": 2 * value, "recall@50": 4 * value, "ndcg@10": value, "ndcg@50": value}
+    valid_metrics = {**metric(valid), **({"recall@10": valid_recall} if valid_recall is not None else {})}
     return {"key": f"transfer|{row}|{seed}|{config_hash}|{json.dumps(settings, sort_keys=True)}", "table": "transfer",
             "row": row, "seed": seed, "settings": settings, "config_hash": config_hash, "status": "ok",
-            "date": "2026-12-05 10:00:00 UTC", "pretrained": "pre-trained" in row, "valid": metric(valid),
+            "date": "2026-12-05 10:00:00 UTC", "pretrained": "pre-trained" in row, "valid": valid_metrics,
             "test": metric(test)}
 
 
@@ -79,6 +80,20 @@ def test_gain_per_recipe_and_the_best_recipe_chosen_on_validation(tmp_path, caps
     assert json.loads(out.read_text())["points"][0]["recipes"]["best recipe"]["chosen"] == "all weights"
     assert figure.is_file() == (importlib.util.find_spec("matplotlib") is not None)
     assert "best recipe = all weights" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("decoder_recall, chosen", [(.131, "adapters + item decoder"), (.129, "all weights")])
+def test_a_tie_on_valid_ndcg_is_broken_by_the_other_valid_metrics(tmp_path, decoder_recall, chosen):
+    script = load_script()
+    write_corpus(tmp_path, "A", 5)
+    ranks = np.ones(10, dtype=np.int32)
+    main = out_dir(tmp_path, "main", "A", [
+        (record("MISSRec scratch inductive", 2020, MOE, .060, .050), ranks),
+        (record("MISSRec pre-trained (all weights) inductive", 2020, {**MOE, "adapters_only": False}, .0721, .05,
+                valid_recall=.130), ranks),
+        (record("MISSRec pre-trained inductive", 2020, {**MOE, "unfreeze": ["item_decoder"]}, .0721, .06,
+                valid_recall=decoder_recall), ranks)])
+    assert script.scaling_point("T", [main], tmp_path / "data")["recipes"]["best recipe"]["chosen"] == chosen
 
 
 def test_bad_points_are_refused_by_name(tmp_path):
