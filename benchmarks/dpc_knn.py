@@ -25,23 +25,16 @@ Quality of a row (null where not measured):
   clusters -- on "flat" data a search among nearly equidistant clusters that the full 1M run
   never has to do.  ``knn_recall`` of the full-size row is the like-for-like figure.
 
-``--ivf-compare N ...`` runs only the inverted-file comparison (first d, ``--threads`` threads, written to
-``dpc_knn_ivf.json``): in one child per N, the hand-written IVF join (``mode="approx"``) and FAISS's own
-``IndexIVFFlat`` (:mod:`missrec_recbole.interests.ivf_faiss`: ``faiss.Kmeans`` quantizer, candidates
-re-ranked by exact distance) on the same tokens, cold, then -- after one epoch of drift (:func:`drift`) --
-warm-started from their own previous state, interleaved (hand-written, FAISS, hand-written, FAISS) so that
-both see the same machine load. Without ``OPENBLAS_CORETYPE`` (as in training: FAISS's k-means and coarse
-search are BLAS products, the hand-written join's are torch's). Per run: CPU and wall seconds, peak RSS above the tokens (sampled), kNN
-recall, and for N <= ``--exact-max`` center recall / assignment agreement against the exact mode on the
-drifted tokens; ``faiss_cpu_ratio`` = FAISS CPU s / hand-written CPU s.
+``--ivf-compare N ...`` runs only the comparison of the hand-written IVF join with FAISS's ``IndexIVFFlat``
+(``benchmarks/dpc_knn_ivf.py``; written to ``dpc_knn_ivf.json``).
 
 ``refresh`` rows (``--refresh-n``, first d): the incremental-refresh experiment -- approximate run,
-then every token moves as after an epoch of adapter training (x <- x (I + eps R) + b), then the
+then every token moves as after an epoch of adapter training (:func:`dpc_knn_common.drift`), then the
 next refresh cold (no state), warm (``state=`` from the first run: coarse quantizer re-fitted with
 3 Lloyd iterations) and reused as-is (0 iterations).
 
 Data: a Gaussian mixture with ``0.02 * N`` clusters of log-normal sizes and varying spread,
-rows L2-normalised like CLIP embeddings (:func:`clustered`): ``hier`` (clusters grouped in
+rows L2-normalised like CLIP embeddings (:func:`dpc_knn_common.clustered`): ``hier`` (clusters grouped in
 categories, as real item embeddings are; every row above) and, with ``--flat-sizes``, ``flat``
 (independent cluster directions, all clusters nearly equidistant: the hard case for any IVF).
 ``OPENBLAS_CORETYPE`` (FAISS's bundled OpenBLAS picks
@@ -53,7 +46,8 @@ Usage::
     nohup python benchmarks/dpc_knn.py > dpc_knn.log 2>&1 &      # full run, ~30-60 min on 2 cores
     python benchmarks/dpc_knn.py --quick                          # smoke test, ~1 min
     python benchmarks/dpc_knn.py --sizes 10000 100000 --dims 300
-    nice -n 19 python benchmarks/dpc_knn.py --ivf-compare 100000 300000 --dims 512 --threads 1
+    nice -n 19 python benchmarks/dpc_knn.py --ivf-compare 100000 300000 --dims 512 --threads 1 --faiss-nprobe 4
+    python benchmarks/dpc_knn.py --ivf-compare 2000 --dims 64 --threads 1  # smoke test of the comparison
 
 Writes ``benchmarks/results/dpc_knn.json`` (a list of rows) and prints a table.
 """
@@ -62,17 +56,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # the sibling modules below, also when this file is loaded by path
+    sys.path.insert(0, str(HERE))
+
+from dpc_knn_common import ROOT, child, clustered, coretype, drift, knn_recall, list_recall, quality, rss_mb  # noqa: E402
+
 PHASES = ("knn_s", "density_s", "delta_s", "assign_s")
 
 
@@ -80,57 +76,7 @@ PHASES = ("knn_s", "density_s", "delta_s", "assign_s")
 # child side
 
 
-def clustered(n: int, d: int, seed: int, kind: str = "hier", frac: float = 0.02):
-    """~frac*n Gaussian clusters (log-normal sizes, spreads 0.15-0.45), rows L2-normalised.
 
-    ``kind="hier"``: cluster centres drawn around sqrt(#clusters) "category" centres (cosine
-    ~0.6 between sibling clusters, ~0 across categories), so there is structure between the
-    clusters as in real embeddings.  ``kind="flat"``: independent random centre directions --
-    in 300+ dimensions all clusters are then nearly equidistant (cosine 0 +- 0.06), so the
-    nearest *other-cluster* tokens are a needle-in-a-haystack search.
-    """
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    nc = max(1, int(round(frac * n)))
-    if kind == "flat":
-        cent = rng.standard_normal((nc, d)).astype(np.float32)
-    elif kind == "hier":
-        ns = max(1, int(round(math.sqrt(nc))))
-        sup = rng.standard_normal((ns, d)).astype(np.float32)
-        sup /= np.linalg.norm(sup, axis=1, keepdims=True)
-        cent = sup[rng.integers(0, ns, nc)] + 0.8 * rng.standard_normal((nc, d)).astype(np.float32) / np.sqrt(d)
-    else:
-        raise ValueError(f"unknown data kind {kind!r}")
-    cent /= np.linalg.norm(cent, axis=1, keepdims=True)
-    w = rng.lognormal(0.0, 0.75, nc)
-    lab = rng.choice(nc, size=n, p=w / w.sum())
-    spread = rng.uniform(0.15, 0.45, nc).astype(np.float32)
-    x = np.empty((n, d), np.float32)
-    for s in range(0, n, 65536):
-        lb = lab[s : s + 65536]
-        blk = rng.standard_normal((lb.size, d), dtype=np.float32)
-        blk *= (spread[lb] / np.sqrt(d))[:, None]
-        blk += cent[lb]
-        blk /= np.linalg.norm(blk, axis=1, keepdims=True)
-        x[s : s + 65536] = blk
-    return x
-
-
-def drift(x, seed: int, eps: float = 0.03):
-    """In place: x <- x (I + eps R) + b, R Gaussian / sqrt(d) (one epoch of adapter updates)."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    d = x.shape[1]
-    lin = np.eye(d, dtype=np.float32) + (eps / np.sqrt(d)) * rng.standard_normal((d, d)).astype(np.float32)
-    b = (eps / np.sqrt(d)) * rng.standard_normal(d).astype(np.float32)
-    for s in range(0, x.shape[0], 65536):
-        x[s : s + 65536] = x[s : s + 65536] @ lin + b
-
-
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def bruteforce(x, n_centers: int, k: int):
@@ -170,37 +116,6 @@ def bruteforce(x, n_centers: int, k: int):
     t["assign_s"] = time.perf_counter() - t0
     return centers, assignment, knn.numpy(), t
 
-
-def knn_recall(x, knn, n_queries: int, seed: int) -> float:
-    """recall@k of ``knn`` for random queries vs an exact search over all tokens (ties = hits)."""
-    import numpy as np
-    import torch
-
-    n, k = knn.shape
-    rng = np.random.default_rng(seed)
-    qs = np.sort(rng.choice(n, size=min(n_queries, n), replace=False))
-    xq = torch.from_numpy(x[qs])
-    qn = (xq * xq).sum(1)
-    m = min(n - 1, k + 16)
-    best_v = torch.full((qs.size, 0), float("inf"))
-    best_i = torch.empty((qs.size, 0), dtype=torch.long)
-    for s in range(0, n, 16384):  # [queries x 16384] blocks: small next to the run it checks
-        xb = torch.from_numpy(x[s : s + 16384])
-        dd = qn[:, None] + (xb * xb).sum(1)[None, :] - 2.0 * (xq @ xb.T)
-        cols = torch.arange(s, s + xb.shape[0])
-        dd[torch.from_numpy(qs)[:, None] == cols[None, :]] = float("inf")
-        v = torch.cat([best_v, dd], 1)
-        i = torch.cat([best_i, cols.expand(qs.size, -1)], 1)
-        best_v, j = torch.topk(v, m, dim=1, largest=False)
-        best_i = torch.gather(i, 1, j)
-    hits = 0
-    for r, q in enumerate(qs):
-        cand = best_i[r].numpy()
-        ex = ((x[cand].astype(np.float64) - x[q]) ** 2).sum(1)
-        kth = np.sort(ex)[k - 1]
-        got = ((x[knn[q]].astype(np.float64) - x[q]) ** 2).sum(1)
-        hits += int((got <= kth * (1 + 1e-9) + 1e-30).sum())
-    return hits / (qs.size * k)
 
 
 def run_child(spec: dict) -> dict:
@@ -267,6 +182,8 @@ def run_child(spec: dict) -> dict:
         out.update(runs=runs, peak_rss_mb=rss_mb())
         return out
     elif mode == "ivf-compare":
+        from dpc_knn_ivf import ivf_compare
+
         return {**out, **ivf_compare(x, kc, spec)}
     else:
         raise ValueError(mode)
@@ -277,154 +194,16 @@ def run_child(spec: dict) -> dict:
     return out
 
 
-class PeakRSS:
-    """Peak resident set size (MB) of this process while the block runs, sampled every 20 ms."""
-
-    def __enter__(self):
-        import threading
-
-        self.peak, self._stop = current_rss_mb(), threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, current_rss_mb())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, current_rss_mb())
 
 
-def current_rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def ivf_compare(x, kc: int, spec: dict) -> dict:
-    """Hand-written IVF join vs FAISS IndexIVFFlat, cold then warm after a drift, interleaved (module docstring)."""
-    import numpy as np
-
-    from missrec_recbole.interests import approx_params, dpc_knn
-    from missrec_recbole.interests.driver import cluster, thread_limit
-    from missrec_recbole.interests.ivf_faiss import FaissIVFSearch
-
-    n, k, threads = x.shape[0], spec["k"], spec["threads"]
-    faiss_params = approx_params(n, k, nprobe=spec["faiss_nprobe"])
-
-    def faiss_ivf(state):
-        with thread_limit(threads):
-            return cluster(lambda: FaissIVFSearch(x, faiss_params, state), kc, k)
-
-    variants = {"handwritten": lambda state: dpc_knn(x, kc, k=k, n_threads=threads, mode="approx", state=state),
-                "faiss": faiss_ivf}
-    runs, states, results = [], {}, {}
-    base_mb = current_rss_mb()
-    for refresh in ("cold", "warm"):
-        if refresh == "warm":
-            drift(x, spec["seed"] + 2)
-        for name, run in variants.items():
-            with PeakRSS() as mem:
-                t0, c0 = time.perf_counter(), time.process_time()
-                r = run(states.get(name))
-                total, cpu = time.perf_counter() - t0, time.process_time() - c0
-            states[name] = r.state
-            results[(refresh, name)] = {"centers": r.centers, "assignment": r.assignment}
-            runs.append({"variant": name, "refresh": refresh, "total_s": total, "cpu_s": cpu, **r.timings,
-                         "info": r.info, "peak_rss_above_tokens_mb": round(mem.peak - base_mb, 1),
-                         "knn_recall": knn_recall(x, r.knn, spec["recall_queries"], spec["seed"])})
-            del r
-    for row in runs:
-        other = "handwritten" if row["variant"] == "faiss" else "faiss"
-        row.update({f"vs_{other}_{key}": v for key, v in
-                    quality(results[(row["refresh"], other)], results[(row["refresh"], row["variant"])]).items()})
-    if n <= spec["exact_max"]:  # center recall against the exact mode, on the tokens of the warm refresh
-        t0 = time.process_time()
-        e = dpc_knn(x, kc, k=k, n_threads=threads, mode="exact")
-        exact_cpu = time.process_time() - t0
-        for row in runs:
-            if row["refresh"] == "warm":
-                row.update(quality(e, results[("warm", row["variant"])]), quality_on="warm tokens, vs exact",
-                           exact_cpu_s=exact_cpu)
-    return {"runs": runs, "peak_rss_mb": rss_mb()}
-
-
-def list_recall(ref, other) -> float:
-    """Share of the entries of the reference kNN lists that are also in the other's (row by row)."""
-    import numpy as np
-
-    return float(np.mean([(ref[s : s + 8192, :, None] == other[s : s + 8192, None, :]).any(axis=2).mean()
-                          for s in range(0, len(ref), 8192)]))
-
-
-def ari(a, b) -> float:
-    """Adjusted Rand index of two labelings."""
-    import numpy as np
-
-    def pairs(c):
-        c = np.asarray(c, dtype=np.float64)
-        return float((c * (c - 1) / 2).sum())
-
-    a = np.asarray(a, dtype=np.int64)
-    b = np.asarray(b, dtype=np.int64)
-    _, nij = np.unique(a * (int(b.max()) + 1) + b, return_counts=True)
-    sa, sb = pairs(np.bincount(a)), pairs(np.bincount(b))
-    expected = sa * sb / pairs([a.size])
-    denom = (sa + sb) / 2 - expected
-    return 1.0 if denom == 0 else (pairs(nij) - expected) / denom
-
-
-def quality(ref, other) -> dict:
-    """center overlap / assignment agreement / ARI of ``other`` vs ``ref`` (objects or dicts)."""
-    import numpy as np
-
-    def get(o, f):
-        return o[f] if isinstance(o, dict) else getattr(o, f)
-
-    rc, ra = np.asarray(get(ref, "centers")), np.asarray(get(ref, "assignment"))
-    oc, oa = np.asarray(get(other, "centers")), np.asarray(get(other, "assignment"))
-    return {
-        "center_overlap": np.intersect1d(rc, oc).size / rc.size,
-        "assignment_agreement": float(np.mean(rc[ra] == oc[oa])),
-        "assignment_ari": ari(ra, oa),
-    }
 
 
 # ----------------------------------------------------------------------------------------------
 # parent side
 
 
-def coretype() -> str | None:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    if " avx512f" in flags:
-        return "SkylakeX"
-    if " avx2" in flags:
-        return "Haswell"
-    return None
-
-
-def child(spec: dict, core: str | None) -> dict:
-    env = dict(os.environ)
-    env.pop("OPENBLAS_CORETYPE", None)
-    if core:
-        env["OPENBLAS_CORETYPE"] = core
-    load0 = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr)
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"the {spec['mode']} measurement (n={spec['n']}, d={spec['d']}) failed: {last}")
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    res["wall_s"] = time.perf_counter() - t0
-    res["load_avg"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
-    return res
 
 
 def make_row(spec: dict, res: dict, core: str | None) -> dict:
@@ -529,27 +308,9 @@ def main(argv=None) -> int:
         write_json(out, rows)
 
     if args.ivf_compare:
-        for n in args.ivf_compare:
-            spec = {"n": n, "d": args.dims[0], "k": args.k, "ratio": args.ratio, "threads": args.threads,
-                    "seed": args.seed, "recall_queries": args.recall_queries, "data": "hier", "mode": "ivf-compare",
-                    "exact_max": args.exact_max, "faiss_nprobe": args.faiss_nprobe}
-            res = child(spec, None)  # the library's default BLAS kernels, as in training (see the docstring)
-            hand = {r["refresh"]: r["cpu_s"] for r in res["runs"] if r["variant"] == "handwritten"}
-            for r in res["runs"]:
-                row = {key: spec[key] for key in ("n", "d", "data", "k", "ratio", "threads")}
-                row.update(mode=f"ivf-{r['variant']}-{r['refresh']}", **{key: (round(v, 3) if isinstance(v, float)
-                                                                                  else v) for key, v in r.items()})
-                row.update(faiss_cpu_ratio=round(r["cpu_s"] / hand[r["refresh"]], 3) if r["variant"] == "faiss"
-                           else None, peak_rss_mb=round(res["peak_rss_mb"], 1), rss_data_mb=res["rss_data_mb"],
-                           data_mb=round(n * args.dims[0] * 4 / 2**20, 1), openblas_coretype=None,
-                           load_avg=res["load_avg"], wall_s_child=round(res["wall_s"], 1))
-                rows.append(row)
-                print(f"n={n} {row['mode']:>24}: cpu {r['cpu_s']:.1f} s, wall {r['total_s']:.1f} s, knn recall "
-                      f"{r['knn_recall']:.4f}, center recall {r.get('center_overlap', '-')}, ratio "
-                      f"{row['faiss_cpu_ratio']}, +{r['peak_rss_above_tokens_mb']} MB", flush=True)
-                write_json(out, rows)
-        print(f"wrote {out} ({len(rows)} rows) in {time.time() - t_start:.0f}s")
-        return 0
+        from dpc_knn_ivf import compare
+
+        return compare(args, out)
 
     with tempfile.TemporaryDirectory() as tmp:
         # flat data last: the pathological case (see the module docstring)

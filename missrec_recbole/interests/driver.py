@@ -1,13 +1,12 @@
-"""The DPC-KNN pipeline, written once over a search backend (definitions: docs/design.md §4).
+"""The DPC-KNN pipeline, written once over a search backend (the definitions, and why each step is computed this
+way: docs/design.md §4).
 
 kNN lists -> log density -> density order -> delta -> centers -> assignment. The backend answers the three
 searches (:class:`SearchBackend`); everything computed from the lists is done here, for every backend:
 
-* density and ranking in log space: ``rho = exp(-mean squared kNN distance)`` underflows to 0 for every token
-  once squared distances exceed ~745, which would turn the order into index order, so tokens are ranked by
-  ``log rho`` and centers by ``log rho + log delta`` (the same order wherever exp() does not underflow);
+* tokens are ranked by ``log rho`` and centers by ``log rho + log delta`` (``rho`` itself may underflow to 0);
 * delta from the list: a token's nearest denser token is the first denser token of its sorted kNN list when
-  the list has one (every closer token is in the list); the other tokens (local peaks) go to the backend;
+  the list has one; the other tokens (local peaks) go to the backend;
 * assignment from the list: the nearest center among the token itself and its list; an exact backend
   accepts it only when that center is strictly closer than the list's last entry (then every token at least
   as close was seen), an approximate one whenever the list holds a center; the rest go to the backend.
@@ -234,7 +233,8 @@ def check_finite(x: np.ndarray, what: str = "tokens contain NaN or infinite valu
 
 @contextmanager
 def thread_limit(n_threads: int | None):
-    """FAISS (OpenMP), BLAS and torch use ``n_threads`` inside the block (None: unchanged); restored after."""
+    """FAISS (OpenMP), BLAS and torch use ``n_threads`` inside the block (None: unchanged); restored after, so a
+    DPC-KNN call leaves the caller's (training's) thread settings as they were."""
     if n_threads is None:
         yield
         return

@@ -37,16 +37,16 @@ class Probe:
 
     def __init__(self, cent: torch.Tensor, width: int, spread: torch.Tensor | None = None):
         nlist = cent.shape[0]
-        self.width = min(nlist, width)
-        self.spread = spread if spread is not None else torch.zeros(nlist)
+        width = min(nlist, width)
+        spread = spread if spread is not None else torch.zeros(nlist)
         cn = (cent * cent).sum(1)
         rows = []
         step = max(1, EL_BUDGET // nlist)
         for s in range(0, nlist, step):
             d2 = cn[s : s + step, None] + cn[None, :] - 2.0 * (cent[s : s + step] @ cent.T)
-            d2 += self.spread[None, :]
+            d2 += spread[None, :]
             d2[torch.arange(d2.shape[0]), torch.arange(s, s + d2.shape[0])] = -1.0  # own first
-            rows.append(torch.topk(d2, self.width, dim=1, largest=False, sorted=True).indices)
+            rows.append(torch.topk(d2, width, dim=1, largest=False, sorted=True).indices)
         self.near = torch.cat(rows).numpy()
 
 

@@ -102,7 +102,7 @@ class Block:
         rows = _pad(max(size, 1), tile)
         get = scratch.get if name is not None else (lambda _n, shape, dtype=torch.float32: torch.empty(shape, dtype=dtype))
         f = get(name, (rows, d))
-        if ids is not None:  # (index_select is ~3x faster than np.take(out=) here)
+        if ids is not None:  # (index_select: faster than np.take(out=) here, benchmarks/README.md)
             torch.index_select(torch.from_numpy(x), 0, torch.from_numpy(np.asarray(ids, dtype=np.int64)),
                                out=f[:size])
         else:

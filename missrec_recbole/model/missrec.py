@@ -58,7 +58,8 @@ class MISSRec(FeatureSequentialRecommender):
         self.gamma = config["gamma"]
         self.interest_ratio = config["interest_ratio"]
         self.dpc_k = config["dpc_k"]
-        self.faiss_threads = config["faiss_threads"] or torch.get_num_threads()  # null: torch's thread count
+        # threads of the DPC-KNN call only (option name historical, docs/design.md §4); null: torch's thread count
+        self.dpc_threads = config["faiss_threads"] or torch.get_num_threads()
         self.dpc_mode = config["dpc_mode"]
         self.dpc_exact_max_tokens = config["dpc_exact_max_tokens"]
         self.dpc_warm_start = config["dpc_warm_start"]
@@ -169,7 +170,7 @@ class MISSRec(FeatureSequentialRecommender):
 
         K = ceil(interest_ratio * N) for N tokens. Uses the current adapters without dropout.
         ``dpc_mode`` / ``dpc_exact_max_tokens`` choose exact or approximate DPC-KNN, ``faiss_threads``
-        its threads. With ``dpc_warm_start`` the approximate mode starts its IVF quantizer from the
+        its threads (during the call only). With ``dpc_warm_start`` the approximate mode starts its IVF quantizer from the
         previous refresh's (saved with the interest map, so a resumed run continues from it too): a
         fixed seed gives the same interests for the same sequence of refreshes.
         Returns a small summary (tokens, interests, mode) for logging.
@@ -186,7 +187,7 @@ class MISSRec(FeatureSequentialRecommender):
         owner_item, owner_modality = torch.cat(owner_item), torch.cat(owner_modality)
         points = torch.cat(tokens).float().cpu().numpy()
         result = dpc_knn(points, n_interests(len(points), self.interest_ratio), k=self.dpc_k,
-                         n_threads=self.faiss_threads, mode=self.dpc_mode,
+                         n_threads=self.dpc_threads, mode=self.dpc_mode,
                          exact_max_tokens=self.dpc_exact_max_tokens,
                          state=self._dpc_state if self.dpc_warm_start else None)
         self._dpc_state = result.state if self.dpc_warm_start else None

@@ -1,4 +1,9 @@
-"""Approximate DPC-KNN search backend on FAISS's inverted file (``IndexIVFFlat``).
+"""DPC-KNN search backend on FAISS's inverted file (``IndexIVFFlat``), for ``benchmarks/dpc_knn.py --ivf-compare``.
+
+Not part of the package: measured against the package's approximate backend (``interests/ivf.py``), it was faster
+at 100k tokens but took 1.7-2x the CPU time and ~5x the memory at 1M (benchmarks/README.md), so the package keeps
+one approximate backend and this one stays here, beside the benchmark that repeats the comparison. It plugs into
+the package's one DPC-KNN driver (``interests.driver.cluster``) like the package's backends.
 
 What is approximate is only *which* pairs of tokens are compared: every distance that enters rho, delta, the
 center ranking or the assignment is the float32 squared distance of two tokens from their difference vector
