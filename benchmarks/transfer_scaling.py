@@ -13,8 +13,9 @@ Each ``--point TARGET DIR [DIR ...]`` is one pre-training corpus (the ``--pretra
 folders, which must agree) for one target; the runs of its folders are pooled, so a recipe measured in a tuning
 folder and the scratch runs of the main folder make one point. The recipes (MISSRec, ``item_adapter: moe``,
 inductive): ``adapters only``; ``all weights``; ``adapters + item decoder`` (``unfreeze: [item_decoder]``); and
-``best recipe``: of the last two, the one with the higher mean valid NDCG@10 (chosen on validation only; a tie at
-the records' 4 decimals is broken by valid Recall@10, then NDCG@50, then Recall@50).
+``best recipe``: of the last two, the one with the higher mean valid NDCG@10 over the seeds both have (chosen on
+validation only, at the seed the choice was made; a tie at the records' 4 decimals is broken by valid Recall@10,
+then NDCG@50, then Recall@50).
 Every pre-trained line is compared with MISSRec from scratch (same options) found among the point's runs.
 """
 
@@ -134,15 +135,27 @@ def scaling_point(target: str, folders: list[Path], data_path: Path) -> dict:
              "scratch": {"seeds": [r["seed"] for r in scratch], "test ndcg@10": _mean(scratch, "test"),
                          "valid ndcg@10": _mean(scratch, "valid")},
              "recipes": {}}
-    for recipe in RECIPES:
-        chosen = recipe_runs(runs, recipe) if recipe != "scratch" else []
-        if chosen:
-            point["recipes"][recipe] = compare(chosen, scratch, ranks)
-    candidates = {name: point["recipes"][name] for name in BEST_OF if name in point["recipes"]}
+    recipe_lines = {recipe: chosen for recipe in RECIPES if recipe != "scratch" and (chosen := recipe_runs(runs, recipe))}
+    for recipe, chosen in recipe_lines.items():
+        point["recipes"][recipe] = compare(chosen, scratch, ranks)
+    candidates = {name: recipe_lines[name] for name in BEST_OF if name in recipe_lines}
     if candidates:
-        best = max(candidates, key=lambda name: tuple(candidates[name]["valid"][m] for m in VALID_ORDER))
-        point["recipes"]["best recipe"] = {**candidates[best], "chosen": best}
+        best, seeds = best_recipe(candidates)
+        point["recipes"]["best recipe"] = {**point["recipes"][best], "chosen": best, "chosen on seeds": seeds}
     return point
+
+
+def best_recipe(candidates: dict[str, list[dict]]) -> tuple[str, list[int]]:
+    """The candidate with the higher mean validation metrics (:data:`VALID_ORDER`), over the seeds every candidate
+    has (the one seed the choice is made at, even after the chosen recipe's other seeds have run); over all seeds
+    where they share none. Returns the name and those seeds."""
+    common = set.intersection(*({r["seed"] for r in lines} for lines in candidates.values()))
+
+    def score(name):
+        lines = [r for r in candidates[name] if r["seed"] in common] or candidates[name]
+        return tuple(float(np.mean([r["valid"][m] for r in lines])) for m in VALID_ORDER)
+
+    return max(candidates, key=score), sorted(common)
 
 
 def plot(points: list[dict], path: Path) -> str:
