@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny hand-made datasets in RecBole atomic format, configs for them, gradient comparisons."""
+"""Shared fixtures: tiny hand-made datasets in RecBole atomic format, configs for them, trained inference checkpoints,
+gradient comparisons."""
 
 from __future__ import annotations
 
@@ -77,6 +78,21 @@ def tiny_config(tiny_dataset, tmp_path):
         return build_config("Tiny", stage, config_dict=overrides)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """Tiny (40 items, ITEM5 never in any .inter file, images missing for 3 and 7) + trained checkpoints.
+
+    Session-scoped: the tests/test_inference_*.py modules share one training, as the single module they were split
+    from did (the fixture was module-scoped there)."""
+    from tests.inference_helpers import DIM, _train, _write_text
+
+    root = tmp_path_factory.mktemp("inference")
+    folder = write_dataset(root, dim=DIM)
+    _write_text(folder, "Tiny", 40)
+    return {"root": root, "inductive": _train(root, mode="inductive"),
+            "transductive": _train(root, mode="transductive")}
 
 
 def loss_and_grads(model, batch, seed=3):

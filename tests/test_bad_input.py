@@ -473,7 +473,7 @@ def test_generated_data_benchmarks_give_one_error_line(script, args, code, expec
 # ---------------------------------------------------------------------------------------------- add_items
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory):
-    from tests.test_inference import _untrained_checkpoint
+    from tests.inference_helpers import _untrained_checkpoint
 
     root = tmp_path_factory.mktemp("add-items")
     write_dataset(root, dim=DIM)

@@ -209,7 +209,7 @@ def test_gpu_inference_recommend_and_export(demo, tmp_path):
     rec.export(tmp_path)
     found = ExportedIndex.load(tmp_path).search(rec.user_vectors(histories), k=10, exclude=histories)
     same = [[i for i, _ in f] == [i for i, _ in r] for f, r in zip(found, rec.recommend_batch(histories, k=10))]
-    assert np.mean(same) >= 0.9  # the export's search is exact up to float32 near-ties (test_inference)
+    assert np.mean(same) >= 0.9  # the export's search is exact up to float32 near-ties (tests/test_inference_export.py)
 
 
 @pytest.mark.gpu
