@@ -134,9 +134,7 @@ class FaissIVFSearch(SearchBackend):
         return out
 
     def finish(self, timings: dict) -> DPCKNNState:
-        refreshes = (self.state.refreshes if self.state is not None else 0) + 1
-        return DPCKNNState(centroids=self.cent, refreshes=refreshes,
-                           last={**self.info, **{key: round(v, 3) for key, v in timings.items()}})
+        return DPCKNNState.after_run(self.state, self.cent, self.info, timings)
 
     def close(self) -> None:
         self.index = None

@@ -102,3 +102,10 @@ class DPCKNNState:
     centroids: np.ndarray | None = None
     refreshes: int = 0
     last: dict = field(default_factory=dict)
+
+    @classmethod
+    def after_run(cls, previous: "DPCKNNState | None", centroids, info: dict, timings: dict) -> "DPCKNNState":
+        """The state a run leaves: its centroids, one more refresh than ``previous``, its info and timings."""
+        refreshes = (previous.refreshes if previous is not None else 0) + 1
+        return cls(centroids=centroids, refreshes=refreshes,
+                   last={**info, **{key: round(v, 3) for key, v in timings.items()}})
