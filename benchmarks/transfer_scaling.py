@@ -119,7 +119,6 @@ def compare(runs: list[dict], scratch: list[dict], ranks: PooledRanks) -> dict:
     if None not in pair and np.array_equal(pair[0]["item"], pair[1]["item"]):
         interval = [float(v) if np.isfinite(v) else None for v in bootstrap_gain(pair[0]["ndcg@10"], pair[1]["ndcg@10"])]
     return {"seeds": [r["seed"] for r in runs], "test ndcg@10": ours, "valid ndcg@10": _mean(runs, "valid"),
-            "valid": {m: float(np.mean([r["valid"][m] for r in runs])) for m in VALID_ORDER},
             "gain": ours / theirs - 1, "interval": interval}
 
 

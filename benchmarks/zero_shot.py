@@ -51,8 +51,7 @@ def zero_shot(dataset: str, checkpoint_path: str | None, config_dict: dict, refe
     start = time.perf_counter()
     model, _, _, valid_data, test_data = build_model(config, files, checkpoint, transferable=True,
                                                      model_class=model_class)
-    trainer = MISSRecTrainer(config, model)
-    model.eval()
+    trainer = MISSRecTrainer(config, model)  # its evaluate() puts the model in eval mode
     valid = trainer.evaluate(valid_data, load_best_model=False)
     test = trainer.evaluate(test_data, load_best_model=False)
     return {"dataset": dataset, "checkpoint": checkpoint_path, "model": model_class.__name__,
