@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,14 +47,16 @@ def zero_shot(dataset: str, checkpoint_path: str | None, config_dict: dict, refe
     template = checkpoint or Checkpoint.read(reference)
     inherited = template.model_options(configuration.given_options(None, config_dict))
     model_class = checkpoint_model(template)
-    config = run_config(dataset, "finetune", None, {**inherited, **config_dict}, model_class)
-    files = check_inputs(config, None, checkpoint)
-    start = time.perf_counter()
-    model, _, _, valid_data, test_data = build_model(config, files, checkpoint, transferable=True,
-                                                     model_class=model_class)
-    trainer = MISSRecTrainer(config, model)  # its evaluate() puts the model in eval mode
-    valid = trainer.evaluate(valid_data, load_best_model=False)
-    test = trainer.evaluate(test_data, load_best_model=False)
+    with tempfile.TemporaryDirectory() as unused:  # RecBole's trainer creates a checkpoint folder; nothing is saved
+        config = run_config(dataset, "finetune", None, {**inherited, **config_dict, "checkpoint_dir": unused},
+                            model_class)
+        files = check_inputs(config, None, checkpoint)
+        start = time.perf_counter()
+        model, _, _, valid_data, test_data = build_model(config, files, checkpoint, transferable=True,
+                                                         model_class=model_class)
+        trainer = MISSRecTrainer(config, model)  # its evaluate() puts the model in eval mode
+        valid = trainer.evaluate(valid_data, load_best_model=False)
+        test = trainer.evaluate(test_data, load_best_model=False)
     return {"dataset": dataset, "checkpoint": checkpoint_path, "model": model_class.__name__,
             "options": {**inherited, **config_dict}, "valid": dict(valid), "test": dict(test),
             "seconds": round(time.perf_counter() - start, 1)}
