@@ -3,6 +3,7 @@ refresh, training pass, full-ranking validation) and peak RSS, per model, stage 
 
     python benchmarks/speed.py --data_path data/ --baseline 707ca56 --threads 1,2
     python benchmarks/speed.py --data_path data/ --baseline 707ca56 --cases missrec-office --steps 10 --full_epoch
+    python benchmarks/speed.py --data_path data/ --baseline 707ca56 --bf16    # + this checkout under bf16 autocast
 
 Each measurement runs in its own process (its peak RSS is its own) with ``OMP_NUM_THREADS`` set, importing the
 package from this checkout or from a git worktree of ``--baseline`` (made in a temp folder, removed afterwards).
@@ -64,12 +65,12 @@ def _build(spec):
     return config, model, MISSRecTrainer(config, model), train, valid
 
 
-def _steps(model, optimizer, batches) -> tuple[float, float, int]:
+def _steps(loss_func, optimizer, batches) -> tuple[float, float, int]:
     """Wall seconds, process CPU seconds (less sensitive to other jobs on the machine) and rows of training steps."""
     start, cpu, rows = time.perf_counter(), time.process_time(), 0
     for batch in batches:
         optimizer.zero_grad()
-        loss = model.calculate_loss(batch)
+        loss = loss_func(batch)
         (sum(loss) if isinstance(loss, tuple) else loss).backward()
         optimizer.step()
         rows += len(batch)
@@ -101,8 +102,13 @@ def worker(spec_file: str) -> None:
             batches.append(batch)
             if len(batches) == spec["steps"] + 2:
                 break
-        _steps(model, trainer.optimizer, batches[:2])  # warm-up: allocator, lazy inits
-        seconds, cpu_seconds, rows = _steps(model, trainer.optimizer, batches[2:])
+        loss_func = model.calculate_loss
+        if spec["options"].get("mixed_precision"):  # as the trainer's training pass runs it
+            from missrec_recbole.trainer.trainer import under_autocast
+
+            loss_func = under_autocast(loss_func, "cpu", trainer.autocast_dtype)
+        _steps(loss_func, trainer.optimizer, batches[:2])  # warm-up: allocator, lazy inits
+        seconds, cpu_seconds, rows = _steps(loss_func, trainer.optimizer, batches[2:])
         result["rows_per_second"], result["rows_per_cpu_second"] = rows / seconds, rows / cpu_seconds
         result["train_seconds"] = result["train_rows"] / result["rows_per_second"]  # estimated from the rate
     if spec["stage"] == "finetune":
@@ -127,8 +133,9 @@ def merged_corpus(data_path: Path, names: str, folder: Path) -> tuple[str, Path]
     return merged, folder
 
 
-def measure(version_root: Path, case: str, threads: int, args, tmp: Path) -> dict:
+def measure(version_root: Path, case: str, threads: int, args, tmp: Path, extra_options=None) -> dict:
     model, stage, names, options = CASES[case]
+    options = {**options, **(extra_options or {})}
     dataset, data_path = merged_corpus(args.data_path, names, tmp / "merged")
     spec = {"model": model, "stage": stage, "dataset": dataset, "data_path": str(data_path), "options": options,
             "steps": args.steps, "full_epoch": args.full_epoch, "tmp": str(tmp / "saved"),
@@ -154,6 +161,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", default="1,2", help="thread counts (default 1,2)")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per measurement (default 20)")
     parser.add_argument("--full_epoch", action="store_true", help="time the whole training pass, not --steps")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also measure this checkout with mixed_precision: bf16 (approximate; version 'current-bf16')")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.json")
     args = parser.parse_args(argv)
     cases = args.cases.split(",")
@@ -163,20 +172,22 @@ def main(argv=None) -> int:
     args.data_path = args.data_path.resolve()
     with tempfile.TemporaryDirectory(prefix="speed-") as tmp_dir:
         tmp = Path(tmp_dir)
-        versions = {"current": (ROOT, git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain",
-                                                                                             "--untracked-files=no")
-                                                                              else ""))}
+        commit = git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no")
+                                                        else "")
+        versions = {"current": (ROOT, commit, {})}
+        if args.bf16:
+            versions["current-bf16"] = (ROOT, commit, {"mixed_precision": "bf16"})
         if args.baseline:
             git("worktree", "add", "--detach", str(tmp / "baseline"), args.baseline)
-            versions["baseline"] = (tmp / "baseline", git("rev-parse", "--short", args.baseline))
+            versions["baseline"] = (tmp / "baseline", git("rev-parse", "--short", args.baseline), {})
         try:
             results = []
             for case in cases:
                 for n in threads:
-                    for name, (root, commit) in versions.items():
+                    for name, (root, commit, extra_options) in versions.items():
                         work = tmp / f"{name}-{case}-{n}"
                         work.mkdir()
-                        measured = measure(root, case, n, args, work)
+                        measured = measure(root, case, n, args, work, extra_options)
                         results.append({"case": case, "threads": n, "version": name, "commit": commit, **measured})
                         print(f"{case:32s} {n} thread(s) {name:8s} ({commit}): {measured['rows_per_second']:7.0f} rows/s "
                               f"({measured['rows_per_cpu_second']:.0f} per CPU s), "
@@ -187,8 +198,9 @@ def main(argv=None) -> int:
                 git("worktree", "remove", "--force", str(tmp / "baseline"))
     ratios = speed_ratios(results)
     for r in ratios:
-        print(f"{r['case']:32s} {r['threads']} thread(s): step {r['step speed-up']:.2f}x (CPU time "
-              f"{r['step speed-up, CPU time']:.2f}x), epoch {r['epoch speed-up']:.2f}x")
+        print(f"{r['case']:32s} {r['version']:12s} {r['threads']} thread(s): step {r['step speed-up']:.2f}x (CPU time "
+              f"{r['step speed-up, CPU time']:.2f}x), epoch {r['epoch speed-up']:.2f}x; epoch vs the baseline at 1 "
+              f"thread {r.get('epoch speed-up vs baseline at 1 thread', float('nan')):.2f}x")
     from missrec_recbole.bench.store import machine, now  # this checkout's (the workers import their version's)
     from missrec_recbole.files import write_json
 
@@ -199,16 +211,23 @@ def main(argv=None) -> int:
 
 
 def speed_ratios(results: list[dict]) -> list[dict]:
-    """current / baseline per case and thread count: training-step rows/s and whole-epoch seconds."""
+    """Each measured version of this checkout (current, current-bf16) against the baseline, per case and thread count:
+    training-step rows/s and whole-epoch seconds at the same thread count, and the epoch against the baseline at 1
+    thread (the benchmark's setting: what using both cores buys on top)."""
     by = {(r["case"], r["threads"], r["version"]): r for r in results}
     ratios = []
     for (case, n, version), current in by.items():
         baseline = by.get((case, n, "baseline"))
-        if version == "current" and baseline:
-            ratios.append({"case": case, "threads": n,
-                           "step speed-up": current["rows_per_second"] / baseline["rows_per_second"],
-                           "step speed-up, CPU time": current["rows_per_cpu_second"] / baseline["rows_per_cpu_second"],
-                           "epoch speed-up": baseline["epoch_seconds"] / current["epoch_seconds"]})
+        if version == "baseline" or not baseline:
+            continue
+        ratio = {"case": case, "version": version, "threads": n,
+                 "step speed-up": current["rows_per_second"] / baseline["rows_per_second"],
+                 "step speed-up, CPU time": current["rows_per_cpu_second"] / baseline["rows_per_cpu_second"],
+                 "epoch speed-up": baseline["epoch_seconds"] / current["epoch_seconds"]}
+        one_thread = by.get((case, 1, "baseline"))
+        if one_thread:
+            ratio["epoch speed-up vs baseline at 1 thread"] = one_thread["epoch_seconds"] / current["epoch_seconds"]
+        ratios.append(ratio)
     return ratios
 
 

@@ -1,0 +1,52 @@
+"""benchmarks/speed.py: a case measured in its own process (fp32 and the bf16 option), and the ratios it reports."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+import pytest
+
+from missrec_recbole.bench.settings import PACKAGE_ROOT
+from tests.conftest import tiny_overrides, write_dataset
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("speed", PACKAGE_ROOT / "benchmarks" / "speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def result(case, threads, version, rows_per_second, epoch_seconds):
+    return {"case": case, "threads": threads, "version": version, "rows_per_second": rows_per_second,
+            "rows_per_cpu_second": rows_per_second, "epoch_seconds": epoch_seconds}
+
+
+def test_ratios_compare_each_version_with_the_baseline_at_its_thread_count_and_at_one_thread():
+    script = load_script()
+    results = [result("c", 1, "current", 110, 90), result("c", 1, "current-bf16", 150, 60),
+               result("c", 1, "baseline", 100, 100), result("c", 2, "current", 200, 50),
+               result("c", 2, "baseline", 160, 60), result("d", 1, "current", 10, 10)]  # d: no baseline, no ratio
+    ratios = {(r["case"], r["version"], r["threads"]): r for r in script.speed_ratios(results)}
+    assert set(ratios) == {("c", "current", 1), ("c", "current-bf16", 1), ("c", "current", 2)}
+    assert ratios["c", "current", 1]["step speed-up"] == pytest.approx(1.1)
+    assert ratios["c", "current-bf16", 1]["epoch speed-up"] == pytest.approx(100 / 60)
+    two = ratios["c", "current", 2]
+    assert two["epoch speed-up"] == pytest.approx(60 / 50)
+    assert two["epoch speed-up vs baseline at 1 thread"] == pytest.approx(100 / 50)
+
+
+@pytest.mark.parametrize("extra", [{}, {"mixed_precision": "bf16"}], ids=["fp32", "bf16"])
+def test_a_case_is_measured_in_its_own_process(tmp_path, monkeypatch, extra):
+    script = load_script()
+    write_dataset(tmp_path / "data")
+    options = {k: v for k, v in tiny_overrides(train_batch_size=16).items() if k not in ("checkpoint_dir", "state")}
+    monkeypatch.setitem(script.CASES, "tiny", ("MISSRec", "finetune", "Tiny", {**options, "mode": "inductive"}))
+    args = argparse.Namespace(data_path=tmp_path / "data", steps=2, full_epoch=False)
+    (tmp_path / "work").mkdir()
+    measured = script.measure(PACKAGE_ROOT, "tiny", 1, args, tmp_path / "work", extra)
+    assert measured["threads"] == 1 and measured["batch_size"] == 16
+    assert measured["rows_per_second"] > 0 and measured["valid_seconds"] > 0 and measured["refresh_seconds"] > 0
+    assert measured["epoch_seconds"] >= measured["train_seconds"] + measured["valid_seconds"]
+    assert measured["peak_rss_bytes"] > 0
