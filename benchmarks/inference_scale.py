@@ -56,6 +56,8 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=int, default=1, help="training epochs of the model on Demo-D")
     parser.add_argument("--export_max", type=int, default=100_000,
                         help="largest catalogue exported (an export holds ~3 more copies of the item vectors)")
+    parser.add_argument("--nprobe_fractions", type=int, nargs="*", default=[64, 32, 8],
+                        help="IVF search also timed with nprobe = lists / F for each F (the export's default is 16)")
     parser.add_argument("--work_dir", type=Path, help="keeps the demo data and the model (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=RESULTS / "inference_scale.json")
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
@@ -146,6 +148,28 @@ def measure_export(predictor, folder: Path, queries: list, approximate=None) -> 
     return {"export_seconds": round(export_seconds, 2), "search": percentiles(seconds)}, found
 
 
+def nprobe_sweep(folder: Path, predictor, queries: list, exact: list, fractions) -> list[dict]:
+    """The approximate export searched again with nprobe = lists / F (F in ``fractions``): latency against recall@10."""
+    from missrec_recbole.inference import ExportedIndex
+    from missrec_recbole.inference.export import set_search_params
+
+    index = ExportedIndex.load(folder)
+    users = predictor.user_vectors(queries)
+    sweep = []
+    for fraction in fractions:
+        nprobe = {}
+        for m, params in index.manifest["approximate"]["search_params"].items():
+            nprobe[m] = max(1, params["nlist"] // fraction)
+            set_search_params(index.indexes[m], {"nprobe": nprobe[m]})
+        found, seconds = [], []
+        for user, history in zip(users, queries):
+            result, elapsed = timed(index.search, user[None], k=10, exclude=[history])
+            found.append([item for item, _ in result[0]])
+            seconds.append(elapsed)
+        sweep.append({"nprobe": nprobe, "search": percentiles(seconds), "recall_at_10": round(recall_at_10(found, exact), 4)})
+    return sweep
+
+
 def recall_at_10(found: list, exact: list) -> float:
     return float(np.mean([len(set(f) & set(e)) / max(len(e), 1) for f, e in zip(found, exact)]))
 
@@ -154,6 +178,9 @@ def print_row(row: dict) -> None:
     exact, approx = row["exact"], row["approximate"]
     search = ("export skipped" if "skipped" in exact else f"exact search p50 {exact['search']['p50_ms']:.1f} ms, "
               f"IVF p50 {approx['search']['p50_ms']:.1f} ms (recall@10 {approx['recall_at_10']:.3f})")
+    for point in approx.get("nprobe_sweep", []):
+        print(f"  IVF nprobe {point['nprobe']}: p50 {point['search']['p50_ms']:.1f} ms, recall@10 "
+              f"{point['recall_at_10']:.3f}")
     print(f"{row['items']:>9,} items: add_items {row['add_items_ms_per_item']:.4f} ms/item, recommend p50 "
           f"{row['recommend']['p50_ms']:.1f} ms, batch {row['recommend_batch_ms_per_history']:.2f} ms/history, "
           f"{search}", flush=True)
@@ -172,7 +199,9 @@ def run_size(predictor, size: int, args, rng, work: Path) -> dict:
     exact_row, exact = measure_export(predictor, work / f"export-{size}", queries)
     approx_row, approx = measure_export(predictor, work / f"export-{size}-ivf", queries, approximate="ivf")
     model_top = [[item for item, _ in r] for r in predictor.recommend_batch(queries, k=10)]
-    row.update(exact=exact_row, approximate={**approx_row, "recall_at_10": round(recall_at_10(approx, exact), 4)},
+    sweep = nprobe_sweep(work / f"export-{size}-ivf", predictor, queries, exact, args.nprobe_fractions)
+    row.update(exact=exact_row, approximate={**approx_row, "recall_at_10": round(recall_at_10(approx, exact), 4),
+                                             "nprobe_sweep": sweep},
                exact_equals_model=float(np.mean([a == b for a, b in zip(exact, model_top)])))
     print_row(row)
     for folder in (work / f"export-{size}", work / f"export-{size}-ivf"):  # the next size writes its own

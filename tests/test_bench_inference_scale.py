@@ -1,0 +1,61 @@
+"""benchmarks/inference_scale.py: the approximate export's nprobe sweep (latency against recall@10)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import faiss
+import numpy as np
+
+from missrec_recbole.bench.settings import PACKAGE_ROOT
+from missrec_recbole.inference import ExportedIndex, MISSRecPredictor
+from tests.conftest import write_dataset
+from tests.inference_helpers import DIM, _untrained_checkpoint
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("inference_scale", PACKAGE_ROOT / "benchmarks" / "inference_scale.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_nprobe_sweep_searches_the_ivf_export_with_fewer_and_all_lists(tmp_path):
+    script = load_script()
+    write_dataset(tmp_path, "Large", n_items=400, n_users=120, dim=DIM, missing_image=tuple(range(3, 400, 8)),
+                  seed=3, seq_len=(5, 12))
+    predictor = MISSRecPredictor.load(_untrained_checkpoint(tmp_path, "Large", "inductive"), "Large",
+                                      data_path=tmp_path)
+    rng = np.random.default_rng(0)
+    queries = [[predictor.item_ids[i] for i in rng.integers(1, predictor.n_items, size=6)] for _ in range(20)]
+    exact = [[item for item, _ in r] for r in predictor.recommend_batch(queries, k=10)]
+    predictor.export(tmp_path / "ivf", approximate="ivf")
+    lists = ExportedIndex.load(tmp_path / "ivf").manifest["approximate"]["search_params"]
+    sweep = script.nprobe_sweep(tmp_path / "ivf", predictor, queries, exact, fractions=[8, 1])
+    assert [point["nprobe"] for point in sweep] == [{m: max(1, p["nlist"] // f) for m, p in lists.items()}
+                                                    for f in (8, 1)]
+    assert all(p["nlist"] >= 8 for p in lists.values())  # so that the first point probes one list, not all
+    assert 0.0 <= sweep[0]["recall_at_10"] <= sweep[1]["recall_at_10"] <= 1.0
+    assert sweep[1]["recall_at_10"] >= 0.9  # every list probed: only the fixed candidate count can miss an item
+    assert all(point["search"]["p50_ms"] > 0 for point in sweep)
+
+
+def test_the_sweep_sets_nprobe_on_every_modality_index(tmp_path, monkeypatch):
+    """What the sweep times is the index at the nprobe it reports (set_search_params reaches the IVF under the ID map)."""
+    script = load_script()
+    write_dataset(tmp_path, "Large", n_items=400, n_users=120, dim=DIM, seed=3, seq_len=(5, 12))
+    predictor = MISSRecPredictor.load(_untrained_checkpoint(tmp_path, "Large", "inductive"), "Large",
+                                      data_path=tmp_path)
+    predictor.export(tmp_path / "ivf", approximate="ivf")
+    seen = []
+    original = ExportedIndex.search
+
+    def search(self, *args, **kwargs):
+        seen.append({m: faiss.extract_index_ivf(faiss.downcast_index(index.index)).nprobe
+                     for m, index in self.indexes.items()})
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ExportedIndex, "search", search)
+    queries = [[predictor.item_ids[1], predictor.item_ids[2]]]
+    sweep = script.nprobe_sweep(tmp_path / "ivf", predictor, queries, [[]], fractions=[5])
+    assert seen == [sweep[0]["nprobe"]]
