@@ -136,7 +136,7 @@ def merged_corpus(data_path: Path, names: str, folder: Path) -> tuple[str, Path]
 def measure(version_root: Path, case: str, threads: int, args, tmp: Path, extra_options=None) -> dict:
     model, stage, names, options = CASES[case]
     options = {**options, **(extra_options or {})}
-    dataset, data_path = merged_corpus(args.data_path, names, tmp / "merged")
+    dataset, data_path = merged_corpus(args.data_path, names, tmp.parent / "merged")  # once per run
     spec = {"model": model, "stage": stage, "dataset": dataset, "data_path": str(data_path), "options": options,
             "steps": args.steps, "full_epoch": args.full_epoch, "tmp": str(tmp / "saved"),
             "out": str(tmp / "out.json")}
@@ -181,13 +181,18 @@ def main(argv=None) -> int:
             git("worktree", "add", "--detach", str(tmp / "baseline"), args.baseline)
             versions["baseline"] = (tmp / "baseline", git("rev-parse", "--short", args.baseline), {})
         try:
-            results = []
+            results, failed = [], []
             for case in cases:
                 for n in threads:
                     for name, (root, commit, extra_options) in versions.items():
                         work = tmp / f"{name}-{case}-{n}"
                         work.mkdir()
-                        measured = measure(root, case, n, args, work, extra_options)
+                        try:
+                            measured = measure(root, case, n, args, work, extra_options)
+                        except RuntimeError as error:  # e.g. an older version without a case's option: go on
+                            print(f"{case} {n} thread(s) {name}: failed, left out\n{error}", flush=True)
+                            failed.append({"case": case, "threads": n, "version": name, "error": str(error)[-500:]})
+                            continue
                         results.append({"case": case, "threads": n, "version": name, "commit": commit, **measured})
                         print(f"{case:32s} {n} thread(s) {name:8s} ({commit}): {measured['rows_per_second']:7.0f} rows/s "
                               f"({measured['rows_per_cpu_second']:.0f} per CPU s), "
@@ -205,7 +210,8 @@ def main(argv=None) -> int:
     from missrec_recbole.files import write_json
 
     write_json(args.out, {"date": now(), "machine": machine(), "load_average_at_end": os.getloadavg(),
-                          "steps": args.steps, "full_epoch": args.full_epoch, "results": results, "ratios": ratios})
+                          "steps": args.steps, "full_epoch": args.full_epoch, "results": results, "ratios": ratios,
+                          "failed": failed})
     print(f"written: {args.out}")
     return 0
 

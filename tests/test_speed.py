@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import importlib.util
 
 import pytest
@@ -50,3 +51,19 @@ def test_a_case_is_measured_in_its_own_process(tmp_path, monkeypatch, extra):
     assert measured["rows_per_second"] > 0 and measured["valid_seconds"] > 0 and measured["refresh_seconds"] > 0
     assert measured["epoch_seconds"] >= measured["train_seconds"] + measured["valid_seconds"]
     assert measured["peak_rss_bytes"] > 0
+
+
+def test_a_failing_measurement_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+    script = load_script()
+    write_dataset(tmp_path / "data")
+    options = {k: v for k, v in tiny_overrides(train_batch_size=16).items() if k not in ("checkpoint_dir", "state")}
+    monkeypatch.setitem(script.CASES, "broken", ("MISSRec", "finetune", "Missing", options))
+    monkeypatch.setitem(script.CASES, "tiny", ("MISSRec", "finetune", "Tiny", options))
+    out = tmp_path / "speed.json"
+    argv = ["--data_path", str(tmp_path / "data"), "--cases", "broken,tiny", "--threads", "1", "--steps", "1",
+            "--out", str(out)]
+    assert script.main(argv) == 0
+    written = json.loads(out.read_text())
+    assert [(f["case"], f["version"]) for f in written["failed"]] == [("broken", "current")]
+    assert [r["case"] for r in written["results"]] == ["tiny"]
+    assert "broken 1 thread(s) current: failed, left out" in capsys.readouterr().out
