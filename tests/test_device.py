@@ -121,6 +121,48 @@ def test_bf16_autocast_runs_close_to_float32(tiny_dataset, tmp_path, model_class
         assert low != exact and torch.allclose(low, exact, rtol=0.05), (stage, low, exact)
 
 
+def test_rows_in_buckets_pads_only_under_cpu_autocast():
+    from missrec_recbole.model.base import AUTOCAST_ROW_BUCKET, MoEAdapter, rows_in_buckets
+
+    torch.manual_seed(0)
+    adapter = MoEAdapter(16, 8, n_experts=4, dropout=0.0, gating_noise=True).eval()
+    adapter.init_whitening(0.1)
+    seen = []
+    adapter.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    x = torch.randn(37, 16)
+    assert torch.equal(rows_in_buckets(adapter, x), adapter(x)) and seen == [37, 37]  # float32: untouched
+    seen.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = rows_in_buckets(adapter, x)
+        plain_low = adapter(x)
+    assert seen == [AUTOCAST_ROW_BUCKET, 37] and low.shape == (37, 8)
+    assert torch.allclose(low.float(), plain_low.float(), atol=2e-2)  # the padded rows change nothing else
+    assert torch.allclose(low.float(), adapter(x), atol=5e-2)
+
+
+def test_missrec_adapters_see_bucketed_row_counts_under_autocast(tiny_dataset, tmp_path):
+    """Under bf16 autocast every adapter call of a MISSRec training step gets a multiple of AUTOCAST_ROW_BUCKET rows
+    (oneDNN keeps a kernel per shape: varying counts grew memory by ~1 GB); in float32 it gets the distinct items."""
+    from missrec_recbole.model.base import AUTOCAST_ROW_BUCKET
+
+    config = build_config("Tiny", "finetune", config_dict=tiny_overrides(
+        data_path=str(tiny_dataset), checkpoint_dir=str(tmp_path), item_adapter="moe"), model_class=MISSRec)
+    train, _, _ = data_preparation(config, MISSRecDataset(config))
+    model = MISSRec(config, train._dataset).train()
+    model.refresh_interests()
+    rows = []
+    for adapter in model.adapters.values():
+        adapter.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    batch = next(iter(train))
+    model.calculate_loss(batch)
+    assert rows and any(n % AUTOCAST_ROW_BUCKET for n in rows)
+    rows.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.calculate_loss(batch)
+    loss.float().backward()
+    assert rows and all(n % AUTOCAST_ROW_BUCKET == 0 for n in rows)
+
+
 def test_mixed_precision_option(tiny_config):
     config = tiny_config(mixed_precision="bf16", epochs=1)
     dataset = MISSRecDataset(config)

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from missrec_recbole.interests import DPCKNNState, dpc_knn, n_interests, nearest_center
-from missrec_recbole.model.base import FeatureSequentialRecommender, MoEAdapter
+from missrec_recbole.model.base import FeatureSequentialRecommender, MoEAdapter, rows_in_buckets
 
 MODALITY_INDEX = {"text": 0, "image": 1}
 
@@ -107,7 +107,7 @@ class MISSRec(FeatureSequentialRecommender):
     def modality_tokens(self, items: torch.Tensor, m: str) -> torch.Tensor:
         """Adapter output e_i^m for item ids of any shape (computed once per distinct item)."""
         distinct, inverse = torch.unique(items, return_inverse=True)
-        tokens = self.adapters[m](self.adapter_dropout(self._features(m)[distinct]))
+        tokens = rows_in_buckets(self.adapters[m], self.adapter_dropout(self._features(m)[distinct]))
         return tokens[inverse]
 
     def present(self, items: torch.Tensor) -> torch.Tensor:
@@ -207,7 +207,8 @@ class MISSRec(FeatureSequentialRecommender):
         for index, m in enumerate(self.modalities):
             chosen = modality == index
             if chosen.any():
-                chosen_tokens = self.adapters[m](self.adapter_dropout(self._features(m)[items[chosen]]))
+                features = self.adapter_dropout(self._features(m)[items[chosen]])
+                chosen_tokens = rows_in_buckets(self.adapters[m], features)
                 tokens[chosen] = chosen_tokens.to(tokens.dtype)  # a lower precision under autocast
         return tokens
 
