@@ -166,7 +166,8 @@ def nprobe_sweep(folder: Path, predictor, queries: list, exact: list, fractions)
             result, elapsed = timed(index.search, user[None], k=10, exclude=[history])
             found.append([item for item, _ in result[0]])
             seconds.append(elapsed)
-        sweep.append({"nprobe": nprobe, "search": percentiles(seconds), "recall_at_10": round(recall_at_10(found, exact), 4)})
+        sweep.append({"nprobe": nprobe, "search": percentiles(seconds),
+                      "recall_at_10": round(recall_at_10(found, exact), 4)})
     return sweep
 
 

@@ -106,7 +106,7 @@ def worker(spec_file: str) -> None:
         if spec["options"].get("mixed_precision"):  # as the trainer's training pass runs it
             from missrec_recbole.trainer.trainer import under_autocast
 
-            loss_func = under_autocast(loss_func, "cpu", trainer.autocast_dtype)
+            loss_func = under_autocast(loss_func, trainer.device.type, trainer.autocast_dtype)
         _steps(loss_func, trainer.optimizer, batches[:2])  # warm-up: allocator, lazy inits
         seconds, cpu_seconds, rows = _steps(loss_func, trainer.optimizer, batches[2:])
         result["rows_per_second"], result["rows_per_cpu_second"] = rows / seconds, rows / cpu_seconds
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per measurement (default 20)")
     parser.add_argument("--full_epoch", action="store_true", help="time the whole training pass, not --steps")
     parser.add_argument("--bf16", action="store_true",
-                        help="also measure this checkout with mixed_precision: bf16 (approximate; version 'current-bf16')")
+                        help="also measure this checkout under mixed_precision: bf16 (version 'current-bf16')")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.json")
     args = parser.parse_args(argv)
     cases = args.cases.split(",")
@@ -191,7 +191,8 @@ def main(argv=None) -> int:
                             measured = measure(root, case, n, args, work, extra_options)
                         except RuntimeError as error:  # e.g. an older version without a case's option: go on
                             print(f"{case} {n} thread(s) {name}: failed, left out\n{error}", flush=True)
-                            failed.append({"case": case, "threads": n, "version": name, "error": str(error)[-500:]})
+                            failed.append({"case": case, "threads": n, "version": name,
+                                           "error": str(error)[-500:]})
                             continue
                         results.append({"case": case, "threads": n, "version": name, "commit": commit, **measured})
                         print(f"{case:32s} {n} thread(s) {name:8s} ({commit}): {measured['rows_per_second']:7.0f} rows/s "

@@ -41,7 +41,8 @@ def test_nprobe_sweep_searches_the_ivf_export_with_fewer_and_all_lists(tmp_path)
 
 
 def test_the_sweep_sets_nprobe_on_every_modality_index(tmp_path, monkeypatch):
-    """What the sweep times is the index at the nprobe it reports (set_search_params reaches the IVF under the ID map)."""
+    """What the sweep times is the index at the nprobe it reports (set_search_params reaches the IVF under the ID
+    map)."""
     script = load_script()
     write_dataset(tmp_path, "Large", n_items=400, n_users=120, dim=DIM, seed=3, seq_len=(5, 12))
     predictor = MISSRecPredictor.load(_untrained_checkpoint(tmp_path, "Large", "inductive"), "Large",

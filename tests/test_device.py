@@ -141,8 +141,8 @@ def test_rows_in_buckets_pads_only_under_cpu_autocast():
 
 
 def test_missrec_adapters_see_bucketed_row_counts_under_autocast(tiny_dataset, tmp_path):
-    """Under bf16 autocast every adapter call of a MISSRec training step gets a multiple of AUTOCAST_ROW_BUCKET rows
-    (oneDNN keeps a kernel per shape: varying counts grew memory by ~1 GB); in float32 it gets the distinct items."""
+    """Under bf16 autocast every adapter call of a MISSRec training step gets a multiple of AUTOCAST_ROW_BUCKET
+    rows (oneDNN keeps a kernel per shape: varying counts grew memory by ~1 GB); in float32, the distinct items."""
     from missrec_recbole.model.base import AUTOCAST_ROW_BUCKET
 
     config = build_config("Tiny", "finetune", config_dict=tiny_overrides(
