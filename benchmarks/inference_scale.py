@@ -134,40 +134,39 @@ def measure_model(predictor, queries: list, batch: list) -> dict:
             "recommend_batch_ms_per_history": round(batch_seconds * 1000 / len(batch), 3)}
 
 
-def measure_export(predictor, folder: Path, queries: list, approximate=None) -> tuple[dict, list]:
-    from missrec_recbole.inference import ExportedIndex
-
-    _, export_seconds = timed(predictor.export, folder, approximate=approximate)
-    index = ExportedIndex.load(folder)
-    users = predictor.user_vectors(queries)
+def timed_searches(index, users, queries: list) -> tuple[list, dict]:
+    """Each user's top-10 from an export (its history excluded) and the latency percentiles of the calls."""
     found, seconds = [], []
     for user, history in zip(users, queries):
         result, elapsed = timed(index.search, user[None], k=10, exclude=[history])
         found.append([item for item, _ in result[0]])
         seconds.append(elapsed)
-    return {"export_seconds": round(export_seconds, 2), "search": percentiles(seconds)}, found
+    return found, percentiles(seconds)
 
 
-def nprobe_sweep(folder: Path, predictor, queries: list, exact: list, fractions) -> list[dict]:
-    """The approximate export searched again with nprobe = lists / F (F in ``fractions``): latency against recall@10."""
+def measure_export(predictor, folder: Path, users, queries: list, approximate=None) -> tuple[dict, list, object]:
+    """Seconds to write the export, its search timed on ``users``; returns (row, top-10s, the loaded index)."""
     from missrec_recbole.inference import ExportedIndex
+
+    _, export_seconds = timed(predictor.export, folder, approximate=approximate)
+    index = ExportedIndex.load(folder)
+    found, search = timed_searches(index, users, queries)
+    return {"export_seconds": round(export_seconds, 2), "search": search}, found, index
+
+
+def nprobe_sweep(index, users, queries: list, exact: list, fractions) -> list[dict]:
+    """An approximate export searched again with nprobe = lists / F (F in ``fractions``): latency against
+    recall@10."""
     from missrec_recbole.inference.export import set_search_params
 
-    index = ExportedIndex.load(folder)
-    users = predictor.user_vectors(queries)
     sweep = []
     for fraction in fractions:
         nprobe = {}
         for m, params in index.manifest["approximate"]["search_params"].items():
             nprobe[m] = max(1, params["nlist"] // fraction)
             set_search_params(index.indexes[m], {"nprobe": nprobe[m]})
-        found, seconds = [], []
-        for user, history in zip(users, queries):
-            result, elapsed = timed(index.search, user[None], k=10, exclude=[history])
-            found.append([item for item, _ in result[0]])
-            seconds.append(elapsed)
-        sweep.append({"nprobe": nprobe, "search": percentiles(seconds),
-                      "recall_at_10": round(recall_at_10(found, exact), 4)})
+        found, search = timed_searches(index, users, queries)
+        sweep.append({"nprobe": nprobe, "search": search, "recall_at_10": round(recall_at_10(found, exact), 4)})
     return sweep
 
 
@@ -197,10 +196,12 @@ def run_size(predictor, size: int, args, rng, work: Path) -> dict:
         row["exact"] = row["approximate"] = {"skipped": f"more than --export_max={args.export_max} items"}
         print_row(row)
         return row
-    exact_row, exact = measure_export(predictor, work / f"export-{size}", queries)
-    approx_row, approx = measure_export(predictor, work / f"export-{size}-ivf", queries, approximate="ivf")
+    users = predictor.user_vectors(queries)  # the query of every export search
+    exact_row, exact, _ = measure_export(predictor, work / f"export-{size}", users, queries)
+    approx_row, approx, index = measure_export(predictor, work / f"export-{size}-ivf", users, queries, "ivf")
+    sweep = nprobe_sweep(index, users, queries, exact, args.nprobe_fractions)
+    del index
     model_top = [[item for item, _ in r] for r in predictor.recommend_batch(queries, k=10)]
-    sweep = nprobe_sweep(work / f"export-{size}-ivf", predictor, queries, exact, args.nprobe_fractions)
     row.update(exact=exact_row, approximate={**approx_row, "recall_at_10": round(recall_at_10(approx, exact), 4),
                                              "nprobe_sweep": sweep},
                exact_equals_model=float(np.mean([a == b for a, b in zip(exact, model_top)])))

@@ -184,7 +184,7 @@ def main(argv=None) -> int:
             results, failed = [], []
             for case in cases:
                 for n in threads:
-                    for name, (root, commit, extra_options) in versions.items():
+                    for name, (root, version_commit, extra_options) in versions.items():
                         work = tmp / f"{name}-{case}-{n}"
                         work.mkdir()
                         try:
@@ -194,8 +194,9 @@ def main(argv=None) -> int:
                             failed.append({"case": case, "threads": n, "version": name,
                                            "error": str(error)[-500:]})
                             continue
-                        results.append({"case": case, "threads": n, "version": name, "commit": commit, **measured})
-                        print(f"{case:32s} {n} thread(s) {name:8s} ({commit}): {measured['rows_per_second']:7.0f} rows/s "
+                        results.append({"case": case, "threads": n, "version": name, "commit": version_commit,
+                                        **measured})
+                        print(f"{case:32s} {n} thread(s) {name:8s} ({version_commit}): {measured['rows_per_second']:7.0f} rows/s "
                               f"({measured['rows_per_cpu_second']:.0f} per CPU s), "
                               f"epoch ~{measured['epoch_seconds']:6.1f} s, peak RSS {measured['peak_rss_bytes'] / 2**30:.2f} GB",
                               flush=True)

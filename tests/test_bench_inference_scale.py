@@ -6,6 +6,7 @@ import importlib.util
 
 import faiss
 import numpy as np
+import pytest
 
 from missrec_recbole.bench.settings import PACKAGE_ROOT
 from missrec_recbole.inference import ExportedIndex, MISSRecPredictor
@@ -20,18 +21,25 @@ def load_script():
     return module
 
 
-def test_nprobe_sweep_searches_the_ivf_export_with_fewer_and_all_lists(tmp_path):
-    script = load_script()
-    write_dataset(tmp_path, "Large", n_items=400, n_users=120, dim=DIM, missing_image=tuple(range(3, 400, 8)),
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A 400-item catalogue (~12% without image), its IVF export, 20 histories and their exact top-10s."""
+    root = tmp_path_factory.mktemp("inference-scale")
+    write_dataset(root, "Large", n_items=400, n_users=120, dim=DIM, missing_image=tuple(range(3, 400, 8)),
                   seed=3, seq_len=(5, 12))
-    predictor = MISSRecPredictor.load(_untrained_checkpoint(tmp_path, "Large", "inductive"), "Large",
-                                      data_path=tmp_path)
+    predictor = MISSRecPredictor.load(_untrained_checkpoint(root, "Large", "inductive"), "Large", data_path=root)
     rng = np.random.default_rng(0)
     queries = [[predictor.item_ids[i] for i in rng.integers(1, predictor.n_items, size=6)] for _ in range(20)]
     exact = [[item for item, _ in r] for r in predictor.recommend_batch(queries, k=10)]
-    predictor.export(tmp_path / "ivf", approximate="ivf")
-    lists = ExportedIndex.load(tmp_path / "ivf").manifest["approximate"]["search_params"]
-    sweep = script.nprobe_sweep(tmp_path / "ivf", predictor, queries, exact, fractions=[8, 1])
+    predictor.export(root / "ivf", approximate="ivf")
+    return {"folder": root / "ivf", "users": predictor.user_vectors(queries), "queries": queries, "exact": exact}
+
+
+def test_nprobe_sweep_searches_the_ivf_export_with_fewer_and_all_lists(exported):
+    script = load_script()
+    index = ExportedIndex.load(exported["folder"])
+    lists = index.manifest["approximate"]["search_params"]
+    sweep = script.nprobe_sweep(index, exported["users"], exported["queries"], exported["exact"], fractions=[8, 1])
     assert [point["nprobe"] for point in sweep] == [{m: max(1, p["nlist"] // f) for m, p in lists.items()}
                                                     for f in (8, 1)]
     assert all(p["nlist"] >= 8 for p in lists.values())  # so that the first point probes one list, not all
@@ -40,14 +48,10 @@ def test_nprobe_sweep_searches_the_ivf_export_with_fewer_and_all_lists(tmp_path)
     assert all(point["search"]["p50_ms"] > 0 for point in sweep)
 
 
-def test_the_sweep_sets_nprobe_on_every_modality_index(tmp_path, monkeypatch):
+def test_the_sweep_sets_nprobe_on_every_modality_index(exported, monkeypatch):
     """What the sweep times is the index at the nprobe it reports (set_search_params reaches the IVF under the ID
     map)."""
     script = load_script()
-    write_dataset(tmp_path, "Large", n_items=400, n_users=120, dim=DIM, seed=3, seq_len=(5, 12))
-    predictor = MISSRecPredictor.load(_untrained_checkpoint(tmp_path, "Large", "inductive"), "Large",
-                                      data_path=tmp_path)
-    predictor.export(tmp_path / "ivf", approximate="ivf")
     seen = []
     original = ExportedIndex.search
 
@@ -57,6 +61,6 @@ def test_the_sweep_sets_nprobe_on_every_modality_index(tmp_path, monkeypatch):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(ExportedIndex, "search", search)
-    queries = [[predictor.item_ids[1], predictor.item_ids[2]]]
-    sweep = script.nprobe_sweep(tmp_path / "ivf", predictor, queries, [[]], fractions=[5])
+    index = ExportedIndex.load(exported["folder"])
+    sweep = script.nprobe_sweep(index, exported["users"][:1], exported["queries"][:1], [[]], fractions=[5])
     assert seen == [sweep[0]["nprobe"]]

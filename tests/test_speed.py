@@ -19,6 +19,11 @@ def load_script():
     return module
 
 
+def case_options() -> dict:
+    """A tiny model's options as a case gives them (the worker sets checkpoint_dir and state itself)."""
+    return {k: v for k, v in tiny_overrides(train_batch_size=16).items() if k not in ("checkpoint_dir", "state")}
+
+
 def result(case, threads, version, rows_per_second, epoch_seconds):
     return {"case": case, "threads": threads, "version": version, "rows_per_second": rows_per_second,
             "rows_per_cpu_second": rows_per_second, "epoch_seconds": epoch_seconds}
@@ -42,7 +47,7 @@ def test_ratios_compare_each_version_with_the_baseline_at_its_thread_count_and_a
 def test_a_case_is_measured_in_its_own_process(tmp_path, monkeypatch, extra):
     script = load_script()
     write_dataset(tmp_path / "data")
-    options = {k: v for k, v in tiny_overrides(train_batch_size=16).items() if k not in ("checkpoint_dir", "state")}
+    options = case_options()
     monkeypatch.setitem(script.CASES, "tiny", ("MISSRec", "finetune", "Tiny", {**options, "mode": "inductive"}))
     args = argparse.Namespace(data_path=tmp_path / "data", steps=2, full_epoch=False)
     (tmp_path / "work").mkdir()
@@ -56,7 +61,7 @@ def test_a_case_is_measured_in_its_own_process(tmp_path, monkeypatch, extra):
 def test_a_failing_measurement_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
     script = load_script()
     write_dataset(tmp_path / "data")
-    options = {k: v for k, v in tiny_overrides(train_batch_size=16).items() if k not in ("checkpoint_dir", "state")}
+    options = case_options()
     monkeypatch.setitem(script.CASES, "broken", ("MISSRec", "finetune", "Missing", options))
     monkeypatch.setitem(script.CASES, "tiny", ("MISSRec", "finetune", "Tiny", options))
     out = tmp_path / "speed.json"
