@@ -101,3 +101,40 @@ def test_add_items_of_many_items_is_vectorised(tiny):
     assert rec.n_items == before + 20_000 and rec.item_ids[-1] == ids[-1] and ids[5000] in rec
     with pytest.raises(DuplicateItemError, match="NEW0-3"):
         rec.add_items(["X", "NEW0-3"], text_features=features["text"][:2])
+
+
+def test_growing_catalogue_appends_into_spare_rows(tiny):
+    """Successive add_items write into storage kept with spare rows (no copy of the earlier rows per call), and
+    the grown buffers and cache hold exactly what one concatenation would."""
+    ids, features = _new_items(_load(tiny), 24)
+    stepwise, at_once = _load(tiny), _load(tiny)
+    stepwise.recommend(["ITEM1"])  # builds the cache, which add_items then extends
+    model = stepwise.model
+
+    def add(rec, part):
+        rec.add_items(ids[part], **{f"{m}_features": f[part] for m, f in features.items()})
+
+    add(stepwise, slice(0, 12))  # first growth: storage for twice the catalogue
+    pointers = (model.text_features.data_ptr(), model.item_interest.data_ptr(), model.candidate_tokens()[0].data_ptr())
+    add(stepwise, slice(12, 24))
+    assert (model.text_features.data_ptr(), model.item_interest.data_ptr(),
+            model.candidate_tokens()[0].data_ptr()) == pointers
+    add(at_once, slice(0, 24))
+    for m in model.modalities:
+        assert torch.equal(model._features(m), at_once.model._features(m))
+        assert torch.equal(model._present(m), at_once.model._present(m))
+    assert torch.equal(model.item_interest, at_once.model.item_interest)
+    model_cached = model.candidate_tokens()
+    model._item_cache = None
+    assert torch.allclose(model.candidate_tokens()[0], model_cached[0], atol=1e-6)
+
+
+def test_appending_to_a_stale_view_does_not_overwrite_newer_rows(tiny):
+    model = _load(tiny).model
+    first = model._append_rows("x", torch.zeros(4, 2), torch.ones(2, 2))
+    second = model._append_rows("x", first, torch.full((1, 2), 2.0))
+    assert second.data_ptr() == first.data_ptr()  # appended in place
+    branched = model._append_rows("x", first, torch.full((1, 2), 3.0))  # ``first`` no longer ends the storage
+    assert branched.data_ptr() != first.data_ptr()
+    assert second[-1].tolist() == [2.0, 2.0] and branched[-1].tolist() == [3.0, 3.0]
+    assert torch.equal(branched[:6], second[:6])

@@ -388,7 +388,7 @@ class MISSRecPredictor:
             raise FeatureError(f"add_items needs features of at least one modality of {self.model.modalities}.")
         n = len(ids)
         features = {m: self._feature_matrix(m, given[m], n) for m in self.model.modalities}
-        present = {m: torch.count_nonzero(features[m], dim=1) > 0 for m in self.model.modalities}
+        present = {m: (features[m] != 0).any(dim=1) for m in self.model.modalities}
         empty = ~torch.stack(list(present.values())).any(dim=0)
         if empty.any():
             raise FeatureError(f"item {ids[int(torch.nonzero(empty)[0])]!r} has no features (all-zero rows in every "
