@@ -258,7 +258,9 @@ class MISSRec(FeatureSequentialRecommender):
         if not self.has_interest_map:
             raise RuntimeError("append_items needs the interest map (call refresh_interests first)")
         device = self.device
-        cached = self._cached_items()
+        # in eval mode the old items' vectors are built now if they are not cached yet, so that the new ones are
+        # appended to them: otherwise the next call would compute the whole grown catalogue's (47 s at 1M items)
+        cached = None if self.training else self.candidate_tokens()
         n_old, n_new = self.n_items, len(interests)
         for m in self.modalities:
             for name, rows in ((f"{m}_features", features[m]), (f"{m}_present", present[m])):
