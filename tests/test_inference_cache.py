@@ -17,9 +17,9 @@ def _count_full_computations(model, monkeypatch) -> list:
     calls = []
     original = model._candidate_tokens
 
-    def counting(items):
+    def counting(items, *given):
         calls.append(len(items))
-        return original(items)
+        return original(items, *given)
 
     monkeypatch.setattr(model, "_candidate_tokens", counting)
     return calls

@@ -113,3 +113,10 @@ def test_approximate_export_bad_kind_is_a_clear_error(larger, tmp_path):
     rec = MISSRecPredictor.load(larger["inductive"], "Large", data_path=larger["root"])
     with pytest.raises(ExportError, match="approximate='flat'"):
         rec.export(tmp_path, approximate="flat")
+
+
+def test_default_nprobe_is_a_sixteenth_of_the_lists_within_8_and_128():
+    from missrec_recbole.inference.export import default_nprobe, ivf_lists
+
+    assert [default_nprobe(n) for n in (5, 100, 256, 1264, 2048, 4000)] == [5, 8, 16, 79, 128, 128]
+    assert default_nprobe(ivf_lists(1_000_000)) == 128  # 4,000 lists: 128 probed, not 250

@@ -393,7 +393,8 @@ class MISSRecPredictor:
         if empty.any():
             raise FeatureError(f"item {ids[int(torch.nonzero(empty)[0])]!r} has no features (all-zero rows in every "
                                f"modality): it could not be scored.")
-        self.model.append_items(features, present, self.model.assign_interests(features, present))
+        tokens = self.model.adapter_tokens(features)  # once, for the interests and the cached item vectors
+        self.model.append_items(features, present, self.model.assign_interests(features, present, tokens), tokens)
         self._internal.update(zip(ids, range(len(self._ids), len(self._ids) + n)))
         self._ids.extend(ids)
         self.model.eval()

@@ -224,12 +224,24 @@ class MISSRec(FeatureSequentialRecommender):
 
     # ------------------------------------------------------------------ growing the catalogue
     @torch.no_grad()
-    def assign_interests(self, features: dict, present: dict) -> torch.Tensor:
+    def adapter_tokens(self, features: dict) -> dict:
+        """Adapter outputs e^m = W_m x^m + b_m (no dropout) of every row of new items' ``features`` {m: [n, dim_m]},
+        on the model's device: computed once by ``add_items`` for both :meth:`assign_interests` and the cached
+        item vectors of :meth:`append_items` (the same rows in one call, so bit for bit what either would compute)."""
+        was_training = self.training
+        self.eval()
+        tokens = {m: self.adapters[m](features[m].to(self.device)) for m in self.modalities}
+        self.train(was_training)
+        return tokens
+
+    @torch.no_grad()
+    def assign_interests(self, features: dict, present: dict, tokens: dict | None = None) -> torch.Tensor:
         """Interests of new items' modality tokens [n, M] (-1 = absent), centers kept fixed.
 
         Each present token e^m = W_m x^m + b_m (no dropout) goes to its nearest existing center, the
         rule DPC-KNN uses for every token: existing items keep their interests, so scores of histories
         without new items do not change (``refresh_interests`` would re-cluster everything).
+        ``tokens``: the :meth:`adapter_tokens` of ``features``, if already computed.
         """
         device = self.device
         n = len(next(iter(present.values())))
@@ -242,18 +254,20 @@ class MISSRec(FeatureSequentialRecommender):
         for index, m in enumerate(self.modalities):
             rows = torch.nonzero(present[m].to(device)).squeeze(1)
             if len(rows):
-                tokens = self.adapters[m](features[m][rows.cpu()].to(device))
-                result[rows, index] = nearest_center(tokens, centers).to(device)
+                chosen = (self.adapters[m](features[m][rows.cpu()].to(device)) if tokens is None
+                          else tokens[m] if len(rows) == n else tokens[m][rows])
+                result[rows, index] = nearest_center(chosen, centers).to(device)
         self.train(was_training)
         return result
 
     @torch.no_grad()
-    def append_items(self, features: dict, present: dict, interests: torch.Tensor) -> torch.Tensor:
+    def append_items(self, features: dict, present: dict, interests: torch.Tensor,
+                     tokens: dict | None = None) -> torch.Tensor:
         """Append items after the last internal id; returns their ids.
 
         ``features`` [n, dim_m] and ``present`` [n] per modality, ``interests`` [n, M] (see
-        :meth:`assign_interests`). Transductive mode: new items get zero ID embeddings, i.e. they are
-        scored from their features only.
+        :meth:`assign_interests`), ``tokens`` their :meth:`adapter_tokens` if already computed. Transductive
+        mode: new items get zero ID embeddings, i.e. they are scored from their features only.
         """
         if not self.has_interest_map:
             raise RuntimeError("append_items needs the interest map (call refresh_interests first)")
@@ -275,7 +289,7 @@ class MISSRec(FeatureSequentialRecommender):
             self.item_embedding = grown
         self.n_items = n_old + n_new
         new_items = torch.arange(n_old, n_old + n_new, device=device)
-        self._extend_item_cache(cached, new_items)
+        self._extend_item_cache(cached, new_items, tokens)
         return new_items
 
     def _append_rows(self, name: str, current: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -380,19 +394,24 @@ class MISSRec(FeatureSequentialRecommender):
         self._keep_items(result)
         return result
 
-    def _candidate_tokens(self, items):
-        tokens, present = self.item_tokens(items)
+    def _candidate_tokens(self, items, modality_tokens: dict | None = None):
+        """``modality_tokens``: the adapter outputs of ``items`` ({m: [n, d]}), if already computed."""
+        if modality_tokens is None:
+            tokens, present = self.item_tokens(items)
+        else:  # what item_tokens computes, from the given adapter outputs
+            present = self.present(items)
+            tokens = torch.stack([modality_tokens[m] for m in self.modalities], dim=-2) * present.unsqueeze(-1)
         if self.transductive:
             tokens = tokens + self.item_embedding(items).unsqueeze(-2) * present.unsqueeze(-1)
         return F.normalize(tokens, dim=-1), present
 
-    def _extend_item_cache(self, cached, new_items: torch.Tensor) -> None:
+    def _extend_item_cache(self, cached, new_items: torch.Tensor, modality_tokens: dict | None = None) -> None:
         """After ``append_items``: the vectors of the old items do not change (their weights are kept, copied
         into a grown ID embedding), so a cache valid before it only needs the new items' vectors appended."""
         self._item_cache = None
         if cached is None or self.training:
             return
-        tokens, present = self._candidate_tokens(new_items)
+        tokens, present = self._candidate_tokens(new_items, modality_tokens)
         self._keep_items((self._append_rows("cached_tokens", cached[0], tokens),
                           self._append_rows("cached_present", cached[1], present)))
 
