@@ -126,6 +126,8 @@ def test_growing_catalogue_appends_into_spare_rows(tiny):
         assert torch.equal(model._present(m), at_once.model._present(m))
     assert torch.equal(model.item_interest, at_once.model.item_interest)
     model_cached = model.candidate_tokens()
+    last = torch.arange(model.n_items - 12, model.n_items)  # the last call's items, computed from the features
+    assert torch.equal(model_cached[0][last], model._candidate_tokens(last)[0])  # what add_items cached, bit for bit
     model._item_cache = None
     assert torch.allclose(model.candidate_tokens()[0], model_cached[0], atol=1e-6)
 

@@ -226,11 +226,12 @@ class MISSRec(FeatureSequentialRecommender):
     @torch.no_grad()
     def adapter_tokens(self, features: dict) -> dict:
         """Adapter outputs e^m = W_m x^m + b_m (no dropout) of every row of new items' ``features`` {m: [n, dim_m]},
-        on the model's device: computed once by ``add_items`` for both :meth:`assign_interests` and the cached
-        item vectors of :meth:`append_items` (the same rows in one call, so bit for bit what either would compute)."""
+        on the model's device: computed once by ``add_items`` for both :meth:`assign_interests` (its present rows)
+        and the cached item vectors of :meth:`append_items` (one call over the same rows as :meth:`modality_tokens`
+        makes for the new items, so the same values)."""
         was_training = self.training
         self.eval()
-        tokens = {m: self.adapters[m](features[m].to(self.device)) for m in self.modalities}
+        tokens = {m: rows_in_buckets(self.adapters[m], features[m].to(self.device)) for m in self.modalities}
         self.train(was_training)
         return tokens
 
