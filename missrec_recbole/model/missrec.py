@@ -115,10 +115,13 @@ class MISSRec(FeatureSequentialRecommender):
         """[..., M] bool: which modalities each item has (padding has none)."""
         return torch.stack([self._present(m)[items] for m in self.modalities], dim=-1)
 
-    def item_tokens(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-modality tokens [..., M, d] (absent modalities zeroed; + ID in transductive mode) and presence."""
+    def item_tokens(self, items: torch.Tensor,
+                    modality_tokens: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-modality tokens [..., M, d] (absent modalities zeroed; + ID in transductive mode) and presence.
+        ``modality_tokens``: the adapter outputs of ``items`` ({m: [..., d]}), if already computed."""
         present = self.present(items)
-        tokens = torch.stack([self.modality_tokens(items, m) for m in self.modalities], dim=-2)
+        tokens = torch.stack([self.modality_tokens(items, m) if modality_tokens is None else modality_tokens[m]
+                              for m in self.modalities], dim=-2)
         tokens = tokens * present.unsqueeze(-1)
         return tokens, present
 
@@ -397,11 +400,7 @@ class MISSRec(FeatureSequentialRecommender):
 
     def _candidate_tokens(self, items, modality_tokens: dict | None = None):
         """``modality_tokens``: the adapter outputs of ``items`` ({m: [n, d]}), if already computed."""
-        if modality_tokens is None:
-            tokens, present = self.item_tokens(items)
-        else:  # what item_tokens computes, from the given adapter outputs
-            present = self.present(items)
-            tokens = torch.stack([modality_tokens[m] for m in self.modalities], dim=-2) * present.unsqueeze(-1)
+        tokens, present = self.item_tokens(items, modality_tokens)
         if self.transductive:
             tokens = tokens + self.item_embedding(items).unsqueeze(-2) * present.unsqueeze(-1)
         return F.normalize(tokens, dim=-1), present
