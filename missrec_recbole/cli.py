@@ -38,13 +38,14 @@ COMMANDS = {
     "demo": Command("missrec_recbole.tools.demo.cli", "generate the demo domains Demo-A..Demo-D"),
     "merge": Command("missrec_recbole.tools.merge", "merge datasets into one pre-training dataset"),
     "split_users": Command("missrec_recbole.tools.split_users", "split a dataset's users into two halves"),
+    "release": Command("missrec_recbole.tools.release", "a pre-training checkpoint -> one shipped in the package"),
 }
 EPILOG = """examples:
   missrec train -d NAME [-p MODEL.pth] [--key=value ...]
   missrec pretrain -d A,B,C [--key=value ...]
   missrec recommend -p MODEL.pth -d NAME --history ID1,ID2
 
-`missrec COMMAND --help` describes each command; the offline tools (amazon ... split_users) are also
+`missrec COMMAND --help` describes each command; the offline tools (amazon ... release) are also
 `python -m missrec_recbole.tools.NAME`."""
 
 

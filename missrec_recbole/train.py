@@ -19,6 +19,7 @@ from missrec_recbole.command import DEBUG_HELP, command_parser, watched
 from missrec_recbole.config import PROPS, parse_known_options
 from missrec_recbole.files import write_json
 from missrec_recbole.quick_start import finetune, pretrain
+from missrec_recbole.released import released_names
 from missrec_recbole.trainer import distributed
 
 DEMO_PRETRAIN = ["Demo-A", "Demo-B", "Demo-C"]
@@ -29,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description, parser.formatter_class = __doc__, argparse.RawDescriptionHelpFormatter
     parser.add_argument("-d", "--dataset", help="dataset name under --data_path; comma-separated list to pre-train "
                                                 "on several domains (default: the demo run)")
-    parser.add_argument("-p", "--pretrained", help="pre-trained checkpoint (.pth) to fine-tune from")
+    parser.add_argument("-p", "--pretrained", help="pre-trained checkpoint to fine-tune from: a .pth, or the "
+                                                  f"short name of one shipped in the package ({released_names()})")
     parser.add_argument("--stage", choices=["pretrain", "finetune"], default="finetune")
     parser.add_argument("--mode", choices=["inductive", "transductive"],
                         help="inductive: item features only; transductive: features + item ID embedding "

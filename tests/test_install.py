@@ -14,6 +14,7 @@ import pytest
 
 from missrec_recbole import config as configuration
 from missrec_recbole.model import MISSRec
+from missrec_recbole.released import RELEASED
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_FILES = ("setup.cfg", "pyproject.toml", "README.md")  # what setuptools reads besides the package
@@ -56,6 +57,8 @@ def test_wheel_installs_and_trains_on_the_demo_away_from_the_checkout(tmp_path):
     wheel = _build_wheel(tmp_path)
     shipped = {Path(n).name for n in zipfile.ZipFile(wheel).namelist() if "/props/" in n}
     assert shipped == {p.name for p in configuration.PROPS.glob("*.yaml")}
+    released = {Path(n).name for n in zipfile.ZipFile(wheel).namelist() if "/released/" in n}
+    assert set(RELEASED.values()) <= released, "the released checkpoints must ship in the wheel (-p NAME)"
     # torch, RecBole and FAISS come from the system site-packages (no download); the wheel's own copy of the
     # package is installed into the venv and shadows the checkout's editable install (a meta-path finder that
     # comes after the venv's site-packages)

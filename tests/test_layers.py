@@ -7,7 +7,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "missrec_recbole"
 
 # Lowest first; a module may import its own layer and the layers before it.
 LAYERS = [
-    ("errors", "files", "command", "compat", "config_schema", "config"),
+    ("errors", "files", "command", "compat", "released", "config_schema", "config"),
     ("data",),
     ("interests",),
     ("model",),

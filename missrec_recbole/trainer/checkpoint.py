@@ -24,6 +24,7 @@ import torch
 from missrec_recbole.compat import plain
 from missrec_recbole.files import atomic_torch_save
 from missrec_recbole.errors import InputError
+from missrec_recbole.released import released_names, released_path
 
 FORMAT = "missrec-recbole/1"
 RESUME_FORMAT = "missrec-recbole-resume/2"
@@ -44,9 +45,11 @@ MODEL_KEYS = tuple(key for key in ARCHITECTURE_KEYS if key not in FEATURE_WIDTH_
 # What trains is part of the run too: a resume restores the recorded trainable set, so asking for another is refused
 # rather than ignored.
 RUN_KEYS = ("model", "dataset", "stage", "mode", "adapters_only", "unfreeze") + ARCHITECTURE_KEYS
-PRETRAINED_HINT = "Pass the .pth written by --stage=pretrain."
+PRETRAINED_HINT = f"Pass the .pth written by --stage=pretrain, or a released name ({released_names()})."
 TRAINED_HINT = "Pass a .pth written by training (saved/<model>-<dataset>-<mode>-....pth)."
 RESUME_HINT = "Pass the *-resume.pth file named in the log of the interrupted run."
+# Options that name this machine's folders: a released checkpoint leaves them out.
+LOCAL_KEYS = ("data_path", "checkpoint_dir", "dataset_save_path", "dataloaders_save_path")
 
 
 class CheckpointError(InputError):
@@ -151,9 +154,20 @@ def load_resume(trainer, checkpoint: "Checkpoint") -> None:
     trainer.pretrain_prefix = state["pretrain_prefix"]
 
 
+def release_state(checkpoint: "Checkpoint", release: dict) -> dict:
+    """A pre-training checkpoint as it ships inside the package: its weights and options without the options that
+    name the writer's folders (:data:`LOCAL_KEYS`), plus ``release`` (name, feature encoder, ...: plain values)."""
+    if checkpoint.kind != "pretrained":
+        raise CheckpointError(f"{checkpoint.path}: not a pre-training checkpoint. {PRETRAINED_HINT}")
+    config = {key: value for key, value in checkpoint.config.items() if key not in LOCAL_KEYS}
+    return {**checkpoint.content, "config": config, "release": plain(release)}
+
+
 def read_checkpoint(path, missing_hint: str = PRETRAINED_HINT) -> dict:
-    """Load a checkpoint file safely (``weights_only=True``) and check its layout.
-    ``missing_hint``: what to do when the file does not exist."""
+    """Load a checkpoint file safely (``weights_only=True``) and check its layout. ``path`` may be the short name
+    of a checkpoint shipped in the package (:mod:`missrec_recbole.released`). ``missing_hint``: what to do when
+    the file does not exist."""
+    path = released_path(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: checkpoint file not found. {missing_hint}")
     try:
@@ -204,7 +218,7 @@ class Checkpoint:
 
     @classmethod
     def read(cls, path, missing_hint: str = PRETRAINED_HINT) -> "Checkpoint":
-        return cls(path, read_checkpoint(path, missing_hint))
+        return cls(released_path(path), read_checkpoint(path, missing_hint))
 
     @property
     def kind(self) -> str:
@@ -233,10 +247,14 @@ class Checkpoint:
             theirs = recorded(self.config, key, mine)
             if theirs != mine:
                 fix = ("the dataset's feature files give this width: use features from the same encoder as in "
-                       "training" if key in FEATURE_WIDTH_KEYS else f"leave {key} out to take it from the "
+                       f"training{self._encoder_hint()}" if key in FEATURE_WIDTH_KEYS else f"leave {key} out to take it from the "
                        f"checkpoint" if key in MODEL_KEYS else f"use {key}={theirs!r}")
                 raise CheckpointMismatchError(f"{self.path}: checkpoint was trained with {key}={theirs!r} "
                                               f"but this run has {key}={mine!r}; {fix}.")
+
+    def _encoder_hint(self) -> str:
+        encoder = (self.content.get("release") or {}).get("encoder")
+        return f" ({encoder}; docs/pretrained.md)" if encoder else ""
 
     def check_run(self, identity: dict) -> None:
         """A resume file must come from a run with ``identity`` (:func:`run_identity`); raises
