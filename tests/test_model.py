@@ -283,3 +283,18 @@ def test_single_modality_scores_and_moe_shift_are_bit_exact(built, monkeypatch, 
         assert grads_a["fusion_beta"] == 0
     for name in fast_params:
         assert torch.equal(fast_params[name], reference_params[name]), name
+
+
+def test_evaluating_gives_eval_mode_and_restores_the_mode_even_when_the_block_fails():
+    from missrec_recbole.model.base import evaluating
+
+    module = torch.nn.Sequential(torch.nn.Dropout(0.5))
+    with pytest.raises(ValueError):
+        with evaluating(module):
+            assert not module.training and not module[0].training
+            raise ValueError
+    assert module.training and module[0].training
+    module.eval()
+    with evaluating(module):
+        pass
+    assert not module.training

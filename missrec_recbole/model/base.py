@@ -8,6 +8,8 @@ parameter-efficient fine-tuning and transfer every weight but the ID embedding.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -16,6 +18,18 @@ from recbole.utils import InputType
 from torch.utils.checkpoint import checkpoint
 
 from missrec_recbole.config_schema import ConfigError
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module):
+    """``module`` in eval mode for the block (no dropout, no gating noise), then back in the mode it was in, also
+    when the block fails: for the no-dropout passes a training run makes (interest refresh, new items' tokens)."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 class FastDropout(nn.Module):

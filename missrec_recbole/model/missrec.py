@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from missrec_recbole.interests import DPCKNNState, dpc_knn, n_interests, nearest_center
-from missrec_recbole.model.base import FeatureSequentialRecommender, MoEAdapter, rows_in_buckets
+from missrec_recbole.model.base import FeatureSequentialRecommender, MoEAdapter, evaluating, rows_in_buckets
 
 MODALITY_INDEX = {"text": 0, "image": 1}
 
@@ -180,15 +180,14 @@ class MISSRec(FeatureSequentialRecommender):
         fixed seed gives the same interests for the same sequence of refreshes.
         Returns a small summary (tokens, interests, mode) for logging.
         """
-        was_training = self.training
-        self.eval()
         device = self.device
         tokens, owner_item, owner_modality = [], [], []
-        for m in self.modalities:
-            items = torch.nonzero(self._present(m)).squeeze(1)
-            tokens.append(self.adapters[m](self._features(m)[items]))
-            owner_item.append(items)
-            owner_modality.append(torch.full_like(items, self.modalities.index(m)))
+        with evaluating(self):
+            for m in self.modalities:
+                items = torch.nonzero(self._present(m)).squeeze(1)
+                tokens.append(self.adapters[m](self._features(m)[items]))
+                owner_item.append(items)
+                owner_modality.append(torch.full_like(items, self.modalities.index(m)))
         owner_item, owner_modality = torch.cat(owner_item), torch.cat(owner_modality)
         points = torch.cat(tokens).float().cpu().numpy()
         result = dpc_knn(points, n_interests(len(points), self.interest_ratio), k=self.dpc_k,
@@ -202,7 +201,6 @@ class MISSRec(FeatureSequentialRecommender):
         item_interest = torch.full((self.n_items, len(self.modalities)), -1, dtype=torch.long, device=device)
         item_interest[owner_item, owner_modality] = torch.from_numpy(result.assignment).to(device)
         self.item_interest = item_interest
-        self.train(was_training)
         return {"tokens": len(points), "interests": len(centers), "mode": result.mode}
 
     def _center_token_vectors(self, interests: torch.Tensor) -> torch.Tensor:
@@ -232,11 +230,8 @@ class MISSRec(FeatureSequentialRecommender):
         on the model's device: computed once by ``add_items`` for both :meth:`assign_interests` (its present rows)
         and the cached item vectors of :meth:`append_items` (one call over the same rows as :meth:`modality_tokens`
         makes for the new items, so the same values)."""
-        was_training = self.training
-        self.eval()
-        tokens = {m: rows_in_buckets(self.adapters[m], features[m].to(self.device)) for m in self.modalities}
-        self.train(was_training)
-        return tokens
+        with evaluating(self):
+            return {m: rows_in_buckets(self.adapters[m], features[m].to(self.device)) for m in self.modalities}
 
     @torch.no_grad()
     def assign_interests(self, features: dict, present: dict, tokens: dict | None = None) -> torch.Tensor:
@@ -252,16 +247,14 @@ class MISSRec(FeatureSequentialRecommender):
         result = torch.full((n, len(self.modalities)), -1, dtype=torch.long, device=device)
         if n == 0:
             return result
-        was_training = self.training
-        self.eval()
-        centers = self._center_token_vectors(torch.arange(len(self.center_item), device=device))
-        for index, m in enumerate(self.modalities):
-            rows = torch.nonzero(present[m].to(device)).squeeze(1)
-            if len(rows):
-                chosen = (self.adapters[m](features[m][rows.cpu()].to(device)) if tokens is None
-                          else tokens[m] if len(rows) == n else tokens[m][rows])
-                result[rows, index] = nearest_center(chosen, centers).to(device)
-        self.train(was_training)
+        with evaluating(self):
+            centers = self._center_token_vectors(torch.arange(len(self.center_item), device=device))
+            for index, m in enumerate(self.modalities):
+                rows = torch.nonzero(present[m].to(device)).squeeze(1)
+                if len(rows):
+                    chosen = (self.adapters[m](features[m][rows.cpu()].to(device)) if tokens is None
+                              else tokens[m] if len(rows) == n else tokens[m][rows])
+                    result[rows, index] = nearest_center(chosen, centers).to(device)
         return result
 
     @torch.no_grad()
