@@ -67,6 +67,13 @@ def test_the_model_card_names_the_file_its_hash_and_its_encoder():
     assert epochs and int(epochs.group(1)) == Checkpoint.read(NAME).content["epoch"]
 
 
+def test_prepare_writes_the_features_the_release_expects():
+    pytest.importorskip("wordllama")
+    from missrec_recbole.tools.features import WordLlamaEncoder
+
+    assert WordLlamaEncoder().identity == Checkpoint.read(NAME).content["release"]["encoder"]
+
+
 def _text_only(root: Path, name: str, dim: int) -> Path:
     folder = write_dataset(root, name=name, dim=dim, missing_image=())
     (folder / f"{name}.feat3CLS").unlink()
