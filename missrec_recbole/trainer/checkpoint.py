@@ -246,15 +246,18 @@ class Checkpoint:
             mine = plain(config[key])
             theirs = recorded(self.config, key, mine)
             if theirs != mine:
-                fix = ("the dataset's feature files give this width: use features from the same encoder as in "
-                       f"training{self._encoder_hint()}" if key in FEATURE_WIDTH_KEYS else f"leave {key} out to take it from the "
-                       f"checkpoint" if key in MODEL_KEYS else f"use {key}={theirs!r}")
                 raise CheckpointMismatchError(f"{self.path}: checkpoint was trained with {key}={theirs!r} "
-                                              f"but this run has {key}={mine!r}; {fix}.")
+                                              f"but this run has {key}={mine!r}; {self._fix(key, theirs)}.")
 
-    def _encoder_hint(self) -> str:
-        encoder = (self.content.get("release") or {}).get("encoder")
-        return f" ({encoder}; docs/pretrained.md)" if encoder else ""
+    def _fix(self, key: str, theirs) -> str:
+        """What to do when a run's ``key`` differs from the checkpoint's value ``theirs``."""
+        if key in FEATURE_WIDTH_KEYS:  # a release records its encoder: name it
+            encoder = (self.content.get("release") or {}).get("encoder")
+            return ("the dataset's feature files give this width: use features from the same encoder as in training"
+                    + (f" ({encoder}; docs/pretrained.md)" if encoder else ""))
+        if key in MODEL_KEYS:
+            return f"leave {key} out to take it from the checkpoint"
+        return f"use {key}={theirs!r}"
 
     def check_run(self, identity: dict) -> None:
         """A resume file must come from a run with ``identity`` (:func:`run_identity`); raises
