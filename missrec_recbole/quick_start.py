@@ -55,6 +55,16 @@ def check_dataset(config):
     return validate_dataset(config)
 
 
+def check_topk(config, n_items: int) -> None:
+    """Full ranking cannot return more items than the catalogue holds (RecBole's evaluation would fail after the
+    first training epoch with torch's "selected index k out of range")."""
+    topk = config["topk"] if isinstance(config["topk"], list) else [config["topk"]]
+    if max(topk) > n_items:
+        raise ConfigError(f"option 'topk'={config['topk']}: dataset {config['dataset']} has only {n_items} items; "
+                          f"use cut-offs of at most {n_items} (e.g. --topk=[{min(10, n_items)}]) and a "
+                          f"valid_metric with one of them.")
+
+
 def prepare_data(config, files=None):
     """Load and split the dataset; ``files``: its already validated :func:`check_dataset` result."""
     dataset = MISSRecDataset(config, files or check_dataset(config))
@@ -178,6 +188,7 @@ def finetune(dataset, pretrained=None, config_files=None, config_dict=None, show
     config = run_config(dataset, "finetune", config_files, {**inherited, **(config_dict or {})}, model_class)
     resume = Checkpoint.read(resume, RESUME_HINT) if resume else None
     files = check_inputs(config, resume, checkpoint)
+    check_topk(config, files.n_items)
     frozen = (checkpoint is not None and freeze) if config["adapters_only"] is None else config["adapters_only"]
     unfreeze = _checked_unfreeze(config, model_class, frozen)
     _setup(config)

@@ -132,6 +132,7 @@ def test_every_option_wrong_type_and_out_of_range(key, how, value, fuzz_source, 
     (["--unfreeze=[decoder]"], "unfreeze: 'decoder' is not a module of MISSRec that fine-tuning can unfreeze"),
     (["--unfreeze=[item_decoder]"], "unfreeze: ['item_decoder'] adds modules to adapters-only fine-tuning, but "
                                     "this run trains every weight"),
+    (["--topk=[10,100000]"], "option 'topk'=[10, 100000]: dataset Fuzz has only"),  # found before training
 ])
 def test_named_option_errors(args, names, fuzz_source, workdir, capsys):
     code, output = cli(fuzz_args(fuzz_source.parent) + args, capsys)
