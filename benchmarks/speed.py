@@ -4,6 +4,7 @@ refresh, training pass, full-ranking validation) and peak RSS, per model, stage 
     python benchmarks/speed.py --data_path data/ --baseline 707ca56 --threads 1,2
     python benchmarks/speed.py --data_path data/ --baseline 707ca56 --cases missrec-office --steps 10 --full_epoch
     python benchmarks/speed.py --data_path data/ --baseline 707ca56 --bf16    # + this checkout under bf16 autocast
+    python benchmarks/speed.py --data_path data/ --baseline 707ca56 --shared_item_tokens  # + that approximate option
 
 Each measurement runs in its own process (its peak RSS is its own) with ``OMP_NUM_THREADS`` set, importing the
 package from this checkout or from a git worktree of ``--baseline`` (made in a temp folder, removed afterwards).
@@ -163,6 +164,9 @@ def main(argv=None) -> int:
     parser.add_argument("--full_epoch", action="store_true", help="time the whole training pass, not --steps")
     parser.add_argument("--bf16", action="store_true",
                         help="also measure this checkout under mixed_precision: bf16 (version 'current-bf16')")
+    parser.add_argument("--shared_item_tokens", action="store_true",
+                        help="also measure MISSRec under shared_item_tokens: true ('current-shared', and "
+                             "'current-bf16-shared' with --bf16)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.json")
     args = parser.parse_args(argv)
     cases = args.cases.split(",")
@@ -174,9 +178,13 @@ def main(argv=None) -> int:
         tmp = Path(tmp_dir)
         commit = git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no")
                                                         else "")
-        versions = {"current": (ROOT, commit, {})}
+        variants = {"current": {}}
         if args.bf16:
-            versions["current-bf16"] = (ROOT, commit, {"mixed_precision": "bf16"})
+            variants["current-bf16"] = {"mixed_precision": "bf16"}
+        if args.shared_item_tokens:
+            variants.update({f"{name}-shared": {**options, "shared_item_tokens": True}
+                             for name, options in list(variants.items())})
+        versions = {name: (ROOT, commit, options) for name, options in variants.items()}
         if args.baseline:
             git("worktree", "add", "--detach", str(tmp / "baseline"), args.baseline)
             versions["baseline"] = (tmp / "baseline", git("rev-parse", "--short", args.baseline), {})
@@ -185,6 +193,8 @@ def main(argv=None) -> int:
             for case in cases:
                 for n in threads:
                     for name, (root, version_commit, extra_options) in versions.items():
+                        if "shared_item_tokens" in extra_options and CASES[case][0] != "MISSRec":
+                            continue  # a MISSRec option
                         work = tmp / f"{name}-{case}-{n}"
                         work.mkdir()
                         try:
@@ -219,7 +229,7 @@ def main(argv=None) -> int:
 
 
 def speed_ratios(results: list[dict]) -> list[dict]:
-    """Each measured version of this checkout (current, current-bf16) against the baseline, per case and thread count:
+    """Each measured version of this checkout (current, current-bf16, current-shared, ...) against the baseline, per case and thread count:
     training-step rows/s and whole-epoch seconds at the same thread count, and the epoch against the baseline at 1
     thread (the benchmark's setting: what using both cores buys on top)."""
     by = {(r["case"], r["threads"], r["version"]): r for r in results}

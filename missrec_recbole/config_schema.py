@@ -179,6 +179,8 @@ OPTIONS: dict[str, Option] = {
     "n_exps": _int("experts of the MoE adapter (UniSRec; MISSRec with item_adapter: moe)", 1),
     "gating_noise": _bool("noisy gating of the MoE adapter (UniSRec; MISSRec with item_adapter: moe)"),
     "memory_chunk_rows": _int("recompute activations this many sequences at a time (0: off)", 0),
+    "shared_item_tokens": _bool("MISSRec: run the adapters once per training step and share their outputs (one "
+                                "dropout draw per item and step; approximate, faster)"),
     "length_buckets": _int("length groups per batch (speed only)", 1),
     # interests
     "interest_ratio": _float("interests per item token (K = ceil(ratio * tokens))", 0, 1, low_open=True),
@@ -382,6 +384,9 @@ def _check_together(values: dict) -> None:
     device = values.get("device")
     if device is not None and not DEVICE_PATTERN.fullmatch(str(device)):
         raise ConfigError(f"option 'device': got {device!r}, must be auto, cpu, cuda or cuda:N (e.g. cuda:0).")
+    if values.get("shared_item_tokens") and values.get("memory_chunk_rows"):
+        raise ConfigError("options 'shared_item_tokens' and 'memory_chunk_rows': the recomputed chunks would not see "
+                          "the step's shared item tokens; use one of the two.")
     if values.get("mixed_precision") == "fp16" and values.get("clip_grad_norm"):
         raise ConfigError("options 'mixed_precision'=fp16 and 'clip_grad_norm': RecBole's training step clips the "
                           "scaled gradients; use mixed_precision: bf16, or leave clip_grad_norm out.")

@@ -298,3 +298,54 @@ def test_evaluating_gives_eval_mode_and_restores_the_mode_even_when_the_block_fa
     with evaluating(module):
         pass
     assert not module.training
+
+
+NO_DROPOUT = {"hidden_dropout_prob": 0.0, "adaptor_dropout_prob": 0.0}
+
+
+@pytest.mark.parametrize("stage, candidates", [("pretrain", "batch"), ("finetune", "all"), ("finetune", "batch")])
+@pytest.mark.parametrize("mode, fusion", [("inductive", "add"), ("transductive", "stack")])
+def test_shared_item_tokens_compute_the_same_loss_without_dropout(built, stage, candidates, mode, fusion):
+    """shared_item_tokens changes only how often adapter dropout is drawn: without dropout, one adapter pass per
+    step read by every use (sequences, views, interest centers, candidates) gives the loss and gradients of the
+    per-use passes."""
+    model, train, _, _ = built(stage=stage, loss_candidates=candidates, mode=mode, item_fusion=fusion, **NO_DROPOUT)
+    model.refresh_interests()
+    model.train()
+    batch = _batch(train)
+    per_use = loss_and_grads(model, batch)
+    model.shared_item_tokens = True
+    shared = loss_and_grads(model, batch)
+    assert shared[1]["adapters.text.weight"].abs().sum() > 0
+    assert_same_loss_and_grads(per_use, shared)
+    assert model._step_tokens is None  # nothing of the step outlives it
+
+
+@pytest.mark.parametrize("stage, candidates", [("pretrain", "batch"), ("finetune", "all")])
+def test_shared_item_tokens_run_each_adapter_once_per_step(built, stage, candidates):
+    model, train, _, _ = built(stage=stage, loss_candidates=candidates, item_adapter="moe")
+    model.refresh_interests()
+    model.train()
+    calls = []
+    for m, adapter in model.adapters.items():
+        adapter.register_forward_hook(lambda module, args, output, m=m: calls.append((m, len(args[0]))))
+    batch = _batch(train)
+    per_use_loss = loss_and_grads(model, batch)[0]
+    assert len(calls) > 2 * len(model.modalities)
+    calls.clear()
+    model.shared_item_tokens = True
+    shared_loss = loss_and_grads(model, batch)[0]
+    assert sorted(m for m, _ in calls) == sorted(model.modalities)
+    expected_rows = model.n_items if candidates == "all" else len(model._step_items(batch))
+    assert {rows for _, rows in calls} == {expected_rows}
+    assert not torch.equal(per_use_loss, shared_loss)  # approximate: other dropout draws (and MoE gating noise)
+    model.eval()
+    calls.clear()
+    with torch.no_grad():
+        model.full_sort_predict(batch)
+    assert model._step_tokens is None and calls  # evaluation runs the adapters itself
+
+
+def test_shared_item_tokens_refuse_memory_chunks(built):
+    with pytest.raises(ConfigError, match="'shared_item_tokens' and 'memory_chunk_rows'"):
+        built(shared_item_tokens=True, memory_chunk_rows=8)

@@ -1,4 +1,5 @@
-"""benchmarks/speed.py: a case measured in its own process (fp32 and the bf16 option), and the ratios it reports."""
+"""benchmarks/speed.py: a case measured in its own process (fp32 and the approximate options), and the ratios it
+reports."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def test_ratios_compare_each_version_with_the_baseline_at_its_thread_count_and_a
     assert two["epoch speed-up vs baseline at 1 thread"] == pytest.approx(100 / 50)
 
 
-@pytest.mark.parametrize("extra", [{}, {"mixed_precision": "bf16"}], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("extra", [{}, {"mixed_precision": "bf16"}, {"shared_item_tokens": True}],
+                         ids=["fp32", "bf16", "shared"])
 def test_a_case_is_measured_in_its_own_process(tmp_path, monkeypatch, extra):
     script = load_script()
     write_dataset(tmp_path / "data")
@@ -72,3 +74,19 @@ def test_a_failing_measurement_is_recorded_and_the_run_goes_on(tmp_path, monkeyp
     assert [(f["case"], f["version"]) for f in written["failed"]] == [("broken", "current")]
     assert [r["case"] for r in written["results"]] == ["tiny"]
     assert "broken 1 thread(s) current: failed, left out" in capsys.readouterr().out
+
+
+def test_shared_item_tokens_is_measured_for_missrec_only(tmp_path, monkeypatch):
+    script = load_script()
+    write_dataset(tmp_path / "data")
+    options = case_options()
+    monkeypatch.setitem(script.CASES, "tiny", ("MISSRec", "finetune", "Tiny", options))
+    monkeypatch.setitem(script.CASES, "tiny-unisrec", ("UniSRec", "finetune", "Tiny", options))
+    out = tmp_path / "speed.json"
+    argv = ["--data_path", str(tmp_path / "data"), "--cases", "tiny,tiny-unisrec", "--threads", "1", "--steps", "1",
+            "--shared_item_tokens", "--out", str(out)]
+    assert script.main(argv) == 0
+    written = json.loads(out.read_text())
+    assert not written["failed"]
+    assert [(r["case"], r["version"]) for r in written["results"]] == [
+        ("tiny", "current"), ("tiny", "current-shared"), ("tiny-unisrec", "current")]

@@ -92,7 +92,8 @@ def _file_hashes(paths) -> dict:
 SPEED_ONLY_OPTIONS = {"memory_chunk_rows"}  # same gradients, less memory (tests/test_model.py)
 # Options added after benchmark runs were recorded -> the options that only matter away from the value that behaves as
 # before (checkpoint.OLDER_DEFAULTS). At that value none of them identifies a run, so finished runs stay valid.
-LATER_OPTIONS = {"item_adapter": ("n_exps", "gating_noise"), "unfreeze": (), "mixed_precision": ()}
+LATER_OPTIONS = {"item_adapter": ("n_exps", "gating_noise"), "unfreeze": (), "mixed_precision": (),
+                 "shared_item_tokens": ()}
 PROPS_MODEL = {"sasrec": "MISSRec", "unisrec": "UniSRec", "missrec": "MISSRec"}  # SASRec runs on MISSRec's props
 
 

@@ -14,6 +14,8 @@ Equations refer to the paper as restated in docs/design.md §3:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -65,6 +67,8 @@ class MISSRec(FeatureSequentialRecommender):
         self.dpc_warm_start = config["dpc_warm_start"]
         self._dpc_state = None  # approximate-mode IVF quantizer of the last refresh (see other_parameter)
         self._row_stores = {}  # name -> storage with spare rows that a growing catalogue appends into
+        self.shared_item_tokens = config["shared_item_tokens"]
+        self._step_tokens = None  # (item -> row, {m: adapter outputs}) of the training step, see _item_tokens_of_step
         self._reset_interest_map()
 
     def _build_item_adapters(self, config, dataset):
@@ -108,8 +112,46 @@ class MISSRec(FeatureSequentialRecommender):
     def modality_tokens(self, items: torch.Tensor, m: str) -> torch.Tensor:
         """Adapter output e_i^m for item ids of any shape (computed once per distinct item)."""
         distinct, inverse = torch.unique(items, return_inverse=True)
-        tokens = rows_in_buckets(self.adapters[m], self.adapter_dropout(self._features(m)[distinct]))
-        return tokens[inverse]
+        return self._adapted(distinct, m)[inverse]
+
+    def _adapted(self, items: torch.Tensor, m: str) -> torch.Tensor:
+        """e^m of each of ``items`` [n] (adapter dropout in training): read from the training step's shared pass
+        when there is one (``shared_item_tokens``), else one adapter call over these rows."""
+        if self._step_tokens is not None:
+            row, tokens = self._step_tokens
+            return tokens[m][row[items]]
+        return rows_in_buckets(self.adapters[m], self.adapter_dropout(self._features(m)[items]))
+
+    @contextmanager
+    def _item_tokens_of_step(self, interaction):
+        """With ``shared_item_tokens`` (an approximate speed option): the adapters run once per training step, over
+        every item the step reads (:meth:`_step_items`), and the sequences, their augmented views, the interest
+        centers and the candidates all read those outputs: one adapter dropout draw per item and step instead of
+        one per use. Without it every use runs the adapters itself (the exact default)."""
+        if not (self.shared_item_tokens and self.training):
+            yield
+            return
+        items = self._step_items(interaction)
+        row = torch.zeros(self.n_items, dtype=torch.long, device=items.device)
+        row[items] = torch.arange(len(items), device=items.device)
+        self._step_tokens = row, {m: rows_in_buckets(self.adapters[m], self.adapter_dropout(self._features(m)[items]))
+                                  for m in self.modalities}
+        try:
+            yield
+        finally:
+            self._step_tokens = None
+
+    def _step_items(self, interaction) -> torch.Tensor:
+        """Every item a training step reads item tokens of: all items with ``loss_candidates: all``; else the
+        sequences' items (their views drop some), the targets and the center items of the sequences' interests."""
+        if self.loss_candidates == "all":
+            return torch.arange(self.n_items, device=self.device)
+        if not self.has_interest_map:
+            self.refresh_interests()
+        item_seq = interaction[self.ITEM_SEQ]
+        interests = self.item_interest[item_seq].flatten()
+        centers = self.center_item[interests[interests >= 0]]
+        return torch.unique(torch.cat([item_seq.flatten(), interaction[self.POS_ITEM_ID], centers]))
 
     def present(self, items: torch.Tensor) -> torch.Tensor:
         """[..., M] bool: which modalities each item has (padding has none)."""
@@ -210,9 +252,7 @@ class MISSRec(FeatureSequentialRecommender):
         for index, m in enumerate(self.modalities):
             chosen = modality == index
             if chosen.any():
-                features = self.adapter_dropout(self._features(m)[items[chosen]])
-                chosen_tokens = rows_in_buckets(self.adapters[m], features)
-                tokens[chosen] = chosen_tokens.to(tokens.dtype)  # a lower precision under autocast
+                tokens[chosen] = self._adapted(items[chosen], m).to(tokens.dtype)  # a lower precision under autocast
         return tokens
 
     def interest_tokens(self, item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -471,11 +511,12 @@ class MISSRec(FeatureSequentialRecommender):
         """Pre-training: L_si + lambda L_ss + gamma L_reg; fine-tuning: L_si."""
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         pretraining = self.stage == "pretrain"
-        seq_output, loss_reg = self.encode(item_seq, item_seq_len, with_diversity=pretraining)
-        loss_si = self.sequence_item_loss(seq_output, interaction[self.POS_ITEM_ID])
-        if not pretraining:
-            return loss_si
-        loss_ss = self.sequence_sequence_loss(item_seq, item_seq_len)
+        with self._item_tokens_of_step(interaction):
+            seq_output, loss_reg = self.encode(item_seq, item_seq_len, with_diversity=pretraining)
+            loss_si = self.sequence_item_loss(seq_output, interaction[self.POS_ITEM_ID])
+            if not pretraining:
+                return loss_si
+            loss_ss = self.sequence_sequence_loss(item_seq, item_seq_len)
         return loss_si, self.lam * loss_ss, self.gamma * loss_reg
 
     # ------------------------------------------------------------------ inference

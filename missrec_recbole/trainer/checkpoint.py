@@ -34,7 +34,8 @@ ARCHITECTURE_KEYS = ("modalities", "text_dim", "image_dim", "hidden_size", "n_la
 # Keys that shape weights only under another option's value: elsewhere the model never reads them.
 SHAPES_ONLY_WITH = {"n_exps": ("item_adapter", "moe")}
 # Options added later, with the value that files written before they existed were trained with.
-OLDER_DEFAULTS = {"item_adapter": "linear", "unfreeze": None, "mixed_precision": None}
+OLDER_DEFAULTS = {"item_adapter": "linear", "unfreeze": None, "mixed_precision": None,
+                  "shared_item_tokens": False}
 FEATURE_WIDTH_KEYS = ("text_dim", "image_dim")  # read from the dataset's files, not set by options
 # What a fine-tuning run takes from its pre-trained checkpoint unless it sets the option itself: the options that
 # define the pre-trained network (its shapes, plus what its weights compute). Not the modalities and widths (the
