@@ -134,8 +134,7 @@ class MISSRec(FeatureSequentialRecommender):
         items = self._step_items(interaction)
         row = torch.zeros(self.n_items, dtype=torch.long, device=items.device)
         row[items] = torch.arange(len(items), device=items.device)
-        self._step_tokens = row, {m: rows_in_buckets(self.adapters[m], self.adapter_dropout(self._features(m)[items]))
-                                  for m in self.modalities}
+        self._step_tokens = row, {m: self._adapted(items, m) for m in self.modalities}
         try:
             yield
         finally:
