@@ -229,9 +229,9 @@ def main(argv=None) -> int:
 
 
 def speed_ratios(results: list[dict]) -> list[dict]:
-    """Each measured version of this checkout (current, current-bf16, current-shared, ...) against the baseline, per case and thread count:
-    training-step rows/s and whole-epoch seconds at the same thread count, and the epoch against the baseline at 1
-    thread (the benchmark's setting: what using both cores buys on top)."""
+    """Each measured version of this checkout (current, current-bf16, current-shared, ...) against the baseline, per
+    case and thread count: training-step rows/s and whole-epoch seconds at the same thread count, and the epoch
+    against the baseline at 1 thread (the benchmark's setting: what using both cores buys on top)."""
     by = {(r["case"], r["threads"], r["version"]): r for r in results}
     ratios = []
     for (case, n, version), current in by.items():
