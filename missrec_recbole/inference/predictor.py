@@ -139,8 +139,7 @@ class MISSRecPredictor:
         files = check_inputs(config, start=checkpoint, transferable=pretrained)  # DatasetFormatError, mismatches
         model, dataset_obj, *_ = build_model(config, files, checkpoint, transferable=pretrained, split=False)
         model = model.to(config["device"] if device is None else device).eval()
-        if not model.has_interest_map:
-            model.refresh_interests()
+        model.ensure_interest_map()
 
         folder = Path(config["data_path"])
         item2index = read_item2index(folder, dataset)

@@ -145,8 +145,7 @@ class MISSRec(FeatureSequentialRecommender):
         sequences' items (their views drop some), the targets and the center items of the sequences' interests."""
         if self.loss_candidates == "all":
             return torch.arange(self.n_items, device=self.device)
-        if not self.has_interest_map:
-            self.refresh_interests()
+        self.ensure_interest_map()
         item_seq = interaction[self.ITEM_SEQ]
         interests = self.item_interest[item_seq].flatten()
         centers = self.center_item[interests[interests >= 0]]
@@ -210,6 +209,11 @@ class MISSRec(FeatureSequentialRecommender):
     def has_interest_map(self) -> bool:
         return self.item_interest.shape[0] == self.n_items
 
+    def ensure_interest_map(self) -> None:
+        """Discover the interests now if the model has no map for its items yet (a new model's first use)."""
+        if not self.has_interest_map:
+            self.refresh_interests()
+
     @torch.no_grad()
     def refresh_interests(self) -> dict:
         """Run DPC-KNN over every present text/image token of every item; store item -> interest.
@@ -256,8 +260,7 @@ class MISSRec(FeatureSequentialRecommender):
 
     def interest_tokens(self, item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Distinct interest tokens of each sequence [B, K_max, d] and their mask."""
-        if not self.has_interest_map:
-            self.refresh_interests()
+        self.ensure_interest_map()
         ids, mask = distinct_per_row(self.item_interest[item_seq].flatten(1))
         interests, inverse = torch.unique(ids.clamp(min=0), return_inverse=True)
         return self._center_token_vectors(interests)[inverse] * mask.unsqueeze(-1), mask
