@@ -60,33 +60,33 @@ def test_a_case_is_measured_in_its_own_process(tmp_path, monkeypatch, extra):
     assert measured["peak_rss_bytes"] > 0
 
 
-def test_a_failing_measurement_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+def run_main(tmp_path, monkeypatch, cases: dict, *flags) -> dict:
+    """``speed.py`` on the tiny dataset for ``cases`` ({name: (model, stage, dataset)}, tiny options), 1 thread, 1
+    step: the JSON it writes."""
     script = load_script()
     write_dataset(tmp_path / "data")
     options = case_options()
-    monkeypatch.setitem(script.CASES, "broken", ("MISSRec", "finetune", "Missing", options))
-    monkeypatch.setitem(script.CASES, "tiny", ("MISSRec", "finetune", "Tiny", options))
+    for name, (model, stage, dataset) in cases.items():
+        monkeypatch.setitem(script.CASES, name, (model, stage, dataset, options))
     out = tmp_path / "speed.json"
-    argv = ["--data_path", str(tmp_path / "data"), "--cases", "broken,tiny", "--threads", "1", "--steps", "1",
-            "--out", str(out)]
+    argv = ["--data_path", str(tmp_path / "data"), "--cases", ",".join(cases), "--threads", "1", "--steps", "1",
+            *flags, "--out", str(out)]
     assert script.main(argv) == 0
-    written = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_a_failing_measurement_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+    written = run_main(tmp_path, monkeypatch, {"broken": ("MISSRec", "finetune", "Missing"),
+                                               "tiny": ("MISSRec", "finetune", "Tiny")})
     assert [(f["case"], f["version"]) for f in written["failed"]] == [("broken", "current")]
     assert [r["case"] for r in written["results"]] == ["tiny"]
     assert "broken 1 thread(s) current: failed, left out" in capsys.readouterr().out
 
 
 def test_shared_item_tokens_is_measured_for_missrec_only(tmp_path, monkeypatch):
-    script = load_script()
-    write_dataset(tmp_path / "data")
-    options = case_options()
-    monkeypatch.setitem(script.CASES, "tiny", ("MISSRec", "finetune", "Tiny", options))
-    monkeypatch.setitem(script.CASES, "tiny-unisrec", ("UniSRec", "finetune", "Tiny", options))
-    out = tmp_path / "speed.json"
-    argv = ["--data_path", str(tmp_path / "data"), "--cases", "tiny,tiny-unisrec", "--threads", "1", "--steps", "1",
-            "--shared_item_tokens", "--out", str(out)]
-    assert script.main(argv) == 0
-    written = json.loads(out.read_text())
+    written = run_main(tmp_path, monkeypatch, {"tiny": ("MISSRec", "finetune", "Tiny"),
+                                               "tiny-unisrec": ("UniSRec", "finetune", "Tiny")},
+                       "--shared_item_tokens")
     assert not written["failed"]
     assert [(r["case"], r["version"]) for r in written["results"]] == [
         ("tiny", "current"), ("tiny", "current-shared"), ("tiny-unisrec", "current")]
