@@ -191,3 +191,30 @@ def test_config_dict_strings_are_read_as_literals_not_executed(tmp_path):
                                                "name": "abc", "off": "false", "none": "None"})
     assert not marker.exists() and values == {"data_path": code, "topk": [5, 10], "flag": True, "lr": 0.001,
                                               "name": "abc", "off": False, "none": None}
+
+
+@pytest.mark.slow
+def test_recbole_metrics_import_sklearn_only_when_called():
+    probe = ("import sys, {}; import recbole.evaluator.metrics as m; print('sklearn' in sys.modules); "
+             "print(m.sk_auc([0, 0.5, 1], [0, 0.8, 1]), m.mean_absolute_error([1, 2], [2, 4]), "
+             "m.mean_squared_error([1, 2], [2, 4])); import sklearn.metrics; print(sklearn.metrics.roc_auc_score)")
+    plain = subprocess.run([sys.executable, "-c", probe.format("numpy")], capture_output=True, text=True, timeout=300)
+    ours = subprocess.run([sys.executable, "-c", probe.format("missrec_recbole")], capture_output=True, text=True,
+                          timeout=300)
+    assert plain.returncode == 0 and ours.returncode == 0, ours.stderr[-2000:]
+    plain_lines, our_lines = plain.stdout.splitlines(), ours.stdout.splitlines()
+    assert plain_lines[0] == "True"  # RecBole's metrics module imports scikit-learn
+    assert our_lines[0] == "False", ours.stdout
+    assert our_lines[1] == plain_lines[1] == "0.65 1.5 2.5"  # the real scikit-learn functions on first call
+    assert our_lines[2].startswith("<function roc_auc_score")  # the real module afterwards
+
+
+def test_metrics_stand_in_is_removed_after_the_import(monkeypatch):
+    for name in (compat.RECBOLE_METRICS, compat.SKLEARN_METRICS):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    seen = {}
+    monkeypatch.setattr(compat.importlib, "import_module",
+                        lambda name: seen.setdefault(name, sys.modules[compat.SKLEARN_METRICS]))
+    compat.import_metrics_without_sklearn()
+    assert compat.SKLEARN_METRICS not in sys.modules
+    assert seen[compat.RECBOLE_METRICS].auc.__name__ == "auc"
