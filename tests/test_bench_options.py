@@ -121,3 +121,20 @@ def test_run_hash_follows_props_values_not_their_layout(monkeypatch, tmp_path):
     finetune.write_text(finetune.read_text() + "temperature: 0.1\n")
     after = {kind: bench.config_hash(bench.effective_props(kind, "finetune")) for kind in bench.RUN_KINDS}
     assert all(after[kind] != before[kind] for kind in bench.RUN_KINDS)
+
+
+# The props part of the key of every benchmark run recorded since 2026-11-30 (results/*/results.json; the code of
+# those runs gives these values). A props change that moves one re-runs every recorded row of that kind: make a new
+# option a LATER_OPTION at the value that behaves as before instead, or change the pin on purpose and say so. (The
+# Scientific-mm records of 2026-11-26 predate `modalities: ~` and `*_dim: ~`, which moved these once.)
+PINNED_PROPS_HASHES = {"sasrec/pretrain": "23190c0b0fd0", "sasrec/finetune": "1cbcbb32987f",
+                       "unisrec/pretrain": "0a1e856189b9", "unisrec/finetune": "5b783bd43493",
+                       "missrec/pretrain": "23190c0b0fd0", "missrec/finetune": "1cbcbb32987f"}
+
+
+def test_props_part_of_recorded_run_keys_is_unchanged():
+    from missrec_recbole.bench.settings import BENCH_VERSION
+
+    assert BENCH_VERSION == 1
+    assert {f"{kind}/{stage}": bench.config_hash(bench.effective_props(kind, stage))
+            for kind in bench.RUN_KINDS for stage in ("pretrain", "finetune")} == PINNED_PROPS_HASHES
