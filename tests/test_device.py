@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from missrec_recbole.model import MISSRec, UniSRec
 from missrec_recbole.quick_start import build_config, checkpoint_config, finetune, pretrain
 from missrec_recbole.trainer import MISSRecTrainer
 from missrec_recbole.trainer.checkpoint import Checkpoint
+from missrec_recbole.trainer.trainer import ONEDNN_CACHE_CAPACITY
 from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,6 +181,39 @@ def test_mixed_precision_option(tiny_config):
         tiny_config(mixed_precision="fp16", clip_grad_norm={"max_norm": 1.0})
     with pytest.raises(ConfigError, match="'mixed_precision'"):
         tiny_config(mixed_precision="fp8")
+
+
+def test_float32_cpu_training_turns_the_onednn_primitive_cache_off(tiny_config, monkeypatch):
+    config = tiny_config(epochs=1)
+    train, _, _ = data_preparation(config, MISSRecDataset(config))
+    model = MISSRec(config, train._dataset)
+    monkeypatch.delenv(ONEDNN_CACHE_CAPACITY, raising=False)
+    MISSRecTrainer(tiny_config(mixed_precision="bf16"), model)
+    assert ONEDNN_CACHE_CAPACITY not in os.environ  # bf16 keeps its kernels
+    trainer = MISSRecTrainer(config, model)
+    on_cpu = torch.device(trainer.device).type == "cpu"
+    assert os.environ.get(ONEDNN_CACHE_CAPACITY) == ("0" if on_cpu else None)
+    monkeypatch.setenv(ONEDNN_CACHE_CAPACITY, "64")
+    MISSRecTrainer(config, model)
+    assert os.environ[ONEDNN_CACHE_CAPACITY] == "64"  # the user's value stays
+
+
+@pytest.mark.slow
+def test_onednn_primitive_cache_off_trains_the_same_weights(demo, tmp_path):
+    """The cache is read once per process, so each setting trains in its own process: identical weights."""
+    code = ("import json, sys, torch; from missrec_recbole.quick_start import finetune; "
+            "result = finetune('Demo-D', config_dict=json.loads(sys.argv[1])); "
+            "torch.save(torch.load(result['model_file'], weights_only=True)['state_dict'], sys.argv[2])")
+    base_env = {k: v for k, v in os.environ.items() if k != ONEDNN_CACHE_CAPACITY}
+    states = []
+    for name, extra_env in (("cached", {ONEDNN_CACHE_CAPACITY: "1024"}), ("rebuilt", {})):
+        options = json.dumps(_demo_options(demo, "cpu", checkpoint_dir=str(tmp_path / name), seed=3))
+        out = subprocess.run([sys.executable, "-c", code, options, str(tmp_path / f"{name}.pt")], capture_output=True,
+                             text=True, timeout=600, env={**base_env, **extra_env, "OMP_NUM_THREADS": "1"})
+        assert out.returncode == 0, out.stderr[-2000:]
+        states.append(torch.load(tmp_path / f"{name}.pt", weights_only=True))
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
 
 
 # ----------------------------------------------------------------------------- on a GPU (marked gpu)
