@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from missrec_recbole import bench
 from missrec_recbole.tools.split_users import dataset_users, split_users
@@ -32,6 +33,7 @@ def test_results_json_structure(quick_run):
     root, first = quick_run
     data = json.loads((root / "results" / "results.json").read_text())
     assert data["dataset"] == "Tiny" and data["seeds"] == [2020] and data["machine"]["cores"]
+    assert data["machine"]["cpu_capability"] and data["machine"]["torch"] == torch.__version__  # what repeats a number
     assert data["split"]["users"] == {"pre": 20, "eval": 20}
     runs = {(r["table"], r["row"]): r for r in data["runs"]}
     expected = {(t, name) for t in ("pretrained", "full") for name in ROWS  # the default tables (not "transfer")

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from missrec_recbole.bench.settings import PACKAGE_ROOT
 from missrec_recbole.files import atomic_write, write_json
@@ -40,8 +41,11 @@ def machine() -> dict:
     except (OSError, StopIteration):
         pass
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
-    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(memory / 2**30, 1),
-            "python": platform.python_version(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    # the CPU's vector capability (AVX2, AVX512, ...) picks oneDNN's kernels and so the rounding: trained numbers
+    # repeat on one kind of CPU, not across kinds, and two machines may report the same model name
+    return {"host": platform.node(), "cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cores": os.cpu_count(), "memory_gb": round(memory / 2**30, 1), "python": platform.python_version(),
+            "torch": torch.__version__, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
 
 
 def git_version():
