@@ -9,6 +9,8 @@ from recbole.data import data_preparation
 
 from missrec_recbole.data import MISSRecDataset
 from missrec_recbole.inference import MISSRecPredictor, TransductiveModeError, UnknownItemError
+from missrec_recbole.inference import predictor as predictor_module
+from missrec_recbole.inference.predictor import certified_fused_scores, top_k_stable
 from missrec_recbole.inference.cli import main as cli_main
 from missrec_recbole.model import MISSRec
 from missrec_recbole.quick_start import build_config
@@ -69,6 +71,48 @@ def test_recommend_returns_original_ids_sorted_without_history(tiny):
         single = rec.recommend(h, k=5)
         assert [i for i, _ in one] == [i for i, _ in single]
         assert np.allclose([s for _, s in one], [s for _, s in single], atol=1e-5)
+
+
+@pytest.mark.parametrize("beta", [-3.0, 0.0, 1.0, 20.0])
+def test_certified_fusion_gives_the_full_fusions_top_k_bit_for_bit(tiny, beta):
+    """recommend fuses only the items whose best modality score can reach the top k: the same ids and the same
+    float scores as fusing every item, also with ties, missing modalities, blocked items and C doubling."""
+    model = _load(tiny).model
+    model.fusion_beta.data.fill_(beta)
+    generator = torch.Generator().manual_seed(7)
+    per_modality = torch.rand(4, 3000, 2, generator=generator) * 2 - 1
+    per_modality[:, 1500:2000] = per_modality[:, :500]  # exact ties across any candidate boundary
+    per_modality[:, :, 1] = torch.where(torch.rand(4, 3000, generator=generator) < 0.3,
+                                        per_modality[:, :, 0] * 0.5, per_modality[:, :, 1])  # a weak second modality
+    present = torch.rand(3000, 2, generator=generator) > 0.1  # some items miss one modality, a few both
+    per_modality[:, 2900:, 0], present[2900:] = 0.99, torch.tensor([True, False])  # the best items, all tied:
+    # the fused score of a one-modality item is its bound, so only "k-th > C-th bound + margin" sees them tie
+    mask = present.unsqueeze(0).expand_as(per_modality)
+    blocked = torch.rand(4, 3000, generator=generator) < 0.05
+    with torch.no_grad():
+        full = model.fuse(per_modality, mask).masked_fill(blocked, float("-inf"))
+        for k in (1, 10, 50, 3000):
+            expected = top_k_stable(full, k)
+            for start in (1, 4, 64, 5000):
+                got = top_k_stable(certified_fused_scores(model.fuse, per_modality, mask, blocked, k, start), k)
+                for (ev, ec), (gv, gc) in zip(expected, got):
+                    assert torch.equal(ev, gv) and torch.equal(ec, gc), (k, start)
+
+
+def test_recommend_with_few_first_candidates_equals_fusing_every_item(tiny, monkeypatch):
+    rec = _load(tiny)
+    histories = [["ITEM1", "ITEM2", "ITEM9"], ["ITEM3"], ["ITEM7", "ITEM30"], ["ITEM4", "ITEM5"]]
+    monkeypatch.setattr(predictor_module, "CANDIDATES_START", 10_000)  # more than the catalogue: every item fused
+    cases = [(k, ex) for k in (1, 5, 40) for ex in (True, False)]
+
+    def recommendations():  # a batch and a single history (its scores may differ from the batch's in the last bit)
+        return [(rec.recommend_batch(histories, k=k, exclude_history=ex),
+                 rec.recommend(histories[0], k=k, exclude_history=ex)) for k, ex in cases]
+
+    everything = recommendations()
+    for start in (1, 3):
+        monkeypatch.setattr(predictor_module, "CANDIDATES_START", start)
+        assert recommendations() == everything
 
 
 def test_dataset_and_data_path_default_to_the_checkpoints(tiny):

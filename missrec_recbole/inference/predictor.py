@@ -39,7 +39,7 @@ from missrec_recbole.data.atomic_files import read_item2index as read_item2index
 from missrec_recbole.inference.errors import (CheckpointMismatchError, DuplicateItemError, EmptyHistoryError,
                                               FeatureDimError, FeatureError, InferenceError, ItemIdError,
                                               TransductiveModeError, UnknownItemError)
-from missrec_recbole.inference.export import export_predictor
+from missrec_recbole.inference.export import MARGIN, export_predictor
 from missrec_recbole.model import MISSRec
 from missrec_recbole.quick_start import build_model, check_inputs, checkpoint_config, checkpoint_model
 from missrec_recbole.trainer.checkpoint import Checkpoint
@@ -76,6 +76,35 @@ def top_k_stable(scores: torch.Tensor, k: int):
     rows, cols, values = rows[order].cpu(), cols[order].cpu(), values[order].cpu()
     bounds = torch.searchsorted(rows, torch.arange(len(scores) + 1)).tolist()
     return [(values[a:min(a + k, b)], cols[a:min(a + k, b)]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+CANDIDATES_START = 256  # items fused first per history by recommend (doubled until the top k is certain)
+
+
+def certified_fused_scores(fuse, per_modality, mask, blocked, k: int, start: int = CANDIDATES_START) -> torch.Tensor:
+    """The fused scores [B, N] of the items that can be in a row's top ``k``, -inf elsewhere and where ``blocked``:
+    :func:`top_k_stable` on it gives what it gives on the fusion of every item, bit for bit.
+
+    ``fuse(per_modality, mask)`` is the model's row-wise fusion of its modality scores [B, N, M]. A fused score is
+    a convex combination of the item's present modality scores, so it is at most their maximum (up to rounding:
+    :data:`MARGIN`). Only the C items of highest maximum are fused; every other item scores at most the C-th
+    maximum, so the top k is certain once the k-th fused score beats it, else C doubles. Fusing all N items
+    costs more than the modality scores themselves at a million items (a softmax per item)."""
+    n = per_modality.shape[1]
+    if per_modality.shape[-1] == 1 or n <= start:
+        return fuse(per_modality, mask).masked_fill(blocked, float("-inf"))
+    bound = per_modality.masked_fill(~mask, float("-inf")).amax(dim=-1).masked_fill(blocked, float("-inf"))
+    c = start
+    while True:
+        top_bound, cols = torch.topk(bound, min(c, n), dim=1)
+        rows = cols.unsqueeze(-1).expand(-1, -1, per_modality.shape[-1])
+        fused = fuse(per_modality.gather(1, rows), mask.gather(1, rows)).masked_fill(blocked.gather(1, cols),
+                                                                                    float("-inf"))
+        kth = torch.topk(fused, min(k, fused.shape[1]), dim=1).values[:, -1]
+        rest = top_bound[:, -1]  # no item outside the C scores more (up to MARGIN)
+        if c >= n or bool(((kth > rest + MARGIN) | (rest == float("-inf"))).all()):
+            return torch.full_like(bound, float("-inf")).scatter_(1, cols, fused)
+        c *= 2
 
 
 SCORE_MEMORY = 1 << 30  # bytes of score temporaries per scored batch (recommend_batch, score)
@@ -312,14 +341,18 @@ class MISSRecPredictor:
 
     @torch.no_grad()
     def _recommend_ids(self, sequences, k, exclude_history, batch_size):
+        """Top k of the fused scores (:meth:`score`), fused for the candidates only (:func:`certified_fused_scores`)."""
         rankable = self.rankable()
         results = []
         for start in range(0, len(sequences), batch_size):
             chunk = sequences[start:start + batch_size]
-            scores = self._score_ids(chunk).masked_fill(~rankable, float("-inf"))
+            candidates, present = self.model.candidate_tokens()
+            per_modality, mask = self.model.modality_scores(self._sequence_output(chunk), candidates, present)
+            blocked = (~rankable).expand(len(chunk), -1).clone()
             if exclude_history:
                 for row, seq in enumerate(chunk):
-                    scores[row, seq] = float("-inf")
+                    blocked[row, seq] = True
+            scores = certified_fused_scores(self.model.fuse, per_modality, mask, blocked, k, CANDIDATES_START)
             for values, order in top_k_stable(scores, k):
                 finite = torch.isfinite(values)
                 results.append([(self._ids[int(i)], float(v)) for i, v in zip(order[finite], values[finite])])

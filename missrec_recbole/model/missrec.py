@@ -456,13 +456,20 @@ class MISSRec(FeatureSequentialRecommender):
         ``pairwise=False``: scores of every sequence against every candidate, [B, N].
         ``pairwise=True``: candidate b for sequence b only, [B].
         """
+        return self.fuse(*self.modality_scores(seq_output, candidates, present, pairwise))
+
+    def modality_scores(self, seq_output, candidates, present, pairwise=False):
+        """The per-modality matching scores s_m = cos(s_u, e^m) [B, N, M] ([B, M] pairwise) and where the
+        modality is present (same shape); :meth:`fuse` turns them into :meth:`fused_scores`."""
         seq = F.normalize(seq_output, dim=-1)
         if pairwise:
-            per_modality = torch.einsum("bd,bmd->bm", seq, candidates)
-            mask = present
-        else:
-            per_modality = torch.einsum("bd,nmd->bnm", seq, candidates)
-            mask = present.unsqueeze(0).expand_as(per_modality)
+            return torch.einsum("bd,bmd->bm", seq, candidates), present
+        per_modality = torch.einsum("bd,nmd->bnm", seq, candidates)
+        return per_modality, present.unsqueeze(0).expand_as(per_modality)
+
+    def fuse(self, per_modality, mask):
+        """Fused scores from :meth:`modality_scores`, row by row: fusing a subset of the rows gives the same bits
+        as fusing all of them and taking the subset (the predictor's certified top-k relies on it)."""
         if per_modality.shape[-1] == 1:
             return self._single_modality_scores(per_modality, mask)
         return self._softmax_fusion(per_modality, mask)
