@@ -10,6 +10,9 @@ same clustered distribution, 15 % without an image). At every size:
 - ``recommend``: p50/p95 latency of one history (10-item histories of random catalogue items), the first call
   after the catalogue changed reported apart (it finds the item vectors cached);
 - ``recommend_batch``: milliseconds per history in batches of 256;
+- with ``--compare_full_fusion``: ``recommend`` timed again with every item fused (as before the certified top-k,
+  ``predictor.CANDIDATES_START`` above the catalogue), alternating with the default, and whether both return the same
+  ids and scores;
 - export: seconds to write it; the exact search (``ExportedIndex``) p50/p95 per user, and the approximate one
   (``approximate="ivf"``) with its recall@10 against the exact top-10.
 
@@ -58,6 +61,8 @@ def parse_args(argv=None):
                         help="largest catalogue exported (an export holds ~3 more copies of the item vectors)")
     parser.add_argument("--nprobe_fractions", type=int, nargs="*", default=[64, 32, 8],
                         help="IVF search also timed with nprobe = lists / F for each F (the export's default is 16)")
+    parser.add_argument("--compare_full_fusion", action="store_true",
+                        help="also time recommend with every item fused (the certified top-k off) and compare results")
     parser.add_argument("--work_dir", type=Path, help="keeps the demo data and the model (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=RESULTS / "inference_scale.json")
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
@@ -134,6 +139,29 @@ def measure_model(predictor, queries: list, batch: list) -> dict:
             "recommend_batch_ms_per_history": round(batch_seconds * 1000 / len(batch), 3)}
 
 
+def compare_full_fusion(predictor, queries: list, rounds: int = 2) -> dict:
+    """``recommend`` p50 with every item fused against the default (certified top-k), alternating round by round so
+    that both see the same machine load; ``identical``: the same (id, score) lists."""
+    from missrec_recbole.inference import predictor as predictor_module
+
+    default = predictor_module.CANDIDATES_START
+    seconds = {"full_fusion": [], "certified": []}
+    results = {}
+    try:
+        for _ in range(rounds):
+            for name, start in (("full_fusion", predictor.n_items + 1), ("certified", default)):
+                predictor_module.CANDIDATES_START = start
+                for history in queries:
+                    results[name, tuple(history)], elapsed = timed(predictor.recommend, history, k=10)
+                    seconds[name].append(elapsed)
+    finally:
+        predictor_module.CANDIDATES_START = default
+    p50 = {name: percentiles(values)["p50_ms"] for name, values in seconds.items()}
+    return {"full_fusion_p50_ms": p50["full_fusion"], "certified_p50_ms": p50["certified"],
+            "speedup": round(p50["full_fusion"] / p50["certified"], 3),
+            "identical": all(results["full_fusion", tuple(h)] == results["certified", tuple(h)] for h in queries)}
+
+
 def timed_searches(index, users, queries: list) -> tuple[list, dict]:
     """Each user's top-10 from an export (its history excluded) and the latency percentiles of the calls."""
     found, seconds = [], []
@@ -178,6 +206,10 @@ def print_row(row: dict) -> None:
     exact, approx = row["exact"], row["approximate"]
     search = ("export skipped" if "skipped" in exact else f"exact search p50 {exact['search']['p50_ms']:.1f} ms, "
               f"IVF p50 {approx['search']['p50_ms']:.1f} ms (recall@10 {approx['recall_at_10']:.3f})")
+    if "recommend_full_fusion" in row:
+        versus = row["recommend_full_fusion"]
+        print(f"  recommend p50 every item fused {versus['full_fusion_p50_ms']:.1f} ms, certified top-k "
+              f"{versus['certified_p50_ms']:.1f} ms ({versus['speedup']:.2f}x), identical: {versus['identical']}")
     for point in approx.get("nprobe_sweep", []):
         print(f"  IVF nprobe {point['nprobe']}: p50 {point['search']['p50_ms']:.1f} ms, recall@10 "
               f"{point['recall_at_10']:.3f}")
@@ -192,6 +224,8 @@ def run_size(predictor, size: int, args, rng, work: Path) -> dict:
     batch = histories(predictor, args.batch, rng)
     row = {"items": predictor.n_items, "add_items_ms_per_item": round(seconds_per_item * 1000, 4),
            **measure_model(predictor, queries, batch)}
+    if args.compare_full_fusion:
+        row["recommend_full_fusion"] = compare_full_fusion(predictor, queries)
     if predictor.n_items > args.export_max:
         row["exact"] = row["approximate"] = {"skipped": f"more than --export_max={args.export_max} items"}
         print_row(row)

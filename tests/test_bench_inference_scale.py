@@ -64,3 +64,17 @@ def test_the_sweep_sets_nprobe_on_every_modality_index(exported, monkeypatch):
     index = ExportedIndex.load(exported["folder"])
     sweep = script.nprobe_sweep(index, exported["users"][:1], exported["queries"][:1], [[]], fractions=[5])
     assert seen == [sweep[0]["nprobe"]]
+
+
+def test_full_fusion_comparison_times_both_and_restores_the_default(tmp_path):
+    from missrec_recbole.inference import predictor as predictor_module
+
+    script = load_script()
+    root = tmp_path
+    write_dataset(root, "Small", n_items=60, n_users=30, dim=DIM, missing_image=(3, 9), seed=4, seq_len=(4, 8))
+    predictor = MISSRecPredictor.load(_untrained_checkpoint(root, "Small", "inductive"), "Small", data_path=root)
+    queries = [predictor.item_ids[:3], predictor.item_ids[5:9]]
+    default = predictor_module.CANDIDATES_START
+    row = script.compare_full_fusion(predictor, queries, rounds=1)
+    assert predictor_module.CANDIDATES_START == default
+    assert row["identical"] is True and row["full_fusion_p50_ms"] > 0 and row["certified_p50_ms"] > 0
