@@ -1,4 +1,5 @@
-"""The scripts in benchmarks/ that read bench results: tune.py, valid_curves.py, long_tail.py."""
+"""The scripts in benchmarks/ that read bench results (tune.py, valid_curves.py, long_tail.py) and
+interest_stats.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import numpy as np
 import pytest
 
 from missrec_recbole import bench
+from missrec_recbole.bench.settings import PACKAGE_ROOT
 from tests.bench_helpers import _record, _tune_module
+from tests.conftest import tiny_overrides
 
 
 def test_tune_reads_validation_of_one_row_only(tmp_path):
@@ -145,3 +148,20 @@ def test_long_tail_splits_each_line_and_gain_by_target_frequency(tmp_path, capsy
     (data_dir / "B.train.inter").unlink()
     with pytest.raises(long_tail.InputError, match=r"B\.train\.inter not found: give --data_path"):
         long_tail.long_tail(tmp_path / "out", [2, 5])
+
+
+def test_interest_stats_of_a_checkpoint_time_steps_under_both_interest_maps(tiny):
+    """--checkpoint: the trained adapters' interests; --steps: training steps timed under the fresh and the trained
+    interest map, the same weights and batches."""
+    spec = importlib.util.spec_from_file_location("interest_stats", PACKAGE_ROOT / "benchmarks" / "interest_stats.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    options = {k: v for k, v in tiny_overrides(checkpoint_dir=str(tiny["root"] / "saved")).items()
+               if k not in ("state", "seed")}
+    fresh = script.interest_stats("Tiny", str(tiny["root"]), 0.2, **options)
+    trained = script.interest_stats("Tiny", str(tiny["root"]), 0.2, checkpoint=tiny["inductive"], steps=2, **options)
+    assert "step_seconds_trained_map" not in fresh and fresh["checkpoint"] == ""
+    assert trained["step_seconds_fresh_map"] > 0 and trained["step_seconds_trained_map"] > 0
+    for row in (fresh, trained):
+        assert row["interest_padding"] >= 1.0 and 1.0 <= row["mean_interests"] <= row["mean_item_tokens"]
+    assert trained["mean_interests"] != fresh["mean_interests"]  # the trained adapters cluster the tokens otherwise
