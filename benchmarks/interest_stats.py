@@ -55,7 +55,7 @@ def interest_stats(dataset: str, data_path: str, ratio: float, seed: int = 2020,
     init_seed(seed, True)
     model = MISSRec(config, train._dataset).eval()
     fresh_map = None
-    if checkpoint and steps:  # the interests of the same freshly initialised model
+    if saved and steps:  # the interests of the same freshly initialised model
         init_seed(seed, True)
         fresh = MISSRec(config, train._dataset).eval()
         fresh.refresh_interests()
@@ -64,7 +64,8 @@ def interest_stats(dataset: str, data_path: str, ratio: float, seed: int = 2020,
         saved.load_all(model, dataset)
         model.eval()
     refresh = model.refresh_interests()
-    timing = step_seconds(model, train, steps, {"fresh": fresh_map, "trained": interest_map(model)}) if steps else {}
+    timing = {} if fresh_map is None else step_seconds(model, train, steps,
+                                                       {"fresh": fresh_map, "trained": interest_map(model)})
     item_seq = train._dataset.inter_feat[model.ITEM_SEQ]
     lengths = train._dataset.inter_feat[model.ITEM_SEQ_LEN]
     in_history = torch.arange(item_seq.shape[1])[None, :] < lengths[:, None]
