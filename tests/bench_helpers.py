@@ -34,11 +34,16 @@ def bench_args(root, *extra):
             *SMALL, *extra]
 
 
-def _tune_module():
-    spec = importlib.util.spec_from_file_location("tune", bench.PACKAGE_ROOT / "benchmarks" / "tune.py")
+def benchmark_script(name: str):
+    """``benchmarks/<name>.py`` imported as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, bench.PACKAGE_ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _tune_module():
+    return benchmark_script("tune")
 
 
 def _record(row, seed, settings, config_hash, ndcg, date="2026-12-01 10:00:00 UTC"):

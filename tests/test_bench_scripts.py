@@ -3,15 +3,13 @@ interest_stats.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 
 from missrec_recbole import bench
-from missrec_recbole.bench.settings import PACKAGE_ROOT
-from tests.bench_helpers import _record, _tune_module
+from tests.bench_helpers import _record, _tune_module, benchmark_script
 from tests.conftest import tiny_overrides
 
 
@@ -66,9 +64,7 @@ def test_a_second_tuning_round_adds_to_the_first(tmp_path, capsys):
 def test_valid_curves_compare_runs_at_equal_epoch_budgets(tmp_path, capsys):
     """benchmarks/valid_curves.py: valid NDCG@10 per epoch from each run's log (a resumed log's later epochs
     included), best within 10/20/25 epochs, the seed and changed setting in the label, unfinished runs marked."""
-    spec = importlib.util.spec_from_file_location("valid_curves", bench.PACKAGE_ROOT / "benchmarks" / "valid_curves.py")
-    curves = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(curves)
+    curves = benchmark_script("valid_curves")
     scores = [0.01 * (i % 7) + 0.001 * i for i in range(30)]
     log = tmp_path / "run.log"
     lines = [f"30 Nov 12:00    INFO  epoch {i} evaluating [time: 4.29s, valid_score: {s:.6f}]" for i, s in
@@ -99,9 +95,7 @@ def test_long_tail_splits_each_line_and_gain_by_target_frequency(tmp_path, capsy
     from missrec_recbole.bench.store import Results
     from missrec_recbole.evaluation import case_ndcg
 
-    spec = importlib.util.spec_from_file_location("long_tail", bench.PACKAGE_ROOT / "benchmarks" / "long_tail.py")
-    long_tail = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(long_tail)
+    long_tail = benchmark_script("long_tail")
     data_dir = tmp_path / "data" / "B"
     data_dir.mkdir(parents=True)
     train_targets = [1] + [2] * 3 + [3] * 10  # item 1 seen once, item 2 three times, item 3 ten times
@@ -153,9 +147,7 @@ def test_long_tail_splits_each_line_and_gain_by_target_frequency(tmp_path, capsy
 def test_interest_stats_of_a_checkpoint_time_steps_under_both_interest_maps(tiny):
     """--checkpoint: the trained adapters' interests; --steps: training steps timed under the fresh and the trained
     interest map, the same weights and batches."""
-    spec = importlib.util.spec_from_file_location("interest_stats", PACKAGE_ROOT / "benchmarks" / "interest_stats.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = benchmark_script("interest_stats")
     options = {k: v for k, v in tiny_overrides(checkpoint_dir=str(tiny["root"] / "saved")).items()
                if k not in ("state", "seed")}
     fresh = script.interest_stats("Tiny", str(tiny["root"]), 0.2, **options)

@@ -81,13 +81,13 @@ def top_k_stable(scores: torch.Tensor, k: int):
 CANDIDATES_START = 256  # items fused first per history by recommend (doubled until the top k is certain)
 
 
-def certified_fused_scores(fuse, per_modality, mask, blocked, k: int, start: int = CANDIDATES_START) -> torch.Tensor:
+def certified_fused_scores(fuse, per_modality, mask, blocked, k: int, start: int) -> torch.Tensor:
     """The fused scores [B, N] of the items that can be in a row's top ``k``, -inf elsewhere and where ``blocked``:
     :func:`top_k_stable` on it gives what it gives on the fusion of every item, bit for bit.
 
     ``fuse(per_modality, mask)`` is the model's row-wise fusion of its modality scores [B, N, M]. A fused score is
     a convex combination of the item's present modality scores, so it is at most their maximum (up to rounding:
-    :data:`MARGIN`). Only the C items of highest maximum are fused; every other item scores at most the C-th
+    :data:`MARGIN`). Only the C items of highest maximum are fused (C = ``start`` first); every other item scores at most the C-th
     maximum, so the top k is certain once the k-th fused score beats it, else C doubles. Fusing all N items (a
     softmax over M values per item) was about a quarter of ``recommend``'s time at a million items."""
     n = per_modality.shape[1]
@@ -305,9 +305,13 @@ class MISSRecPredictor:
 
     @torch.no_grad()
     def _score_ids(self, sequences) -> torch.Tensor:
-        seq_output = self._sequence_output(sequences)
+        return self.model.fuse(*self._modality_scores(sequences))
+
+    @torch.no_grad()
+    def _modality_scores(self, sequences):
+        """The model's per-modality scores of ``sequences`` against every item and their presence mask."""
         candidates, present = self.model.candidate_tokens()
-        return self.model.fused_scores(seq_output, candidates, present)
+        return self.model.modality_scores(self._sequence_output(sequences), candidates, present)
 
     @torch.no_grad()
     def user_vectors(self, histories, batch_size: int = 256) -> np.ndarray:
@@ -346,8 +350,7 @@ class MISSRecPredictor:
         results = []
         for start in range(0, len(sequences), batch_size):
             chunk = sequences[start:start + batch_size]
-            candidates, present = self.model.candidate_tokens()
-            per_modality, mask = self.model.modality_scores(self._sequence_output(chunk), candidates, present)
+            per_modality, mask = self._modality_scores(chunk)
             blocked = (~rankable).expand(len(chunk), -1).clone()
             if exclude_history:
                 for row, seq in enumerate(chunk):
