@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 
-from missrec_recbole import bench
-from tests.conftest import write_dataset
+from tests.conftest import benchmark_script, write_dataset
 
 
 TIED = [10, 11, 12, 13]  # items with identical text and image features: inductive scores tie exactly
@@ -32,14 +29,6 @@ def bench_args(root, *extra):
     return ["--quick", "-d", "Tiny", f"--data_path={root / 'data'}", f"--out_dir={root / 'results'}",
             f"--work_dir={root / 'work'}", "--no_progress", "--log_level=WARNING", "--rows=" + ",".join(ROWS),
             *SMALL, *extra]
-
-
-def benchmark_script(name: str):
-    """``benchmarks/<name>.py`` imported as a module (the scripts are not a package)."""
-    spec = importlib.util.spec_from_file_location(name, bench.PACKAGE_ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _tune_module():

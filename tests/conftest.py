@@ -3,6 +3,7 @@ gradient comparisons."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,17 @@ import torch
 import missrec_recbole  # noqa: F401  (applies the RecBole compatibility fixes)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+def benchmark_script(name: str):
+    """``benchmarks/<name>.py`` imported as a module (the scripts are not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 HEADER = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
 
 

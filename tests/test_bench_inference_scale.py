@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import faiss
 import numpy as np
 import pytest
 
-from missrec_recbole.bench.settings import PACKAGE_ROOT
 from missrec_recbole.inference import ExportedIndex, MISSRecPredictor
-from tests.conftest import write_dataset
+from tests.conftest import benchmark_script, write_dataset
 from tests.inference_helpers import DIM, _untrained_checkpoint
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("inference_scale", PACKAGE_ROOT / "benchmarks" / "inference_scale.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("inference_scale")
 
 
 @pytest.fixture(scope="module")

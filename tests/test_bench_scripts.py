@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 
-from missrec_recbole import bench
 from tests.bench_helpers import _record, _tune_module, benchmark_script
 from tests.conftest import tiny_overrides
 

@@ -4,12 +4,10 @@ pre-training, checkpoints across devices, inference, autocast, CPU-vs-GPU agreem
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,17 +22,13 @@ from missrec_recbole.quick_start import build_config, checkpoint_config, finetun
 from missrec_recbole.trainer import MISSRecTrainer
 from missrec_recbole.trainer.checkpoint import Checkpoint
 from missrec_recbole.trainer.trainer import ONEDNN_CACHE_CAPACITY
-from tests.conftest import tiny_overrides
+from tests.conftest import benchmark_script, tiny_overrides
 
-ROOT = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()
 
 
 def _gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("gpu_check")
 
 
 # ----------------------------------------------------------------------------- device choice (any machine)

@@ -4,22 +4,17 @@ finds the exact mode's centers, cold and warm-started."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 
 from missrec_recbole.interests import DPCKNNState, approx_params, dpc_knn, n_interests
 from missrec_recbole.interests.driver import cluster, thread_limit
+from tests.conftest import benchmark_script
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _faiss_search():
-    spec = importlib.util.spec_from_file_location("dpc_knn_faiss", ROOT / "benchmarks" / "dpc_knn_faiss.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.FaissIVFSearch
+    return benchmark_script("dpc_knn_faiss").FaissIVFSearch
 
 
 def test_faiss_backend_finds_the_exact_centers_cold_and_warm():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,14 +9,12 @@ import numpy as np
 import pytest
 
 from missrec_recbole.data import MISSRecDataset
-from tests.inference_helpers import ROOT, _config
+from tests.conftest import benchmark_script
+from tests.inference_helpers import _config
 
 
 def _cold_start_module():
-    spec = importlib.util.spec_from_file_location("cold_start", ROOT / "benchmarks" / "cold_start.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("cold_start")
 
 
 def test_cold_split_removes_every_interaction_of_cold_items(tiny, tmp_path):

@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import importlib.util
 
 import pytest
 
 from missrec_recbole.bench.settings import PACKAGE_ROOT
-from tests.conftest import tiny_overrides, write_dataset
+from tests.conftest import benchmark_script, tiny_overrides, write_dataset
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("speed", PACKAGE_ROOT / "benchmarks" / "speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("speed")
 
 
 def case_options() -> dict:

@@ -8,18 +8,15 @@ import json
 import numpy as np
 import pytest
 
-from missrec_recbole.bench.settings import PACKAGE_ROOT
 from missrec_recbole.bench.store import Results
 from missrec_recbole.evaluation import case_ndcg
+from tests.conftest import benchmark_script
 
 MOE = {"item_adapter": "moe"}
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("transfer_scaling", PACKAGE_ROOT / "benchmarks" / "transfer_scaling.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("transfer_scaling")
 
 
 def record(row, seed, settings, valid, test, config_hash="h", valid_recall=None):

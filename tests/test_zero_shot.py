@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from missrec_recbole.bench.settings import PACKAGE_ROOT
 from missrec_recbole.quick_start import pretrain
-from tests.conftest import tiny_overrides, write_dataset
+from tests.conftest import benchmark_script, tiny_overrides, write_dataset
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("zero_shot", PACKAGE_ROOT / "benchmarks" / "zero_shot.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("zero_shot")
 
 
 @pytest.fixture(scope="module")
