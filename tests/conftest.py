@@ -13,6 +13,7 @@ import torch
 import missrec_recbole  # noqa: F401  (applies the RecBole compatibility fixes)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+HEADER = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
 
 
 def benchmark_script(name: str):
@@ -22,9 +23,6 @@ def benchmark_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-HEADER = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -4,13 +4,11 @@ finds the exact mode's centers, cold and warm-started."""
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from missrec_recbole.interests import DPCKNNState, approx_params, dpc_knn, n_interests
 from missrec_recbole.interests.driver import cluster, thread_limit
 from tests.conftest import benchmark_script
-
 
 
 def _faiss_search():
