@@ -55,7 +55,8 @@ def without_onednn_primitive_cache() -> None:
     set is kept.
     Not under bf16 autocast, whose kernels cost more to rebuild, nor in pre-training: there a whole epoch on
     Beauty + Office took 1.4-3.8% longer without the cache for no lower peak (two paired readings, 1.73-1.79 GB
-    either way)."""
+    either way). A process that pre-trains before it fine-tunes (the demo job) thus keeps the cache for both: the
+    same numbers, a higher peak only there."""
     os.environ.setdefault(ONEDNN_CACHE_CAPACITY, "0")
 
 
