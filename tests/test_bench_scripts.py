@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from tests.bench_helpers import _record, _tune_module, benchmark_script
-from tests.conftest import tiny_overrides
+from tests.bench_helpers import _record, _tune_module
+from tests.conftest import benchmark_script, tiny_overrides
 
 
 def test_tune_reads_validation_of_one_row_only(tmp_path):

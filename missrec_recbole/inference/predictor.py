@@ -87,8 +87,8 @@ def certified_fused_scores(fuse, per_modality, mask, blocked, k: int, start: int
 
     ``fuse(per_modality, mask)`` is the model's row-wise fusion of its modality scores [B, N, M]. A fused score is
     a convex combination of the item's present modality scores, so it is at most their maximum (up to rounding:
-    :data:`MARGIN`). Only the C items of highest maximum are fused (C = ``start`` first); every other item scores at most the C-th
-    maximum, so the top k is certain once the k-th fused score beats it, else C doubles. Fusing all N items (a
+    :data:`MARGIN`). Only the C items of highest maximum are fused (C = ``start`` first); every other item scores at
+    most the C-th maximum, so the top k is certain once the k-th fused score beats it, else C doubles. Fusing all N items (a
     softmax over M values per item) was about a quarter of ``recommend``'s time at a million items."""
     n = per_modality.shape[1]
     if per_modality.shape[-1] == 1 or n <= start:
