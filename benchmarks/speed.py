@@ -5,6 +5,7 @@ refresh, training pass, full-ranking validation) and peak RSS, per model, stage 
     python benchmarks/speed.py --data_path data/ --baseline 707ca56 --cases missrec-office --steps 10 --full_epoch
     python benchmarks/speed.py --data_path data/ --baseline 707ca56 --bf16    # + this checkout under bf16 autocast
     python benchmarks/speed.py --data_path data/ --baseline 707ca56 --shared_item_tokens  # + that approximate option
+    python benchmarks/speed.py --data_path data/ --cases missrec-office --steps 8 --profile  # which ops use 2 threads
 
 Each measurement runs in its own process (its peak RSS is its own) with ``OMP_NUM_THREADS`` set, importing the
 package from this checkout or from a git worktree of ``--baseline`` (made in a temp folder, removed afterwards).
@@ -78,6 +79,34 @@ def _steps(loss_func, optimizer, batches) -> tuple[float, float, int]:
     return time.perf_counter() - start, time.process_time() - cpu, rows
 
 
+# op -> category of the profile's summary; every other op is "other ops"
+OP_CATEGORIES = {"matrix products": ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addbmm",
+                                     "aten::_addmm_activation"),
+                 "random numbers": ("aten::random_", "aten::bernoulli_", "aten::uniform_", "aten::normal_",
+                                    "aten::exponential_")}
+PROFILE_TOP_OPS = 25
+
+
+def _profile(loss_func, optimizer, batches) -> dict:
+    """The same training steps again under ``torch.profiler``: per step, the self CPU seconds of the ops that took
+    most, their sum per category, and what ran outside any op (Python, the autograd engine's bookkeeping and the
+    profiler's own overhead: the profiled wall time less the ops'). Compared across thread counts, it shows which
+    parts use the second core and which do not."""
+    import torch
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        seconds, _, _ = _steps(loss_func, optimizer, batches)
+    steps = len(batches)
+    ops = {e.key: e.self_cpu_time_total / 1e6 / steps for e in profiler.key_averages() if e.self_cpu_time_total > 0}
+    categories = dict.fromkeys([*OP_CATEGORIES, "other ops"], 0.0)
+    for op, op_seconds in ops.items():
+        category = next((c for c, names in OP_CATEGORIES.items() if op in names), "other ops")
+        categories[category] += op_seconds
+    categories["outside ops"] = seconds / steps - sum(ops.values())
+    top = dict(sorted(ops.items(), key=lambda item: -item[1])[:PROFILE_TOP_OPS])
+    return {"step_seconds": seconds / steps, "categories": categories, "top_ops": top}
+
+
 def worker(spec_file: str) -> None:
     import torch
 
@@ -112,6 +141,8 @@ def worker(spec_file: str) -> None:
         seconds, cpu_seconds, rows = _steps(loss_func, trainer.optimizer, batches[2:])
         result["rows_per_second"], result["rows_per_cpu_second"] = rows / seconds, rows / cpu_seconds
         result["train_seconds"] = result["train_rows"] / result["rows_per_second"]  # estimated from the rate
+        if spec.get("profile"):  # after the timing, so that the profiler's overhead is not in the rates
+            result["profile"] = _profile(loss_func, trainer.optimizer, batches[2:])
     if spec["stage"] == "finetune":
         start = time.perf_counter()
         trainer.evaluate(valid, load_best_model=False)
@@ -139,7 +170,8 @@ def measure(version_root: Path, case: str, threads: int, args, tmp: Path, extra_
     options = {**options, **(extra_options or {})}
     dataset, data_path = merged_corpus(args.data_path, names, tmp.parent / "merged")  # once per run
     spec = {"model": model, "stage": stage, "dataset": dataset, "data_path": str(data_path), "options": options,
-            "steps": args.steps, "full_epoch": args.full_epoch, "tmp": str(tmp / "saved"),
+            "steps": args.steps, "full_epoch": args.full_epoch, "profile": args.profile,
+            "tmp": str(tmp / "saved"),
             "out": str(tmp / "out.json")}
     (tmp / "spec.json").write_text(json.dumps(spec))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(version_root)}
@@ -167,8 +199,13 @@ def main(argv=None) -> int:
     parser.add_argument("--shared_item_tokens", action="store_true",
                         help="also measure MISSRec under shared_item_tokens: true ('current-shared', and "
                              "'current-bf16-shared' with --bf16)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile the timed steps (torch.profiler, after timing them): where each thread "
+                             "count spends the step, and which ops a second thread speeds up")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.json")
     args = parser.parse_args(argv)
+    if args.profile and args.full_epoch:
+        parser.error("--profile profiles the --steps batches: leave out --full_epoch")
     cases = args.cases.split(",")
     if set(cases) - set(CASES):
         parser.error(f"--cases: {sorted(set(cases) - set(CASES))} not in {list(CASES)}")
@@ -218,12 +255,17 @@ def main(argv=None) -> int:
         print(f"{r['case']:32s} {r['version']:12s} {r['threads']} thread(s): step {r['step speed-up']:.2f}x (CPU time "
               f"{r['step speed-up, CPU time']:.2f}x), epoch {r['epoch speed-up']:.2f}x; epoch vs the baseline at 1 "
               f"thread {r.get('epoch speed-up vs baseline at 1 thread', float('nan')):.2f}x")
+    scaling = thread_scaling(results) if args.profile else []
+    for row in scaling:
+        print(f"{row['case']:32s} {row['version']:12s} {row['part']:40.40s} s/step: "
+              + ", ".join(f"{n} thread(s) {s:.4f}" for n, s in row["seconds_per_step"].items())
+              + f"; speed-up {row['speed-up']:.2f}x")
     from missrec_recbole.bench.store import machine, now  # this checkout's (the workers import their version's)
     from missrec_recbole.files import write_json
 
     write_json(args.out, {"date": now(), "machine": machine(), "load_average_at_end": os.getloadavg(),
                           "steps": args.steps, "full_epoch": args.full_epoch, "results": results, "ratios": ratios,
-                          "failed": failed})
+                          "thread_scaling": scaling, "failed": failed})
     print(f"written: {args.out}")
     return 0
 
@@ -245,8 +287,37 @@ def speed_ratios(results: list[dict]) -> list[dict]:
         one_thread = by.get((case, 1, "baseline"))
         if one_thread:
             ratio["epoch speed-up vs baseline at 1 thread"] = one_thread["epoch_seconds"] / current["epoch_seconds"]
+            own_one_thread = by.get((case, 1, version))
+            if n > 1 and own_one_thread:
+                # the most n threads could give: this version's 1-thread training pass divided by n
+                ideal = current["epoch_seconds"] - current["train_seconds"] + own_one_thread["train_seconds"] / n
+                ratio["epoch speed-up vs baseline at 1 thread if the training pass scaled perfectly"] = (
+                    one_thread["epoch_seconds"] / ideal)
         ratios.append(ratio)
     return ratios
+
+
+def thread_scaling(results: list[dict]) -> list[dict]:
+    """From profiled results: per case and version, each part of the step (the categories, then the ops that took
+    most at 1 thread) in seconds per step at each thread count, and the speed-up of the most threads over 1."""
+    rows = []
+    profiled = {}
+    for r in results:
+        if "profile" in r:
+            profiled.setdefault((r["case"], r["version"]), {})[r["threads"]] = r["profile"]
+    for (case, version), by_threads in profiled.items():
+        if 1 not in by_threads or len(by_threads) < 2:
+            continue
+        most = max(by_threads)
+        one = by_threads[1]
+        parts = [("step (profiled)", lambda p: p["step_seconds"])]
+        parts += [(name, lambda p, name=name: p["categories"].get(name, 0.0)) for name in one["categories"]]
+        parts += [(op, lambda p, op=op: p["top_ops"].get(op, 0.0)) for op in one["top_ops"]]
+        for part, read in parts:
+            seconds = {n: read(p) for n, p in sorted(by_threads.items())}
+            rows.append({"case": case, "version": version, "part": part, "seconds_per_step": seconds,
+                         "speed-up": seconds[1] / seconds[most] if seconds[most] > 0 else float("nan")})
+    return rows
 
 
 if __name__ == "__main__":
