@@ -79,7 +79,7 @@ def _steps(loss_func, optimizer, batches) -> tuple[float, float, int]:
     return time.perf_counter() - start, time.process_time() - cpu, rows
 
 
-# op -> category of the profile's summary; every other op is "other ops"
+# op -> category of the profile's summary; every other op is "other ops"; the thread scaling shows the top ops
 OP_CATEGORIES = {"matrix products": ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addbmm",
                                      "aten::_addmm_activation"),
                  "random numbers": ("aten::random_", "aten::bernoulli_", "aten::uniform_", "aten::normal_",
@@ -103,8 +103,8 @@ def _profile(loss_func, optimizer, batches) -> dict:
         category = next((c for c, names in OP_CATEGORIES.items() if op in names), "other ops")
         categories[category] += op_seconds
     categories["outside ops"] = seconds / steps - sum(ops.values())
-    top = dict(sorted(ops.items(), key=lambda item: -item[1])[:PROFILE_TOP_OPS])
-    return {"step_seconds": seconds / steps, "categories": categories, "top_ops": top}
+    return {"step_seconds": seconds / steps, "categories": categories,
+            "ops": dict(sorted(ops.items(), key=lambda item: -item[1]))}
 
 
 def worker(spec_file: str) -> None:
@@ -298,8 +298,9 @@ def speed_ratios(results: list[dict]) -> list[dict]:
 
 
 def thread_scaling(results: list[dict]) -> list[dict]:
-    """From profiled results: per case and version, each part of the step (the categories, then the ops that took
-    most at 1 thread) in seconds per step at each thread count, and the speed-up of the most threads over 1."""
+    """From profiled results: per case and version, each part of the step (the categories, then the
+    ``PROFILE_TOP_OPS`` ops that took most at 1 thread) in seconds per step at each thread count, and the speed-up of
+    the most threads over 1."""
     rows = []
     profiled = {}
     for r in results:
@@ -312,7 +313,7 @@ def thread_scaling(results: list[dict]) -> list[dict]:
         one = by_threads[1]
         parts = [("step (profiled)", lambda p: p["step_seconds"])]
         parts += [(name, lambda p, name=name: p["categories"].get(name, 0.0)) for name in one["categories"]]
-        parts += [(op, lambda p, op=op: p["top_ops"].get(op, 0.0)) for op in one["top_ops"]]
+        parts += [(op, lambda p, op=op: p["ops"].get(op, 0.0)) for op in list(one["ops"])[:PROFILE_TOP_OPS]]
         for part, read in parts:
             seconds = {n: read(p) for n, p in sorted(by_threads.items())}
             rows.append({"case": case, "version": version, "part": part, "seconds_per_step": seconds,
