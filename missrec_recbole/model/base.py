@@ -79,6 +79,15 @@ def rows_in_buckets(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return module(F.pad(x, (0, 0, 0, padded - n)))[:n]
 
 
+def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[index]`` for a long ``index`` of any shape, as ``index_select``: the same values, and a backward pass
+    (``index_add_``) that sums repeated rows' gradients in index order. ``x[index]``'s backward on a CPU with more than
+    one thread adds them with atomic float additions in whatever order the threads meet (different gradients
+    from run to run, and ~3x slower on padding-heavy batches, benchmarks/README.md); with one thread the two give
+    the same bits."""
+    return x.index_select(0, index.reshape(-1)).view(*index.shape, *x.shape[1:])
+
+
 def left_align(values: torch.Tensor, keep: torch.Tensor, fill=0) -> tuple[torch.Tensor, torch.Tensor]:
     """Move the kept entries of each row to the front (order preserved); returns (values, lengths)."""
     order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)

@@ -21,7 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from missrec_recbole.interests import DPCKNNState, dpc_knn, n_interests, nearest_center
-from missrec_recbole.model.base import FeatureSequentialRecommender, MoEAdapter, evaluating, rows_in_buckets
+from missrec_recbole.model.base import (FeatureSequentialRecommender, MoEAdapter, evaluating, rows_in_buckets,
+                                         take_rows)
 
 MODALITY_INDEX = {"text": 0, "image": 1}
 
@@ -112,14 +113,14 @@ class MISSRec(FeatureSequentialRecommender):
     def modality_tokens(self, items: torch.Tensor, m: str) -> torch.Tensor:
         """Adapter output e_i^m for item ids of any shape (computed once per distinct item)."""
         distinct, inverse = torch.unique(items, return_inverse=True)
-        return self._adapted(distinct, m)[inverse]
+        return take_rows(self._adapted(distinct, m), inverse)
 
     def _adapted(self, items: torch.Tensor, m: str) -> torch.Tensor:
         """e^m of each of ``items`` [n] (adapter dropout in training): read from the training step's shared pass
         when there is one (``shared_item_tokens``), else one adapter call over these rows."""
         if self._step_tokens is not None:
             row, tokens = self._step_tokens
-            return tokens[m][row[items]]
+            return take_rows(tokens[m], row[items])
         return rows_in_buckets(self.adapters[m], self.adapter_dropout(self._features(m)[items]))
 
     @contextmanager
@@ -263,7 +264,7 @@ class MISSRec(FeatureSequentialRecommender):
         self.ensure_interest_map()
         ids, mask = distinct_per_row(self.item_interest[item_seq].flatten(1))
         interests, inverse = torch.unique(ids.clamp(min=0), return_inverse=True)
-        return self._center_token_vectors(interests)[inverse] * mask.unsqueeze(-1), mask
+        return take_rows(self._center_token_vectors(interests), inverse) * mask.unsqueeze(-1), mask
 
     # ------------------------------------------------------------------ growing the catalogue
     @torch.no_grad()

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from recbole.model.layers import TransformerEncoder
 
 from missrec_recbole.config_schema import ConfigError
-from missrec_recbole.model.base import FeatureSequentialRecommender, MoEAdapter
+from missrec_recbole.model.base import FeatureSequentialRecommender, MoEAdapter, take_rows
 
 
 class UniSRec(FeatureSequentialRecommender):
@@ -80,7 +80,7 @@ class UniSRec(FeatureSequentialRecommender):
                 self._keep_items(result)
             return result
         distinct, inverse = torch.unique(items, return_inverse=True)
-        return self._represent(distinct, feature_drop)[inverse]
+        return take_rows(self._represent(distinct, feature_drop), inverse)
 
     def _represent(self, items, feature_drop):
         features = self.text_features[items]
@@ -99,7 +99,7 @@ class UniSRec(FeatureSequentialRecommender):
         """
         output = None
         for rows in self._row_groups(item_seq_len):
-            block = self._run_rows(self._encode_block, item_seq[rows], item_seq_len[rows], item_reps[rows])
+            block = self._run_rows(self._encode_block, item_seq[rows], item_seq_len[rows], take_rows(item_reps, rows))
             if output is None:  # the blocks' precision, which autocast may make differ from the items'
                 output = block.new_zeros(len(item_seq), self.hidden_size)
             output = output.index_put((rows,), block)
@@ -117,7 +117,7 @@ class UniSRec(FeatureSequentialRecommender):
     def forward(self, item_seq, item_seq_len, item_table=None):
         """Sequence representation s [B, d]; ``item_table`` = precomputed representations of all items."""
         width = max(int(item_seq_len.max()), 1)
-        reps = item_table[item_seq[:, :width]] if item_table is not None else self.item_representations(
+        reps = take_rows(item_table, item_seq[:, :width]) if item_table is not None else self.item_representations(
             item_seq[:, :width])
         return self.encode(item_seq[:, :width], item_seq_len, reps)
 
