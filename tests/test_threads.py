@@ -76,3 +76,25 @@ def test_a_training_step_repeats_bit_for_bit_with_two_threads(tmp_path, model_cl
             assert torch.equal(loss, first_loss) and grads.keys() == first_grads.keys()
             for name in grads:
                 assert torch.equal(grads[name], first_grads[name]), name
+
+
+def test_a_fine_tuning_run_repeats_bit_for_bit_with_two_threads(tmp_path):
+    """Two whole runs (interest refreshes, training, validation, test) at two threads, the same seed: the same
+    weights to the last bit in the best checkpoint, and the same metrics."""
+    from missrec_recbole.quick_start import finetune
+
+    write_dataset(tmp_path, n_users=200, seq_len=(12, 20))
+
+    def run(name):
+        options = tiny_overrides(data_path=str(tmp_path), checkpoint_dir=str(tmp_path / name), hidden_size=128,
+                                 train_batch_size=256, item_adapter="moe", epochs=2)
+        with threads(2):
+            result = finetune("Tiny", config_dict=options)
+        weights = torch.load(result["model_file"], weights_only=True)["state_dict"]
+        return weights, {split: dict(result[split]) for split in ("valid", "test")}
+
+    (weights, metrics), (weights_again, metrics_again) = run("first"), run("second")
+    assert metrics == metrics_again and metrics["valid"]["ndcg@10"] > 0
+    assert weights.keys() == weights_again.keys()
+    for name in weights:
+        assert torch.equal(weights[name], weights_again[name]), name
