@@ -46,6 +46,25 @@ def test_take_rows_gives_the_one_thread_index_gradients_with_two_threads():
         assert all(torch.equal(gradient(take_rows), reference) for _ in range(5))
 
 
+@pytest.mark.gpu
+def test_take_rows_on_cuda_repeats_its_gradients():
+    """On CUDA ``take_rows`` keeps advanced indexing, whose backward sorts the indices (index_add_ there would add
+    with atomics): the same gradients every time, and the CPU's values."""
+    x = torch.randn(2000, 300, generator=torch.Generator().manual_seed(0))
+    index = torch.randint(0, 2000, (512, 50), generator=torch.Generator().manual_seed(1))
+    index[:, 30:] = 0
+    upstream = torch.randn(512, 50, 300, generator=torch.Generator().manual_seed(2))
+
+    def gradient(device):
+        leaf = x.to(device).requires_grad_()
+        take_rows(leaf, index.to(device)).backward(upstream.to(device))
+        return leaf.grad.cpu()
+
+    on_gpu = gradient("cuda")
+    assert all(torch.equal(gradient("cuda"), on_gpu) for _ in range(5))
+    assert torch.allclose(on_gpu, gradient("cpu"), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("model_class, stage, extra", [
     (MISSRec, "finetune", {"item_adapter": "moe"}),  # transductive: the ID embedding too
     (MISSRec, "finetune", {"item_fusion": "stack", "mode": "inductive"}),

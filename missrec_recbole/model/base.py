@@ -80,11 +80,14 @@ def rows_in_buckets(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``x[index]`` for a long ``index`` of any shape, as ``index_select``: the same values, and a backward pass
-    (``index_add_``) that sums repeated rows' gradients in index order. ``x[index]``'s backward on a CPU with more than
-    one thread adds them with atomic float additions in whatever order the threads meet (different gradients
-    from run to run, and ~3x slower on padding-heavy batches, benchmarks/README.md); with one thread the two give
-    the same bits."""
+    """``x[index]`` for a long ``index`` of any shape, with a backward pass that sums repeated rows' gradients in a
+    fixed order. On the CPU that is ``index_select`` (its backward, ``index_add_``, sums in index order):
+    ``x[index]``'s backward there adds with atomic float additions in whatever order the threads meet once there are
+    two or more (different gradients from run to run, and ~3x slower on padding-heavy batches,
+    benchmarks/README.md); with one thread the two give the same bits. On CUDA it is the reverse (``index_add_``
+    uses atomics, advanced indexing sorts the indices), so there it stays ``x[index]``."""
+    if x.device.type != "cpu":
+        return x[index]
     return x.index_select(0, index.reshape(-1)).view(*index.shape, *x.shape[1:])
 
 
