@@ -141,7 +141,7 @@ def worker(spec_file: str) -> None:
         seconds, cpu_seconds, rows = _steps(loss_func, trainer.optimizer, batches[2:])
         result["rows_per_second"], result["rows_per_cpu_second"] = rows / seconds, rows / cpu_seconds
         result["train_seconds"] = result["train_rows"] / result["rows_per_second"]  # estimated from the rate
-        if spec.get("profile"):  # after the timing, so that the profiler's overhead is not in the rates
+        if spec["profile"]:  # after the timing, so that the profiler's overhead is not in the rates
             result["profile"] = _profile(loss_func, trainer.optimizer, batches[2:])
     if spec["stage"] == "finetune":
         start = time.perf_counter()

@@ -83,7 +83,7 @@ def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``x[index]`` for a long ``index`` of any shape, with a backward pass that sums repeated rows' gradients in a
     fixed order. On the CPU that is ``index_select`` (its backward, ``index_add_``, sums in index order):
     ``x[index]``'s backward there adds with atomic float additions in whatever order the threads meet once there are
-    two or more (different gradients from run to run, and ~3x slower on padding-heavy batches,
+    two or more (different gradients from run to run, and in pre-training's profile ~4x slower than with one,
     benchmarks/README.md); with one thread the two give the same bits. On CUDA it is the reverse (``index_add_``
     uses atomics, advanced indexing sorts the indices), so there it stays ``x[index]``."""
     if x.device.type != "cpu":
