@@ -1,8 +1,9 @@
 """Shared fixtures: tiny hand-made datasets in RecBole atomic format, configs for them, trained inference checkpoints,
-gradient comparisons."""
+gradient and tensor comparisons, a thread-count switch."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from pathlib import Path
 
@@ -113,6 +114,24 @@ def loss_and_grads(model, batch, seed=3):
     loss = sum(loss) if isinstance(loss, tuple) else loss  # pre-training returns its loss parts
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """PyTorch's intra-op thread count set to ``n`` for the block, then back to what it was."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def assert_same_tensors(first: dict, second: dict):
+    """The same names and, for each, the same tensor bit for bit (the failure names the tensor)."""
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
 
 
 def assert_same_loss_and_grads(first, second):

@@ -19,7 +19,7 @@ from missrec_recbole.model import MISSRec, UniSRec
 from missrec_recbole.quick_start import finetune, pretrain
 from missrec_recbole.tools.demo import ensure_demo_dataset
 from missrec_recbole.trainer import MISSRecTrainer
-from tests.conftest import SHARED, tiny_overrides, write_dataset
+from tests.conftest import SHARED, threads, tiny_overrides, write_dataset
 
 SMALL = {"hidden_size": 32, "inner_size": 64, "n_heads": 2, "epochs": 2, "stopping_step": 2, "eval_step": 1,
          "train_batch_size": 512, "eval_batch_size": 1024, "seed": 2020, "faiss_threads": 1, "worker": 0,
@@ -120,17 +120,13 @@ def run_case(name: str, data_path, work) -> dict:
             super().__init__(config, model)
             trainers.append(self)
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with threads(1):
         if stage == "pretrain":
             pretrain([dataset], config_dict=config_dict, model_class=model_class, trainer_class=Trainer)
             result = {}
         else:
             run = finetune(dataset, config_dict=config_dict, model_class=model_class, trainer_class=Trainer)
             result = {split: {k: float(v) for k, v in run[split].items()} for split in ("valid", "test")}
-    finally:
-        torch.set_num_threads(threads)
     return {"losses": trainers[0].epoch_losses, **result}
 
 
